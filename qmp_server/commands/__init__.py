@@ -1,1 +1,1 @@
-"""commands layer."""
+"""Command layer: QMP command handlers shared by every monitor and the REST mirror."""

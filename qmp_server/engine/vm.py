@@ -1,0 +1,80 @@
+"""The emulated machine as the command layer sees it: one object per qmp-server process.
+
+Pure: no asyncio, no sockets, no clocks.  Events leave through the ``emit`` callback, which the
+runtime turns into timestamped QMP events broadcast to every negotiated monitor.
+
+Rule: every piece of state a QMP command can read or change lives under this object, so that a
+QMP monitor and the REST mirror that call the same handler can never see different answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qmp_server.profiles import Profile
+
+if TYPE_CHECKING:
+    from qmp_server.qapi.model import Schema
+
+__all__ = ["EventSink", "VirtualMachine"]
+
+#: ``emit(event_name, data_or_None)``: data is a dict built in schema member order.
+EventSink = Callable[[str, "dict[str, Any] | None"], None]
+
+
+class VirtualMachine:
+    """Runstate, migration configuration and migration state of the emulated guest."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        schema: Schema,
+        emit: EventSink,
+        *,
+        start_paused: bool = False,
+        incoming: str | None = None,
+    ) -> None:
+        self.profile = profile
+        self.schema = schema
+        self.emit = emit
+        #: QEMU's RunState name: prelaunch with -S (or -incoming: inmigrate), running otherwise.
+        if incoming is not None:
+            self.runstate = "inmigrate"
+        elif start_paused:
+            self.runstate = "prelaunch"
+        else:
+            self.runstate = "running"
+        #: The ``-incoming`` argument (``defer`` or a URI), None when not a destination.
+        self.incoming = incoming
+        #: MigrationStatus of this side's migration (source or destination): "none" until one runs.
+        self.migration_status = "none"
+        #: Whether a destination starts the guest once its migration completes (-S clears it).
+        self.autostart = not start_paused
+        #: Set by ``quit`` or a signal: the runtime flushes replies, then exits.
+        self.shutdown_reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.runstate == "running"
+
+    def stop(self, state: str) -> bool:
+        """Stop a running guest (STOP event) and enter ``state``; False if it was not running."""
+        if not self.running:
+            return False
+        self.runstate = state
+        self.emit("STOP", None)
+        return True
+
+    def start(self) -> None:
+        """Run the guest: RESUME event, unless it already runs (then nothing happens)."""
+        if self.running:
+            return
+        self.emit("RESUME", None)
+        self.runstate = "running"
+
+    def request_shutdown(self, reason: str) -> None:
+        """Emit SHUTDOWN as QEMU does on quit/signals; the runtime ends the process."""
+        if self.shutdown_reason is None:
+            self.shutdown_reason = reason
+            self.emit("SHUTDOWN", {"guest": False, "reason": reason})
