@@ -9,11 +9,14 @@ Options of our own use GNU long form: ``--compat``, ``--host``, ``--version``, `
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from qmp_server import __version__
+from qmp_server.engine.sizes import DEFAULT_RAM_SIZE, SIZE_HINT, parse_memory_size
+from qmp_server.engine.uri import uri_scheme_known
 from qmp_server.errors import UsageError
 from qmp_server.profiles import PROFILES, Profile, resolve_profile
 from qmp_server.runtime.monitor import ChardevSpec
@@ -78,7 +81,7 @@ class Options:
     start_paused: bool = False
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
-    memory: str = "128M"
+    memory: int = DEFAULT_RAM_SIZE
     name: str | None = None
     machine: str | None = None
     devices: list[str] = field(default_factory=list)
@@ -147,9 +150,37 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
 def _parse_global(text: str) -> tuple[str, str, str]:
     name, sep, value = text.partition("=")
     driver, dot, prop = name.rpartition(".")
-    if not sep or not dot or not driver or not prop:
+    if not sep:
+        # QEMU first warns about the short-form boolean, then refuses it.
+        raise UsageError(
+            f"-global {text}: warning: short-form boolean option '{text}' deprecated\n"
+            f"Please use {text}=on instead\n"
+            f"{PROG}: -global {text}: Invalid parameter '{text}'"
+        )
+    if not dot or not driver or not prop:
         raise UsageError(f"-global {text}: Invalid parameter '{text}'")
     return driver, prop, value
+
+
+_MACHINE = re.compile(r"(none|pc|q35|isapc|microvm|pc-(i440fx-|q35-)?\d+\.\d+)\Z")
+
+
+def _check_machine(value: str) -> str:
+    first = value.split(",", 1)[0]
+    kind = first[5:] if first.startswith("type=") else first
+    if "=" in kind:  # only options, e.g. -machine accel=tcg
+        return "pc"
+    if not _MACHINE.match(kind):
+        raise UsageError("unsupported machine type\nUse -machine help to list supported machines")
+    return kind
+
+
+def _parse_memory(value: str) -> int:
+    try:
+        return parse_memory_size(value)
+    except ValueError as err:
+        hint = f"\n{SIZE_HINT}" if "expects" in str(err) else ""
+        raise UsageError(f"-m {value}: {err}{hint}") from None
 
 
 def parse_args(argv: Sequence[str]) -> Options | None:
@@ -212,17 +243,21 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         elif name == "S":
             opts.start_paused = True
         elif name == "incoming":
+            assert value is not None
+            if value != "defer" and not uri_scheme_known(profile, value):
+                raise UsageError(f"-incoming {value}: unknown migration protocol: {value}")
             opts.incoming = value
         elif name == "global":
             assert value is not None
             opts.globals.append(_parse_global(value))
         elif name == "m":
             assert value is not None
-            opts.memory = value[5:] if value.startswith("size=") else value
+            opts.memory = _parse_memory(value)
         elif name == "name":
             opts.name = value
         elif name in ("machine", "M"):
-            opts.machine = value
+            assert value is not None
+            opts.machine = _check_machine(value)
         elif name == "device":
             assert value is not None
             opts.devices.append(value)

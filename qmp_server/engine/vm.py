@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
+    from qmp_server.engine.config import MigrationConfig
+    from qmp_server.engine.host import HostInfo
     from qmp_server.qapi.model import Schema
 
 __all__ = ["EventSink", "VirtualMachine"]
@@ -31,13 +33,18 @@ class VirtualMachine:
         profile: Profile,
         schema: Schema,
         emit: EventSink,
+        config: MigrationConfig,
         *,
+        host: HostInfo | None = None,
         start_paused: bool = False,
         incoming: str | None = None,
     ) -> None:
         self.profile = profile
         self.schema = schema
         self.emit = emit
+        #: Migration capabilities and parameters (``-global`` presets applied).
+        self.config = config
+        self.host = host
         #: QEMU's RunState name: prelaunch with -S (or -incoming: inmigrate), running otherwise.
         if incoming is not None:
             self.runstate = "inmigrate"

@@ -19,10 +19,13 @@ from typing import Any
 from qmp_server import commands as _commands  # noqa: F401  (handlers register on import)
 from qmp_server.cli import Options
 from qmp_server.commands import control as _control  # noqa: F401
-from qmp_server.commands.dispatch import Dispatcher
+from qmp_server.commands import migration as _migration  # noqa: F401
+from qmp_server.commands import migration_config as _migration_config  # noqa: F401
 from qmp_server.commands.control import version_info
+from qmp_server.commands.dispatch import Dispatcher
+from qmp_server.engine.config import MigrationConfig
+from qmp_server.engine.host import DEFAULT_HOST, HostInfo
 from qmp_server.engine.vm import VirtualMachine
-from qmp_server.errors import UsageError
 from qmp_server.qapi import ArgumentValidator, load_schema
 from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.wire.encoder import encode_line
@@ -43,27 +46,24 @@ SCHEMA_PATH = _schema_path()
 
 
 def build_vm(options: Options, emit: Any) -> VirtualMachine:
-    """Load the schema for the profile and create the VM with its migration configuration."""
+    """Load the schema for the profile and create the VM with its migration configuration.
+
+    :raise UsageError: a ``-global`` or ``--host`` value QEMU would refuse at start-up.
+    """
     schema = load_schema(SCHEMA_PATH, options.profile.defines)
-    vm = VirtualMachine(
+    host = HostInfo.parse(options.host) if options.host else DEFAULT_HOST
+    config = MigrationConfig.from_globals(
+        options.profile, host, options.globals, incoming=options.incoming
+    )
+    return VirtualMachine(
         options.profile,
         schema,
         emit,
+        config,
+        host=host,
         start_paused=options.start_paused,
         incoming=options.incoming,
     )
-    try:
-        from qmp_server.commands import migration_config as _mc  # noqa: F401
-        from qmp_server.engine.config import MigrationConfig
-        from qmp_server.engine.host import HostInfo
-    except ImportError:  # pragma: no cover - during bring-up only
-        return vm
-    host = HostInfo.parse(options.host) if options.host else HostInfo()
-    vm.host = host  # type: ignore[attr-defined]
-    vm.config = MigrationConfig.from_globals(  # type: ignore[attr-defined]
-        options.profile, host, options.globals
-    )
-    return vm
 
 
 class Runtime:
@@ -71,14 +71,9 @@ class Runtime:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        bad = [g for g in options.globals if g[0] != "migration"]
-        if bad:
-            driver, prop, value = bad[0]
-            raise UsageError(
-                f"can't apply global {driver}.{prop}={value}: "
-                f"Property '{driver}.{prop}' not found"
-            )
         self.vm = build_vm(options, self.emit)
+        for warning in self.vm.config.warnings:
+            sys.stderr.write(f"qmp-server: warning: {warning}\n")
         self.dispatcher = Dispatcher(self.vm, ArgumentValidator(self.vm.schema))
         self.monitors = [
             QMPMonitor(spec, self.dispatcher, self.greeting, self._after_input)

@@ -101,7 +101,7 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, int):
         out.append(str(value))
     elif isinstance(value, float):
-        out.append("%.17g" % value)
+        out.append("%.17g" % value)  # noqa: UP031 - C printf semantics
     elif isinstance(value, list | tuple):
         if not value:
             out.append("[]")

@@ -202,7 +202,7 @@ class JSONLexer:
                 if m is not None:
                     i = m.end()
                     continue
-            elif state == _DQ or state == _SQ:
+            elif state in (_DQ, _SQ):
                 body = _DQ_BODY if state == _DQ else _SQ_BODY
                 m = body.match(data, i)
                 assert m is not None
@@ -237,7 +237,7 @@ class JSONLexer:
                 emit(TokenType(value), bytes(token))
                 token.clear()
                 state = _START
-            elif kind == _SKIP or kind == _STAY:
+            elif kind in (_SKIP, _STAY):
                 i += 1
             elif kind == _RESYNC:
                 state = _START

@@ -313,9 +313,9 @@ class JSONStreamer:
         self._token_size = 0
         self._plain = True
 
-    def _fail(self, msg: bytes) -> None:
+    def _fail(self, msg: bytes, prefix: bytes = b"JSON parse error, ") -> None:
         self._clear()
-        self._out.append(ParseError(qemu_bytes_to_str(b"JSON parse error, " + msg)))
+        self._out.append(ParseError(qemu_bytes_to_str(prefix + msg)))
 
     def _on_token(self, ttype: TokenType, text: bytes) -> None:
         if ttype == TokenType.LCURLY:
@@ -329,17 +329,16 @@ class JSONStreamer:
         elif ttype == TokenType.ERROR:
             self._fail(b"stray '" + text.split(b"\0", 1)[0] + b"'")
             return
-        elif ttype == TokenType.STRING:
-            if self._plain and (b"\\u" in text or text[0] == 0x27 or not text.isascii()):
-                self._plain = False
+        elif ttype == TokenType.STRING and self._plain:
+            self._plain = b"\\u" not in text and text[0] != 0x27 and text.isascii()
         if self._token_size + len(text) + 1 > MAX_TOKEN_SIZE:
-            self._fail(b"token size limit exceeded")
+            self._fail(b"JSON token size limit exceeded", b"")
             return
         if len(self._tokens) + 1 > MAX_TOKEN_COUNT:
-            self._fail(b"token count limit exceeded")
+            self._fail(b"JSON token count limit exceeded", b"")
             return
         if self._bracket + self._brace > MAX_NESTING:
-            self._fail(b"nesting depth limit exceeded")
+            self._fail(b"JSON nesting depth limit exceeded", b"")
             return
         self._tokens.append((ttype, text))
         self._token_size += len(text)

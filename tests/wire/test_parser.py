@@ -75,7 +75,7 @@ def test_nesting_limit() -> None:
     ok = feed(b"[" * 1024 + b"]" * 1024)
     assert len(ok) == 1 and isinstance(ok[0], list)
     bad = feed(b"[" * 1025 + b"]" * 1025)
-    assert bad[0] == ParseError("JSON parse error, nesting depth limit exceeded")
+    assert bad[0] == ParseError("JSON nesting depth limit exceeded")
     assert all(m == ParseError("JSON parse error, expecting value") for m in bad[1:])
 
 

@@ -1,0 +1,527 @@
+"""The modelled guest: sparse RAM with a dirty log, and a workload that dirties it.
+
+Contract: pure data structures.  No clocks (``now`` is an argument), no threads, no I/O;
+randomness comes from explicit seeds.  Neighbours: :mod:`qmp_server.engine.stream` (turns
+pages into records and records back into pages), the migration engine (drives the
+:class:`Workload`, calls :meth:`GuestMemory.sync_dirty` once per pass), ``x-query-guest-digest``
+(calls :meth:`GuestMemory.digest`).
+
+Design rules:
+
+1. **Sparse.**  Every page has a *baseline*: its content at boot, a pure function of
+   ``(fill, seed, page index)``.  Only pages whose content differs from their baseline are
+   stored (``_pages``: page index -> 4 KiB ``bytes``).  A write that restores the baseline
+   drops the stored copy, so the stored set is canonical.  A 64 GiB guest costs two 16 MiB
+   per-page byte maps plus what was touched.
+2. **Baselines.**  ``zero``: all zero.  ``random``: page *i* is the 64-bit little-endian words
+   ``POOL[i mod 256] XOR K(i)``, where ``POOL`` is 256 pages of SplitMix64 output keyed by the
+   seed and ``K(i)`` is a per-page SplitMix64 key broadcast over the page's 512 words.  Every
+   page is distinct and looks random; it is not cryptographic.  Generating a run of pages costs
+   one XOR pass (about 8 GB/s with numpy), which is what lets the source send, and the
+   destination compare, 1 GiB of "random" RAM at memory speed.
+3. **Digest (v1).**  ``sha256("qmp-server-ram-digest-v1\\0" || u64 ram size || u32 page size ||
+   u8 fill || u64 seed || for every stored page in ascending order: u64 index || 4096 bytes)``
+   (integers little-endian; ``fill``: 0 zero, 1 random).  Because stored pages are exactly the
+   pages that differ from the baseline, two memories with the same size and baseline have the
+   same digest iff their contents are equal (up to sha256).  Cost: proportional to the touched
+   pages only.  A destination must therefore adopt the source's baseline (the stream header
+   carries fill and seed).  :meth:`GuestMemory.content_digest` is the baseline-independent
+   sha256 of all bytes, linear in the RAM size, for tests.
+4. **Dirty log.**  One byte per page (``numpy.uint8``); guest writes (:meth:`write_page`,
+   :meth:`write_page_list`) set it, loads from a migration stream (``load_*``) do not.
+   :meth:`sync_dirty` returns the sorted dirty indexes and clears the log, like QEMU's bitmap
+   sync.
+
+>>> ram = GuestMemory(64 << 30, fill="zero")          # 64 GiB, nothing allocated per page
+>>> ram.is_zero_page(12345), ram.resident_pages
+(True, 0)
+>>> ram.write_page(7, b"\\x01" * PAGE_SIZE)
+>>> ram.sync_dirty().tolist(), ram.resident_pages
+([7], 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "PAGE_SIZE",
+    "WORDS_PER_PAGE",
+    "Fill",
+    "GuestMemory",
+    "PageIndexes",
+    "Workload",
+    "baseline_words",
+    "page_runs",
+]
+
+PAGE_SIZE = 4096
+WORDS_PER_PAGE = PAGE_SIZE // 8
+_POOL_PAGES = 256
+_BATCH_PAGES = 256
+_MASK64 = (1 << 64) - 1
+
+Fill = Literal["zero", "random"]
+FILL_CODES: dict[str, int] = {"zero": 0, "random": 1}
+
+#: Sorted page indexes as numpy returns them.
+PageIndexes = npt.NDArray[np.int64]
+_U64 = np.dtype("<u8")
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64 finaliser applied to ``x * golden`` (in place on a fresh array)."""
+    z = x * _GOLDEN
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _seed_key(seed: int, salt: bytes) -> np.uint64:
+    digest = hashlib.blake2b(
+        str(seed).encode() + b"\0" + salt, digest_size=8, person=b"qmpsrv-guest"
+    ).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+class _RandomBaseline:
+    """The ``random`` baseline generator of one seed (rule 2)."""
+
+    __slots__ = ("_key", "_pool")
+
+    def __init__(self, seed: int) -> None:
+        pool_key = _seed_key(seed, b"pool")
+        words = np.arange(_POOL_PAGES * WORDS_PER_PAGE, dtype=np.uint64) + pool_key
+        self._pool = _splitmix(words).reshape(_POOL_PAGES, WORDS_PER_PAGE)
+        self._key = _seed_key(seed, b"page-key")
+
+    def keys(self, indexes: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+        return _splitmix(indexes ^ self._key)
+
+    def run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
+        out = np.empty((count, WORDS_PER_PAGE), dtype=np.uint64)
+        keys = self.keys(np.arange(start, start + count, dtype=np.uint64))
+        pos = 0
+        while pos < count:
+            row = (start + pos) % _POOL_PAGES
+            n = min(_POOL_PAGES - row, count - pos)
+            np.bitwise_xor(
+                self._pool[row : row + n], keys[pos : pos + n, None], out=out[pos : pos + n]
+            )
+            pos += n
+        return out
+
+    def gather(self, indexes: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+        idx = indexes.astype(np.uint64)
+        rows = np.take(self._pool, (idx % np.uint64(_POOL_PAGES)).astype(np.intp), axis=0)
+        rows ^= self.keys(idx)[:, None]
+        return rows
+
+
+def baseline_words(fill: Fill, seed: int, start: int, count: int) -> npt.NDArray[np.uint64]:
+    """The baseline content of pages ``[start, start+count)`` as ``(count, 512)`` uint64 words.
+
+    Little-endian words: ``baseline_words(...).astype("<u8").tobytes()`` is the byte content.
+    """
+    if fill == "zero":
+        return np.zeros((count, WORDS_PER_PAGE), dtype=np.uint64)
+    return _RandomBaseline(seed).run(start, count)
+
+
+def page_runs(indexes: npt.ArrayLike) -> list[tuple[int, int]]:
+    """Split sorted page indexes into ``(start, count)`` runs of consecutive pages.
+
+    >>> page_runs([1, 2, 3, 7, 9, 10])
+    [(1, 3), (7, 1), (9, 2)]
+    """
+    idx = np.asarray(indexes, dtype=np.int64)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [idx.size]))
+    return [(int(idx[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def _as_words(data: bytes | bytearray | memoryview, count: int) -> npt.NDArray[np.uint64]:
+    arr: npt.NDArray[np.uint64] = np.frombuffer(data, dtype=_U64)
+    return arr.reshape(count, WORDS_PER_PAGE)
+
+
+class GuestMemory:
+    """Sparse guest RAM of ``size_bytes`` (a multiple of 4 KiB), see the module rules.
+
+    :param size_bytes: RAM size; must be a positive multiple of :data:`PAGE_SIZE`.
+    :param fill: ``"zero"`` or ``"random"``: the boot content (the baseline).
+    :param seed: seed of the ``random`` baseline (ignored for ``zero``).
+    :raise ValueError: on a bad size or fill.
+    """
+
+    def __init__(self, size_bytes: int, fill: Fill = "zero", seed: int = 0) -> None:
+        if size_bytes <= 0 or size_bytes % PAGE_SIZE:
+            raise ValueError(f"RAM size {size_bytes} is not a positive multiple of {PAGE_SIZE}")
+        if fill not in FILL_CODES:
+            raise ValueError(f"unknown guest fill {fill!r} (expected 'zero' or 'random')")
+        self.size_bytes = size_bytes
+        self.page_count = size_bytes // PAGE_SIZE
+        self.fill: Fill = fill
+        self.seed = seed & _MASK64
+        self._random = _RandomBaseline(self.seed) if fill == "random" else None
+        #: page index -> content, only for pages that differ from the baseline (rule 1).
+        self._pages: dict[int, bytes] = {}
+        #: 1 where ``_pages`` holds the page (fast vectorised membership).
+        self._stored = np.zeros(self.page_count, dtype=np.uint8)
+        #: the dirty log (rule 4).
+        self._dirty = np.zeros(self.page_count, dtype=np.uint8)
+
+    # ---- introspection -------------------------------------------------------------------
+
+    @property
+    def resident_pages(self) -> int:
+        """How many pages are stored (differ from the baseline)."""
+        return len(self._pages)
+
+    def stored_pages(self) -> PageIndexes:
+        """Sorted indexes of the pages that differ from their baseline."""
+        return np.flatnonzero(self._stored).astype(np.int64)
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.page_count:
+            raise IndexError(f"page {index} out of range (guest has {self.page_count} pages)")
+
+    def _check_run(self, start: int, count: int) -> None:
+        if count < 0 or start < 0 or start + count > self.page_count:
+            raise IndexError(
+                f"pages [{start}, {start + count}) out of range (guest has {self.page_count} pages)"
+            )
+
+    def _check_list(self, indexes: npt.NDArray[np.int64]) -> None:
+        if indexes.size and (int(indexes.min()) < 0 or int(indexes.max()) >= self.page_count):
+            raise IndexError(f"page index out of range (guest has {self.page_count} pages)")
+
+    # ---- baselines -----------------------------------------------------------------------
+
+    def _baseline_run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
+        if self._random is None:
+            return np.zeros((count, WORDS_PER_PAGE), dtype=np.uint64)
+        return self._random.run(start, count)
+
+    def _baseline_page(self, index: int) -> bytes:
+        if self._random is None:
+            return _ZERO_PAGE
+        return self._random.run(index, 1).astype(_U64, copy=False).tobytes()
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def read_page(self, index: int) -> bytes:
+        """The 4 KiB content of page ``index``."""
+        self._check_index(index)
+        stored = self._pages.get(index)
+        return stored if stored is not None else self._baseline_page(index)
+
+    def read_pages(self, start: int, count: int) -> bytes:
+        """The content of the ``count`` consecutive pages from ``start``, concatenated."""
+        self._check_run(start, count)
+        words = self._baseline_run(start, count)
+        touched = np.flatnonzero(self._stored[start : start + count])
+        if touched.size:
+            buf = words.view(np.uint8).reshape(count, PAGE_SIZE)
+            pages = self._pages
+            for offset in touched.tolist():
+                buf[offset] = np.frombuffer(pages[start + offset], dtype=np.uint8)
+        return words.astype(_U64, copy=False).tobytes()
+
+    def read_page_list(self, indexes: npt.ArrayLike) -> bytes:
+        """The content of the listed pages, concatenated in the given order."""
+        idx = np.asarray(indexes, dtype=np.int64)
+        self._check_list(idx)
+        pages = self._pages
+        stored = self._stored[idx] if idx.size else np.zeros(0, dtype=np.uint8)
+        if self._random is None:
+            return b"".join(
+                pages[i] if s else _ZERO_PAGE
+                for i, s in zip(idx.tolist(), stored.tolist(), strict=True)
+            )
+        words = self._random.gather(idx)
+        touched = np.flatnonzero(stored)
+        if touched.size:
+            buf = words.view(np.uint8).reshape(idx.size, PAGE_SIZE)
+            for k in touched.tolist():
+                buf[k] = np.frombuffer(pages[int(idx[k])], dtype=np.uint8)
+        return words.astype(_U64, copy=False).tobytes()
+
+    def is_zero_page(self, index: int) -> bool:
+        """Whether page ``index`` is all zero (no content generated for untouched pages)."""
+        self._check_index(index)
+        stored = self._pages.get(index)
+        if stored is not None:
+            return stored == _ZERO_PAGE
+        return self._random is None
+
+    def zero_mask(self, indexes: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """For each listed page, whether it is all zero; cheap for untouched pages."""
+        idx = np.asarray(indexes, dtype=np.int64)
+        self._check_list(idx)
+        stored = self._stored[idx].astype(bool) if idx.size else np.zeros(0, dtype=bool)
+        # Untouched pages: zero iff the baseline is zero.  Stored pages: look at them.
+        mask = ~stored if self._random is None else np.zeros(idx.size, dtype=bool)
+        for k in np.flatnonzero(stored).tolist():
+            mask[k] = self._pages[int(idx[k])] == _ZERO_PAGE
+        return mask
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def _store(self, index: int, data: bytes) -> None:
+        if data == self._baseline_page(index):
+            if self._pages.pop(index, None) is not None:
+                self._stored[index] = 0
+        else:
+            self._pages[index] = data
+            self._stored[index] = 1
+
+    def write_page(self, index: int, data: bytes | bytearray | memoryview) -> None:
+        """A guest write: replace page ``index`` and mark it dirty."""
+        self._check_index(index)
+        if len(data) != PAGE_SIZE:
+            raise ValueError(f"a page is {PAGE_SIZE} bytes, got {len(data)}")
+        self._store(index, bytes(data))
+        self._dirty[index] = 1
+
+    def write_page_list(self, indexes: npt.ArrayLike, data: bytes | bytearray | memoryview) -> None:
+        """Guest writes of several pages (data concatenated in index order); marks them dirty.
+
+        Later entries win when an index repeats.
+        """
+        idx = np.asarray(indexes, dtype=np.int64)
+        self._check_list(idx)
+        self._load_list(idx, data)
+        self._dirty[idx] = 1
+
+    def load_pages(self, start: int, data: bytes | bytearray | memoryview) -> None:
+        """Load consecutive pages from a migration stream (not a guest write: no dirty bit)."""
+        if len(data) % PAGE_SIZE:
+            raise ValueError(f"page data length {len(data)} is not a multiple of {PAGE_SIZE}")
+        count = len(data) // PAGE_SIZE
+        self._check_run(start, count)
+        if count == 0:
+            return
+        words = _as_words(data, count)
+        if self._random is None:
+            differs: npt.NDArray[np.bool_] = np.asarray(words.any(axis=1))
+        else:
+            differs = np.asarray((words != self._random.run(start, count)).any(axis=1))
+        self._apply(np.arange(start, start + count, dtype=np.int64), differs, data)
+
+    def load_page_list(self, indexes: npt.ArrayLike, data: bytes | bytearray | memoryview) -> None:
+        """Load the listed pages (data concatenated in index order) from a migration stream."""
+        idx = np.asarray(indexes, dtype=np.int64)
+        self._check_list(idx)
+        self._load_list(idx, data)
+
+    def _load_list(self, idx: npt.NDArray[np.int64], data: bytes | bytearray | memoryview) -> None:
+        if len(data) != idx.size * PAGE_SIZE:
+            raise ValueError(f"{idx.size} pages need {idx.size * PAGE_SIZE} bytes, got {len(data)}")
+        if idx.size == 0:
+            return
+        words = _as_words(data, idx.size)
+        uniq, first_in_reversed = np.unique(idx[::-1], return_index=True)
+        if uniq.size != idx.size:
+            # Repeated indexes: the last write of each page wins.
+            keep = idx.size - 1 - first_in_reversed
+            idx = uniq
+            words = np.ascontiguousarray(words[keep])
+            data = words.astype(_U64, copy=False).tobytes()
+        if self._random is None:
+            differs: npt.NDArray[np.bool_] = np.asarray(words.any(axis=1))
+        else:
+            differs = np.asarray((words != self._random.gather(idx)).any(axis=1))
+        self._apply(idx, differs, data)
+
+    def _apply(
+        self,
+        idx: npt.NDArray[np.int64],
+        differs: npt.NDArray[np.bool_],
+        data: bytes | bytearray | memoryview,
+    ) -> None:
+        pages = self._pages
+        view = memoryview(data)
+        same = idx[~differs]
+        if same.size:
+            for i in same[self._stored[same] == 1].tolist():
+                pages.pop(i, None)
+            self._stored[same] = 0
+        for k in np.flatnonzero(differs).tolist():
+            pages[int(idx[k])] = view[k * PAGE_SIZE : (k + 1) * PAGE_SIZE].tobytes()
+        self._stored[idx[differs]] = 1
+
+    def load_zero_pages(self, start: int, count: int) -> None:
+        """Load a run of zero pages from a migration stream."""
+        self._check_run(start, count)
+        self._load_zero(np.arange(start, start + count, dtype=np.int64))
+
+    def load_zero_page_list(self, indexes: npt.ArrayLike) -> None:
+        """Load the listed pages as zero pages from a migration stream."""
+        idx = np.asarray(indexes, dtype=np.int64)
+        self._check_list(idx)
+        self._load_zero(idx)
+
+    def _load_zero(self, idx: npt.NDArray[np.int64]) -> None:
+        if self._random is None:
+            # Zero is the baseline: drop whatever was stored.
+            for i in np.flatnonzero(self._stored[idx]).tolist():
+                self._pages.pop(int(idx[i]), None)
+            self._stored[idx] = 0
+            return
+        for i in idx.tolist():
+            self._pages[i] = _ZERO_PAGE
+        self._stored[idx] = 1
+
+    # ---- dirty log -----------------------------------------------------------------------
+
+    def mark_dirty(self, indexes: Iterable[int] | npt.ArrayLike) -> None:
+        """Set the dirty bit of the listed pages."""
+        idx = np.asarray(list(indexes) if isinstance(indexes, set) else indexes, dtype=np.int64)
+        self._check_list(idx)
+        self._dirty[idx] = 1
+
+    def mark_all_dirty(self) -> None:
+        """Set every dirty bit (what a migration's first pass sends)."""
+        self._dirty.fill(1)
+
+    def dirty_count(self) -> int:
+        """How many pages are dirty now (no sync)."""
+        return int(np.count_nonzero(self._dirty))
+
+    def sync_dirty(self) -> PageIndexes:
+        """Return the sorted dirty page indexes and clear the log (QEMU's bitmap sync)."""
+        dirty = np.flatnonzero(self._dirty).astype(np.int64)
+        if dirty.size:
+            self._dirty[dirty] = 0
+        return dirty
+
+    # ---- digests -------------------------------------------------------------------------
+
+    def digest_header(self) -> bytes:
+        return b"qmp-server-ram-digest-v1\0" + struct.pack(
+            "<QIBQ", self.size_bytes, PAGE_SIZE, FILL_CODES[self.fill], self.seed
+        )
+
+    def digest(self) -> str:
+        """The v1 RAM digest (module rule 3), hex; cost proportional to the touched pages."""
+        h = hashlib.sha256(self.digest_header())
+        pages = self._pages
+        pack = struct.Struct("<Q").pack
+        for index in sorted(pages):
+            h.update(pack(index))
+            h.update(pages[index])
+        return h.hexdigest()
+
+    def content_digest(self, chunk_pages: int = 256) -> str:
+        """sha256 of the whole RAM byte by byte (baseline-independent; linear in the size)."""
+        h = hashlib.sha256()
+        for start in range(0, self.page_count, chunk_pages):
+            h.update(self.read_pages(start, min(chunk_pages, self.page_count - start)))
+        return h.hexdigest()
+
+
+class Workload:
+    """A guest program that dirties RAM at ``rate_bytes_per_s`` (pages chosen at random).
+
+    Time is an input: :meth:`advance` writes the pages owed since the previous call.  The
+    throttle (auto-converge, QEMU's ``cpu-throttle-percentage``) is the percentage of time the
+    vCPUs are kept from running, so the effective rate is ``rate * (100 - throttle) / 100``.
+    While stopped (:meth:`set_running` False) nothing is written and no debt accrues.
+
+    :param guest: the RAM to dirty.
+    :param rate_bytes_per_s: bytes dirtied per second of running time (0: idle).
+    :param seed: seed of the page choice and of the written content.
+    :param now: the time origin.
+    :param max_pages_per_advance: cap of pages written by one :meth:`advance` (the rest of the
+        debt is dropped, as a descheduled guest would not catch up).
+    """
+
+    def __init__(
+        self,
+        guest: GuestMemory,
+        rate_bytes_per_s: int,
+        seed: int = 0,
+        *,
+        now: float = 0.0,
+        max_pages_per_advance: int = 1 << 16,
+    ) -> None:
+        if rate_bytes_per_s < 0:
+            raise ValueError("the dirty rate must be non-negative")
+        self.guest = guest
+        self.rate = rate_bytes_per_s
+        self.throttle_percent = 0
+        self.running = True
+        self.max_pages_per_advance = max_pages_per_advance
+        self.pages_written = 0
+        self._rng = np.random.Generator(np.random.PCG64(seed & _MASK64))
+        self._last = now
+        self._debt = 0.0  # bytes owed, < PAGE_SIZE after each advance
+
+    @property
+    def effective_rate(self) -> float:
+        """Bytes per second actually written now (rate less the throttle; 0 when stopped)."""
+        if not self.running:
+            return 0.0
+        return self.rate * (100 - self.throttle_percent) / 100
+
+    def _accrue(self, now: float) -> None:
+        elapsed = max(0.0, now - self._last)
+        self._last = max(self._last, now)
+        self._debt += self.effective_rate * elapsed
+
+    def set_rate(self, rate_bytes_per_s: int, now: float) -> None:
+        """Change the rate from ``now`` on (time before ``now`` accrues at the old rate)."""
+        if rate_bytes_per_s < 0:
+            raise ValueError("the dirty rate must be non-negative")
+        self._accrue(now)
+        self.rate = rate_bytes_per_s
+
+    def set_throttle(self, percent: int, now: float) -> None:
+        """Set the throttle percentage (0..99, as QEMU's cpu-throttle-percentage)."""
+        if not 0 <= percent <= 99:
+            raise ValueError("the throttle percentage must be in 0..99")
+        self._accrue(now)
+        self.throttle_percent = percent
+
+    def set_running(self, running: bool, now: float) -> None:
+        """Start or stop the vCPUs (the ``stop``/``cont`` runstate)."""
+        self._accrue(now)
+        self.running = running
+
+    def advance(self, now: float) -> int:
+        """Write the pages owed up to ``now``; return how many pages were written."""
+        self._accrue(now)
+        count = int(self._debt // PAGE_SIZE)
+        if count <= 0:
+            return 0
+        self._debt -= count * PAGE_SIZE
+        count = min(count, self.max_pages_per_advance)
+        # Batches of 1 MiB: big temporaries are fresh mmaps, and first-touch page faults cost
+        # more than the work itself; 1 MiB blocks are recycled by the allocator.
+        for done in range(0, count, _BATCH_PAGES):
+            n = min(_BATCH_PAGES, count - done)
+            indexes = self._rng.integers(0, self.guest.page_count, size=n, dtype=np.int64)
+            content = self._rng.integers(
+                0, _MASK64, size=n * WORDS_PER_PAGE, dtype=np.uint64, endpoint=True
+            )
+            self.guest.write_page_list(indexes, content.astype(_U64, copy=False).tobytes())
+        self.pages_written += count
+        return count

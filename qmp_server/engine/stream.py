@@ -1,0 +1,850 @@
+"""The migration stream and its return path, sans-I/O (the h11 shape).
+
+Contract: bytes in, typed frozen events out, and typed calls in, bytes out.  No sockets, no
+clocks.  ``docs/stream-format.md`` is the byte-by-byte specification; this module is its only
+implementation.  Neighbours: :mod:`qmp_server.engine.guest` and
+:mod:`qmp_server.engine.devices` (what the records carry), the migration engine (decides
+what to send and when), ``runtime/migration_io.py`` (moves the bytes).
+
+Rules:
+
+1. The decoder raises :class:`StreamError` for every defect of the input (bad magic or
+   version, unknown record, bad length, record out of order, page out of range, truncation,
+   checksum mismatch) and never any other exception.  Once raised, it raises again.
+2. Any split of the same bytes into :meth:`StreamDecoder.receive_data` calls yields the same
+   events.
+3. A stream is accepted as complete only after ``COMPLETE``, a ``CHECKSUM`` that matches the
+   running xxh3-64 of every byte before it, and ``EOF``, in that order.  So a corrupted
+   stream can never end in :class:`EndOfStream`.
+4. Speed: RAM travels in records of up to 64 MiB of page data (the engine uses ~1 MiB);
+   encoding is one ``join`` per record and decoding one copy per record.
+
+>>> enc = StreamEncoder()
+>>> wire = enc.header(ram_size=1 << 20, fill="zero", seed=0, profile="7.2")
+>>> wire += enc.zero_run(0, 256) + enc.complete("00" * 32, ())
+>>> dec = StreamDecoder()
+>>> dec.receive_data(wire); dec.receive_data(b"")
+>>> [type(e).__name__ for e in iter(dec.next_event, NEED_DATA)]
+['StreamHeader', 'ZeroRun', 'Complete', 'Checkpoint', 'EndOfStream']
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+from qmp_server.engine.devices import DeviceChunk, DeviceChunkKind
+from qmp_server.engine.guest import FILL_CODES, PAGE_SIZE, Fill, GuestMemory
+from qmp_server.errors import ProtocolError
+
+__all__ = [
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "NEED_DATA",
+    "VERSION",
+    "Checkpoint",
+    "Complete",
+    "DeviceData",
+    "EndOfPrecopy",
+    "EndOfStream",
+    "NeedData",
+    "OpenReturnPath",
+    "RamList",
+    "RamRun",
+    "ReturnPathDecoder",
+    "ReturnPathEncoder",
+    "RpClosed",
+    "RpOpen",
+    "RpResumed",
+    "RpShut",
+    "RpSwitchoverAck",
+    "StreamDecoder",
+    "StreamEncoder",
+    "StreamError",
+    "StreamEvent",
+    "StreamHeader",
+    "SyncMarker",
+    "ZeroList",
+    "ZeroRun",
+    "apply_ram_event",
+    "encode_guest_pages",
+    "guest_for_header",
+]
+
+MAGIC: Final = b"QMPSMIG\n"
+VERSION: Final = 1
+#: Largest record payload accepted (64 MiB of data plus room for a record's own fields).
+MAX_PAYLOAD: Final = (64 << 20) + 4096
+CHECKSUM_XXH3_64: Final = 1
+
+FLAG_SWITCHOVER_ACK: Final = 0x1
+FLAG_RETURN_PATH: Final = 0x2
+_KNOWN_FLAGS = FLAG_SWITCHOVER_ACK | FLAG_RETURN_PATH
+
+
+class Tag(enum.IntEnum):
+    """Record tags (first byte of every record)."""
+
+    HEADER = 0x01
+    RAM_RUN = 0x10
+    RAM_LIST = 0x11
+    ZERO_RUN = 0x12
+    ZERO_LIST = 0x13
+    DEVICE = 0x20
+    SYNC = 0x30
+    OPEN_RETURN_PATH = 0x31
+    END_OF_PRECOPY = 0x32
+    COMPLETE = 0x40
+    CHECKSUM = 0x7E
+    EOF = 0x7F
+
+
+_REC = struct.Struct("<BI")  # tag, payload length
+_HEADER = struct.Struct("<HIQBQB")  # flags, page size, ram size, fill, seed, checksum algorithm
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_RUN = struct.Struct("<QI")  # start, count
+_ZRUN = struct.Struct("<QQ")  # start, count
+_DEV = struct.Struct("<BBB")  # kind, flags, id length
+_TAGS = {int(t) for t in Tag}
+_CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random"}
+_LE64 = np.dtype("<u8")
+
+
+class StreamError(ProtocolError):
+    """The migration stream (or return path) is malformed; the message says how."""
+
+
+class NeedData:
+    """The sentinel type of :data:`NEED_DATA`: a complete event needs more bytes."""
+
+    _instance: NeedData | None = None
+
+    def __new__(cls) -> NeedData:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHeader:
+    version: int
+    page_size: int
+    ram_size: int
+    fill: Fill
+    seed: int
+    switchover_ack: bool
+    return_path: bool
+    profile: str
+
+
+@dataclass(frozen=True, slots=True)
+class RamRun:
+    """Consecutive non-zero pages from ``start``; ``data`` is ``count * page_size`` bytes."""
+
+    start: int
+    count: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RamList:
+    """Pages at ``indexes``; ``data`` holds them in the same order."""
+
+    indexes: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroRun:
+    start: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroList:
+    indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceData:
+    chunk: DeviceChunk
+
+
+@dataclass(frozen=True, slots=True)
+class SyncMarker:
+    """The source synced its dirty bitmap: ``pass_number`` is its dirty-sync-count."""
+
+    pass_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReturnPath:
+    """The source asks the destination to open the return path."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfPrecopy:
+    """The source stopped the guest: what follows is stop-and-copy data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """All state was sent; the source's digests at switchover, for verification."""
+
+    ram_digest: str
+    device_digests: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A verified running checksum (xxh3-64 of every byte before it)."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """The stream ended properly (after ``COMPLETE`` and a verified checksum)."""
+
+
+StreamEvent = (
+    StreamHeader
+    | RamRun
+    | RamList
+    | ZeroRun
+    | ZeroList
+    | DeviceData
+    | SyncMarker
+    | OpenReturnPath
+    | EndOfPrecopy
+    | Complete
+    | Checkpoint
+    | EndOfStream
+)
+
+Buffer = bytes | bytearray | memoryview
+
+
+# ---- encoder ---------------------------------------------------------------------------------
+
+
+class StreamEncoder:
+    """Builds the stream.  Every method returns the bytes to send, in call order.
+
+    :raise ValueError: (every method) on arguments the format cannot carry; this is a bug in
+        the caller, not a stream defect.
+    """
+
+    def __init__(self) -> None:
+        self._hash = xxhash.xxh3_64()
+        self.bytes_encoded = 0
+        self.page_size = PAGE_SIZE
+        self._started = False
+        self._finished = False
+
+    def _record(self, tag: Tag, *parts: Buffer) -> bytes:
+        if not self._started:
+            raise ValueError("header() must come first")
+        if self._finished:
+            raise ValueError("the stream is complete")
+        length = sum(len(p) for p in parts)
+        if length > MAX_PAYLOAD:
+            raise ValueError(f"record payload of {length} bytes exceeds {MAX_PAYLOAD}")
+        out = b"".join((_REC.pack(tag, length), *parts))
+        self._hash.update(out)
+        self.bytes_encoded += len(out)
+        return out
+
+    def header(
+        self,
+        *,
+        ram_size: int,
+        fill: Fill,
+        seed: int,
+        profile: str,
+        page_size: int = PAGE_SIZE,
+        switchover_ack: bool = False,
+        return_path: bool = False,
+    ) -> bytes:
+        """Magic, version and the ``HEADER`` record."""
+        if self._started:
+            raise ValueError("header() was already called")
+        name = profile.encode()
+        if len(name) > 255:
+            raise ValueError("profile name longer than 255 bytes")
+        if page_size <= 0 or ram_size % page_size:
+            raise ValueError("ram_size must be a multiple of page_size")
+        flags = (FLAG_SWITCHOVER_ACK if switchover_ack else 0) | (
+            FLAG_RETURN_PATH if return_path else 0
+        )
+        self._started = True
+        self.page_size = page_size
+        prefix = MAGIC + _U16.pack(VERSION)
+        self._hash.update(prefix)
+        self.bytes_encoded += len(prefix)
+        payload = _HEADER.pack(
+            flags, page_size, ram_size, FILL_CODES[fill], seed & (2**64 - 1), CHECKSUM_XXH3_64
+        )
+        return prefix + self._record(Tag.HEADER, payload, bytes([len(name)]), name)
+
+    def _check_data(self, data: Buffer, count: int) -> None:
+        if len(data) != count * self.page_size:
+            raise ValueError(f"{count} pages need {count * self.page_size} bytes, got {len(data)}")
+
+    def ram_run(self, start: int, data: Buffer) -> bytes:
+        """``RAM_RUN``: consecutive pages from ``start``."""
+        count = len(data) // self.page_size
+        self._check_data(data, count)
+        return self._record(Tag.RAM_RUN, _RUN.pack(start, count), data)
+
+    def ram_list(self, indexes: Sequence[int] | npt.NDArray[np.int64], data: Buffer) -> bytes:
+        """``RAM_LIST``: the pages at ``indexes``, data in the same order."""
+        idx = np.asarray(indexes, dtype=_LE64)
+        self._check_data(data, idx.size)
+        return self._record(Tag.RAM_LIST, _U32.pack(idx.size), idx.tobytes(), data)
+
+    def zero_run(self, start: int, count: int) -> bytes:
+        """``ZERO_RUN``: ``count`` zero pages from ``start`` (no page data)."""
+        return self._record(Tag.ZERO_RUN, _ZRUN.pack(start, count))
+
+    def zero_list(self, indexes: Sequence[int] | npt.NDArray[np.int64]) -> bytes:
+        """``ZERO_LIST``: zero pages at ``indexes``."""
+        idx = np.asarray(indexes, dtype=_LE64)
+        return self._record(Tag.ZERO_LIST, _U32.pack(idx.size), idx.tobytes())
+
+    def device(self, chunk: DeviceChunk) -> bytes:
+        """``DEVICE``: one device chunk."""
+        name = chunk.device_id.encode()
+        if not 0 < len(name) <= 255:
+            raise ValueError("device id must be 1..255 bytes")
+        head = _DEV.pack(chunk.kind, 1 if chunk.initial else 0, len(name))
+        return self._record(Tag.DEVICE, head, name, _U64.pack(chunk.offset), chunk.data)
+
+    def sync(self, pass_number: int) -> bytes:
+        """``SYNC``: a dirty-bitmap sync happened (dirty-sync-count ``pass_number``)."""
+        return self._record(Tag.SYNC, _U32.pack(pass_number))
+
+    def open_return_path(self) -> bytes:
+        return self._record(Tag.OPEN_RETURN_PATH)
+
+    def end_of_precopy(self) -> bytes:
+        return self._record(Tag.END_OF_PRECOPY)
+
+    def checkpoint(self) -> bytes:
+        """``CHECKSUM``: the running checksum so far (lets the peer fail early)."""
+        return self._record(Tag.CHECKSUM, _U64.pack(self._hash.intdigest()))
+
+    def complete(self, ram_digest: str, device_digests: Sequence[tuple[str, str]]) -> bytes:
+        """``COMPLETE`` + ``CHECKSUM`` + ``EOF``: the end of the stream."""
+        parts = [bytes.fromhex(ram_digest), _U16.pack(len(device_digests))]
+        if len(parts[0]) != 32:
+            raise ValueError("ram_digest must be 64 hex digits")
+        for dev_id, digest in device_digests:
+            name = dev_id.encode()
+            raw = bytes.fromhex(digest)
+            if not 0 < len(name) <= 255 or len(raw) != 32:
+                raise ValueError("bad device digest entry")
+            parts += [bytes([len(name)]), name, raw]
+        out = self._record(Tag.COMPLETE, *parts) + self.checkpoint() + self._record(Tag.EOF)
+        self._finished = True
+        return out
+
+
+# ---- decoder ---------------------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    MAGIC = "magic"
+    HEADER = "header"
+    BODY = "body"
+    NEED_CHECKSUM = "need-checksum"  # after COMPLETE
+    NEED_EOF = "need-eof"  # after COMPLETE + CHECKSUM
+    DONE = "done"
+
+
+class StreamDecoder:
+    """Parses the stream: :meth:`receive_data`, then :meth:`next_event` until ``NEED_DATA``.
+
+    :param max_payload: largest record payload accepted (a bigger length is an error at once).
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._buf = bytearray()
+        self._eof = False
+        self._state = _State.MAGIC
+        self._hash = xxhash.xxh3_64()
+        self._error: StreamError | None = None
+        self._max_payload = max_payload
+        self.header: StreamHeader | None = None
+        self._pages = 0
+        self.bytes_decoded = 0
+
+    def receive_data(self, data: Buffer) -> None:
+        """Feed bytes; ``b""`` means the peer closed (EOF)."""
+        if len(data) == 0:
+            self._eof = True
+        else:
+            self._buf += data
+
+    def _fail(self, message: str) -> StreamError:
+        self._error = StreamError(message)
+        return self._error
+
+    def next_event(self) -> StreamEvent | NeedData:
+        """The next complete event, or :data:`NEED_DATA`.
+
+        :raise StreamError: on any defect (module rule 1).
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            event = self._next()
+        except StreamError as err:
+            self._error = err
+            raise
+        except (struct.error, ValueError, OverflowError, IndexError) as err:
+            raise self._fail(f"malformed record: {err}") from err
+        if event is NEED_DATA and self._eof and self._state is not _State.DONE:
+            if self._buf:
+                raise self._fail(
+                    f"stream truncated: {len(self._buf)} bytes of an incomplete "
+                    f"{'record' if self._state is not _State.MAGIC else 'stream header'}"
+                )
+            raise self._fail(f"stream truncated: ended before EOF (in state {self._state.value})")
+        return event
+
+    def _next(self) -> StreamEvent | NeedData:
+        buf = self._buf
+        if self._state is _State.MAGIC:
+            if len(buf) < len(MAGIC) + 2:
+                if buf and not MAGIC.startswith(bytes(buf[: len(MAGIC)])):
+                    raise self._fail("bad magic: not a qmp-server migration stream")
+                return NEED_DATA
+            if buf[: len(MAGIC)] != MAGIC:
+                raise self._fail("bad magic: not a qmp-server migration stream")
+            (version,) = _U16.unpack_from(buf, len(MAGIC))
+            if version != VERSION:
+                raise self._fail(f"unsupported stream version {version} (expected {VERSION})")
+            size = len(MAGIC) + 2
+            self._hash.update(memoryview(buf)[:size])
+            del buf[:size]
+            self.bytes_decoded += size
+            self._state = _State.HEADER
+        if self._state is _State.DONE:
+            if buf:
+                raise self._fail("data after the end of the stream")
+            return NEED_DATA
+        if len(buf) < _REC.size:
+            return NEED_DATA
+        tag, length = _REC.unpack_from(buf, 0)
+        if tag not in _TAGS:
+            raise self._fail(f"unknown record type 0x{tag:02x}")
+        if length > self._max_payload:
+            raise self._fail(f"record 0x{tag:02x} too long: {length} bytes")
+        end = _REC.size + length
+        if len(buf) < end:
+            return NEED_DATA
+        checksum_before = self._hash.intdigest()
+        with memoryview(buf) as view:
+            self._hash.update(view[:end])
+            payload = view[_REC.size : end].tobytes()
+        del buf[:end]
+        self.bytes_decoded += end
+        return self._dispatch(Tag(tag), payload, checksum_before)
+
+    def _expect_len(self, tag: Tag, payload: bytes, length: int) -> None:
+        if len(payload) != length:
+            raise self._fail(
+                f"record {tag.name} has {len(payload)} bytes of payload, expected {length}"
+            )
+
+    def _check_pages(self, tag: Tag, first: int, last_excl: int) -> None:
+        if first < 0 or last_excl > self._pages or first > last_excl:
+            raise self._fail(
+                f"record {tag.name}: pages [{first}, {last_excl}) out of range "
+                f"(guest has {self._pages} pages)"
+            )
+
+    def _indexes(self, tag: Tag, raw: bytes) -> tuple[int, ...]:
+        idx = np.frombuffer(raw, dtype=_LE64)
+        if idx.size and int(idx.max()) >= self._pages:
+            raise self._fail(f"record {tag.name}: page {int(idx.max())} out of range")
+        return tuple(idx.tolist())
+
+    def _dispatch(self, tag: Tag, payload: bytes, checksum_before: int) -> StreamEvent:
+        state = self._state
+        if state is _State.HEADER:
+            if tag is not Tag.HEADER:
+                raise self._fail(f"expected HEADER record, got {tag.name}")
+            return self._header(payload)
+        if tag is Tag.HEADER:
+            raise self._fail("a second HEADER record")
+        if state is _State.NEED_CHECKSUM and tag is not Tag.CHECKSUM:
+            raise self._fail(f"expected CHECKSUM after COMPLETE, got {tag.name}")
+        if state is _State.NEED_EOF and tag is not Tag.EOF:
+            raise self._fail(f"expected EOF after the final CHECKSUM, got {tag.name}")
+        ps = self.header.page_size if self.header is not None else PAGE_SIZE
+        if tag is Tag.RAM_RUN:
+            if len(payload) < _RUN.size:
+                raise self._fail("record RAM_RUN too short")
+            start, count = _RUN.unpack_from(payload)
+            self._expect_len(tag, payload, _RUN.size + count * ps)
+            self._check_pages(tag, start, start + count)
+            return RamRun(start, count, payload[_RUN.size :])
+        if tag is Tag.RAM_LIST:
+            if len(payload) < 4:
+                raise self._fail("record RAM_LIST too short")
+            (count,) = _U32.unpack_from(payload)
+            self._expect_len(tag, payload, 4 + count * (8 + ps))
+            split = 4 + 8 * count
+            return RamList(self._indexes(tag, payload[4:split]), payload[split:])
+        if tag is Tag.ZERO_RUN:
+            self._expect_len(tag, payload, _ZRUN.size)
+            start, count = _ZRUN.unpack(payload)
+            self._check_pages(tag, start, start + count)
+            return ZeroRun(start, count)
+        if tag is Tag.ZERO_LIST:
+            if len(payload) < 4:
+                raise self._fail("record ZERO_LIST too short")
+            (count,) = _U32.unpack_from(payload)
+            self._expect_len(tag, payload, 4 + 8 * count)
+            return ZeroList(self._indexes(tag, payload[4:]))
+        if tag is Tag.DEVICE:
+            return self._device(payload)
+        if tag is Tag.SYNC:
+            self._expect_len(tag, payload, 4)
+            return SyncMarker(_U32.unpack(payload)[0])
+        if tag is Tag.OPEN_RETURN_PATH:
+            self._expect_len(tag, payload, 0)
+            return OpenReturnPath()
+        if tag is Tag.END_OF_PRECOPY:
+            self._expect_len(tag, payload, 0)
+            return EndOfPrecopy()
+        if tag is Tag.COMPLETE:
+            event = self._complete(payload)
+            self._state = _State.NEED_CHECKSUM
+            return event
+        if tag is Tag.CHECKSUM:
+            self._expect_len(tag, payload, 8)
+            (value,) = _U64.unpack(payload)
+            if value != checksum_before:
+                raise self._fail(
+                    f"checksum mismatch: stream says {value:016x}, "
+                    f"received bytes hash to {checksum_before:016x}"
+                )
+            if state is _State.NEED_CHECKSUM:
+                self._state = _State.NEED_EOF
+            return Checkpoint(value)
+        # Tag.EOF
+        self._expect_len(tag, payload, 0)
+        if state is not _State.NEED_EOF:
+            raise self._fail("EOF before COMPLETE and its CHECKSUM")
+        self._state = _State.DONE
+        return EndOfStream()
+
+    def _header(self, payload: bytes) -> StreamHeader:
+        if len(payload) < _HEADER.size + 1:
+            raise self._fail("record HEADER too short")
+        flags, page_size, ram_size, fill, seed, algorithm = _HEADER.unpack_from(payload)
+        name_len = payload[_HEADER.size]
+        self._expect_len(Tag.HEADER, payload, _HEADER.size + 1 + name_len)
+        if flags & ~_KNOWN_FLAGS:
+            raise self._fail(f"unknown header flags 0x{flags:04x}")
+        if page_size != PAGE_SIZE:
+            raise self._fail(f"unsupported page size {page_size}")
+        if ram_size == 0 or ram_size % page_size:
+            raise self._fail(f"bad RAM size {ram_size}")
+        if fill not in _CODE_FILLS:
+            raise self._fail(f"unknown guest fill code {fill}")
+        if algorithm != CHECKSUM_XXH3_64:
+            raise self._fail(f"unknown checksum algorithm {algorithm}")
+        try:
+            profile = payload[_HEADER.size + 1 :].decode()
+        except UnicodeDecodeError:
+            raise self._fail("profile name is not UTF-8") from None
+        self._pages = ram_size // page_size
+        self.header = StreamHeader(
+            version=VERSION,
+            page_size=page_size,
+            ram_size=ram_size,
+            fill=_CODE_FILLS[fill],
+            seed=seed,
+            switchover_ack=bool(flags & FLAG_SWITCHOVER_ACK),
+            return_path=bool(flags & FLAG_RETURN_PATH),
+            profile=profile,
+        )
+        self._state = _State.BODY
+        return self.header
+
+    def _device(self, payload: bytes) -> DeviceData:
+        if len(payload) < _DEV.size:
+            raise self._fail("record DEVICE too short")
+        kind, flags, name_len = _DEV.unpack_from(payload)
+        head = _DEV.size + name_len + 8
+        if name_len == 0 or len(payload) < head:
+            raise self._fail("record DEVICE too short")
+        if kind not in DeviceChunkKind.__members__.values() or flags & ~1:
+            raise self._fail(f"record DEVICE: unknown chunk kind {kind} or flags {flags}")
+        chunk_kind = DeviceChunkKind(kind)
+        try:
+            name = payload[_DEV.size : _DEV.size + name_len].decode()
+        except UnicodeDecodeError:
+            raise self._fail("record DEVICE: device id is not UTF-8") from None
+        (offset,) = _U64.unpack_from(payload, _DEV.size + name_len)
+        data = payload[head:]
+        no_data = chunk_kind in (DeviceChunkKind.INIT_DATA_SENT, DeviceChunkKind.END)
+        if (no_data and (data or offset)) or (flags and chunk_kind is not DeviceChunkKind.FINAL):
+            raise self._fail(f"record DEVICE: malformed {chunk_kind.name} chunk")
+        return DeviceData(DeviceChunk(name, chunk_kind, offset, data, bool(flags)))
+
+    def _complete(self, payload: bytes) -> Complete:
+        if len(payload) < 34:
+            raise self._fail("record COMPLETE too short")
+        ram = payload[:32].hex()
+        (count,) = _U16.unpack_from(payload, 32)
+        pos = 34
+        devices: list[tuple[str, str]] = []
+        for _ in range(count):
+            if pos >= len(payload):
+                raise self._fail("record COMPLETE too short")
+            n = payload[pos]
+            if n == 0 or pos + 1 + n + 32 > len(payload):
+                raise self._fail("record COMPLETE: bad device entry")
+            try:
+                name = payload[pos + 1 : pos + 1 + n].decode()
+            except UnicodeDecodeError:
+                raise self._fail("record COMPLETE: device id is not UTF-8") from None
+            devices.append((name, payload[pos + 1 + n : pos + 1 + n + 32].hex()))
+            pos += 1 + n + 32
+        if pos != len(payload):
+            raise self._fail("record COMPLETE: trailing bytes")
+        return Complete(ram, tuple(devices))
+
+
+# ---- glue with the guest ---------------------------------------------------------------------
+
+
+def guest_for_header(header: StreamHeader) -> GuestMemory:
+    """A destination RAM with the source's size and baseline (needed for equal digests)."""
+    return GuestMemory(header.ram_size, fill=header.fill, seed=header.seed)
+
+
+def encode_guest_pages(
+    encoder: StreamEncoder,
+    guest: GuestMemory,
+    indexes: npt.ArrayLike,
+    *,
+    max_pages: int = 256,
+    min_run: int = 16,
+) -> list[bytes]:
+    """Records for the given sorted pages of ``guest``, with zero-page detection.
+
+    Zero pages become ``ZERO_RUN``/``ZERO_LIST`` (no data); runs of at least ``min_run``
+    consecutive non-zero pages become ``RAM_RUN`` records of at most ``max_pages``; scattered
+    non-zero pages are grouped into ``RAM_LIST`` records.  Feed it ~``max_pages`` pages at a
+    time (the caller rate-limits); it returns one ``bytes`` per record.
+    """
+    idx = np.asarray(indexes, dtype=np.int64)
+    if idx.size == 0:
+        return []
+    zero = guest.zero_mask(idx)
+    # Segment boundaries: a gap in the indexes or a change zero <-> non-zero.
+    cut = np.flatnonzero((np.diff(idx) != 1) | (zero[1:] != zero[:-1])) + 1
+    starts = np.concatenate(([0], cut)).tolist()
+    ends = np.concatenate((cut, [idx.size])).tolist()
+    out: list[bytes] = []
+    scattered_zero: list[int] = []
+    scattered: list[int] = []
+    for s, e in zip(starts, ends, strict=True):
+        first, count = int(idx[s]), e - s
+        if zero[s]:
+            if count >= min_run:
+                out.append(encoder.zero_run(first, count))
+            else:
+                scattered_zero.extend(range(first, first + count))
+        elif count >= min_run:
+            for off in range(0, count, max_pages):
+                n = min(max_pages, count - off)
+                out.append(encoder.ram_run(first + off, guest.read_pages(first + off, n)))
+        else:
+            scattered.extend(range(first, first + count))
+    for off in range(0, len(scattered), max_pages):
+        part = scattered[off : off + max_pages]
+        out.append(encoder.ram_list(part, guest.read_page_list(part)))
+    for off in range(0, len(scattered_zero), 1 << 16):
+        out.append(encoder.zero_list(scattered_zero[off : off + (1 << 16)]))
+    return out
+
+
+def apply_ram_event(guest: GuestMemory, event: object) -> bool:
+    """Load a RAM record into ``guest``; return False for non-RAM events (left to the caller)."""
+    if isinstance(event, RamRun):
+        guest.load_pages(event.start, event.data)
+    elif isinstance(event, ZeroRun):
+        guest.load_zero_pages(event.start, event.count)
+    elif isinstance(event, RamList):
+        guest.load_page_list(event.indexes, event.data)
+    elif isinstance(event, ZeroList):
+        guest.load_zero_page_list(event.indexes)
+    else:
+        return False
+    return True
+
+
+# ---- return path -----------------------------------------------------------------------------
+
+
+class RpTag(enum.IntEnum):
+    OPEN = 0x01
+    SWITCHOVER_ACK = 0x02
+    RESUMED = 0x03
+    SHUT = 0x04
+
+
+_RP = struct.Struct("<BB")  # tag, payload length
+_F64 = struct.Struct("<d")
+RP_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RpOpen:
+    """The destination opened the return path (first message)."""
+
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RpSwitchoverAck:
+    """Every device that needed it has approved: the source may switch over."""
+
+
+@dataclass(frozen=True, slots=True)
+class RpResumed:
+    """The destination guest runs; ``timestamp`` is the destination's monotonic clock."""
+
+    timestamp: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RpShut:
+    """The destination is done with the return path; ``status`` 0 means success."""
+
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class RpClosed:
+    """The destination closed the connection; ``clean`` when a ``SHUT`` came first."""
+
+    clean: bool
+
+
+ReturnPathEvent = RpOpen | RpSwitchoverAck | RpResumed | RpShut | RpClosed
+
+
+class ReturnPathEncoder:
+    """Destination -> source messages: ``tag u8 | length u8 | payload``."""
+
+    @staticmethod
+    def open() -> bytes:
+        return _RP.pack(RpTag.OPEN, 2) + _U16.pack(RP_VERSION)
+
+    @staticmethod
+    def switchover_ack() -> bytes:
+        return _RP.pack(RpTag.SWITCHOVER_ACK, 0)
+
+    @staticmethod
+    def resumed(timestamp: float | None = None) -> bytes:
+        if timestamp is None:
+            return _RP.pack(RpTag.RESUMED, 0)
+        return _RP.pack(RpTag.RESUMED, 8) + _F64.pack(timestamp)
+
+    @staticmethod
+    def shut(status: int = 0) -> bytes:
+        return _RP.pack(RpTag.SHUT, 4) + _U32.pack(status)
+
+
+class ReturnPathDecoder:
+    """Source side of the return path; same verbs and error rules as :class:`StreamDecoder`."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._eof = False
+        self._shut = False
+        self._closed_reported = False
+        self._opened = False
+        self._error: StreamError | None = None
+
+    def receive_data(self, data: Buffer) -> None:
+        if len(data) == 0:
+            self._eof = True
+        else:
+            self._buf += data
+
+    def next_event(self) -> ReturnPathEvent | NeedData:
+        """:raise StreamError: on an unknown message, a bad length, or truncation."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except StreamError as err:
+            self._error = err
+            raise
+
+    def _next(self) -> ReturnPathEvent | NeedData:
+        buf = self._buf
+        if len(buf) < _RP.size or len(buf) < _RP.size + buf[1]:
+            if not self._eof:
+                return NEED_DATA
+            if buf:
+                raise StreamError(f"return path truncated: {len(buf)} bytes of a message")
+            if self._closed_reported:
+                return NEED_DATA
+            self._closed_reported = True
+            return RpClosed(clean=self._shut)
+        tag, length = _RP.unpack_from(buf)
+        payload = bytes(buf[_RP.size : _RP.size + length])
+        del buf[: _RP.size + length]
+        if self._shut:
+            raise StreamError("return path message after SHUT")
+        expected: dict[int, tuple[int, ...]] = {
+            RpTag.OPEN: (2,),
+            RpTag.SWITCHOVER_ACK: (0,),
+            RpTag.RESUMED: (0, 8),
+            RpTag.SHUT: (4,),
+        }
+        if tag not in expected:
+            raise StreamError(f"unknown return path message 0x{tag:02x}")
+        if length not in expected[tag]:
+            raise StreamError(f"return path message {RpTag(tag).name} with bad length {length}")
+        if tag == RpTag.OPEN:
+            if self._opened:
+                raise StreamError("return path OPEN received twice")
+            self._opened = True
+            return RpOpen(_U16.unpack(payload)[0])
+        if not self._opened:
+            raise StreamError(f"return path {RpTag(tag).name} before OPEN")
+        if tag == RpTag.SWITCHOVER_ACK:
+            return RpSwitchoverAck()
+        if tag == RpTag.RESUMED:
+            return RpResumed(_F64.unpack(payload)[0] if payload else None)
+        self._shut = True
+        return RpShut(_U32.unpack(payload)[0])
