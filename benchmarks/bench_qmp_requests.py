@@ -193,6 +193,13 @@ def make_targets(names: list[str], qemu: str) -> list[Target]:
                 os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
             )
             out.append(Target("qmp-server", [sys.executable, "-m", "qmp_server"], env))
+        elif name == "qmp-server-poll":
+            env = dict(os.environ)
+            env["PYTHONPATH"] = str(REPO) + (
+                os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+            )
+            argv = [sys.executable, "-m", "qmp_server", "--poll-us", "200"]
+            out.append(Target("qmp-server-poll", argv, env))
         elif name == "qemu":
             out.append(Target("qemu", [qemu]))
         else:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from qmp_server import __version__
-from qmp_server.engine.sizes import DEFAULT_RAM_SIZE, SIZE_HINT, parse_memory_size
+from qmp_server.engine.sizes import DEFAULT_RAM_SIZE, SIZE_HINT, parse_memory_size, parse_size
 from qmp_server.engine.uri import uri_scheme_known
 from qmp_server.errors import UsageError
 from qmp_server.profiles import PROFILES, Profile, resolve_profile
@@ -42,7 +42,8 @@ _IGNORED_FLAGS = frozenset(
 )  # fmt: skip
 _WITH_ARG = frozenset(
     {"qmp", "qmp-pretty", "chardev", "mon", "machine", "M", "m", "incoming", "global", "name",
-     "device", "compat", "host", "http", "http-token-file"}
+     "device", "compat", "host", "http", "http-token-file", "http-cors", "poll-us",
+     "guest-fill", "dirty-rate"}
 ) | _IGNORED_WITH_ARG  # fmt: skip
 
 USAGE = f"""\
@@ -67,6 +68,12 @@ qmp-server options:
   --compat VERSION   QEMU version to emulate: {", ".join(k for k in PROFILES if k != "default")}
                      (default: the precopy-initial-data patch, QEMU 8.0.50)
   --host KEY=VAL,... describe the emulated host (see docs/user-guide.md)
+  --http [HOST:]PORT serve the REST mirror and dashboard (HOST defaults to 127.0.0.1)
+  --http-token-file PATH   allow REST mutations with "Authorization: Bearer <token>"
+  --http-cors ORIGIN[,ORIGIN...]   allow these browser origins (no CORS otherwise)
+  --guest-fill zero|random  initial guest RAM content (default zero)
+  --dirty-rate SIZE  bytes per second the guest workload dirties (default 0)
+  --poll-us N        busy-poll sockets up to N microseconds after activity (default 0)
   --version          print the version and exit
   --help             print this help and exit
 """
@@ -86,6 +93,14 @@ class Options:
     machine: str | None = None
     devices: list[str] = field(default_factory=list)
     host: str | None = None
+    #: ``--http [HOST:]PORT``: serve the REST mirror and dashboard (loopback by default).
+    http: tuple[str, int] | None = None
+    http_token_file: str | None = None
+    http_cors: list[str] = field(default_factory=list)
+    #: ``--poll-us N``: busy-poll sockets for up to N microseconds after activity (latency).
+    poll_us: int = 0
+    guest_fill: str = "zero"
+    dirty_rate: int = 0
 
 
 def _parse_onoff(key: str, value: str | None) -> bool:
@@ -173,6 +188,24 @@ def _check_machine(value: str) -> str:
     if not _MACHINE.match(kind):
         raise UsageError("unsupported machine type\nUse -machine help to list supported machines")
     return kind
+
+
+def _parse_int_option(option: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise UsageError(f"{option} {value}: expected an integer from {low} to {high}")
+    return number
+
+
+def _parse_http(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    return host, _parse_int_option("--http", port, 0, 65535)
 
 
 def _parse_memory(value: str) -> int:
@@ -263,6 +296,27 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             opts.devices.append(value)
         elif name == "host":
             opts.host = value
+        elif name == "http":
+            assert value is not None
+            opts.http = _parse_http(value)
+        elif name == "http-token-file":
+            opts.http_token_file = value
+        elif name == "http-cors":
+            assert value is not None
+            opts.http_cors.extend(o for o in value.split(",") if o)
+        elif name == "poll-us":
+            assert value is not None
+            opts.poll_us = _parse_int_option("--poll-us", value, 0, 1_000_000)
+        elif name == "guest-fill":
+            if value not in ("zero", "random"):
+                raise UsageError(f"--guest-fill {value}: expected 'zero' or 'random'")
+            opts.guest_fill = value
+        elif name == "dirty-rate":
+            assert value is not None
+            try:
+                opts.dirty_rate = parse_size(value, "b", name="dirty-rate")
+            except ValueError as err:
+                raise UsageError(f"--dirty-rate {value}: {err}") from None
     return opts
 
 

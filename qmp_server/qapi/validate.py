@@ -259,6 +259,8 @@ class ArgumentValidator:
         :raise CommandError: GenericError with QEMU's text for the first problem.
         """
         arg_type = command.arg_type or self.schema.empty_type
+        if not args and not any(not m.optional for m in arg_type.members):
+            return {}  # the common no-argument call: nothing to check or normalise
         if self._check_for(arg_type)(args):
             return visit_arguments(arg_type, args)
         result = visit_arguments(arg_type, args)  # raises QEMU's first error

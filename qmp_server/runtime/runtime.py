@@ -27,6 +27,7 @@ from qmp_server.engine.config import MigrationConfig
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
 from qmp_server.engine.vm import VirtualMachine
 from qmp_server.qapi import ArgumentValidator, load_schema
+from qmp_server.runtime.loop import new_event_loop
 from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.wire.encoder import encode_line
 
@@ -125,7 +126,8 @@ class Runtime:
 
     def run(self) -> int:
         try:
-            asyncio.run(self.serve())
+            with asyncio.Runner(loop_factory=lambda: new_event_loop(self.options.poll_us)) as r:
+                r.run(self.serve())
         except OSError as err:
             sys.stderr.write(f"qmp-server: {err}\n")
             return 1

@@ -23,7 +23,8 @@ __all__ = ["encode", "encode_line", "qdict_order"]
 
 _BUCKETS = 512
 _order_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
-_key_cache: dict[str, str] = {}
+_str_cache: dict[str, str] = {}
+_plan_cache: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
 _PLAIN = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 _SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -62,58 +63,86 @@ def _escape_char(ch: str) -> str:
 
 
 def _string(s: str) -> str:
+    text = _str_cache.get(s)
+    if text is not None:
+        return text
     if _PLAIN.search(s) is None:
-        return '"' + s + '"'
-    return '"' + _PLAIN.sub(lambda m: _escape_char(m.group()), s) + '"'
-
-
-def _key(k: str) -> str:
-    text = _key_cache.get(k)
-    if text is None:
-        text = _string(k) + ": "
-        if len(_key_cache) < 8192:
-            _key_cache[k] = text
+        text = '"' + s + '"'
+    else:
+        text = '"' + _PLAIN.sub(lambda m: _escape_char(m.group()), s) + '"'
+    if len(s) <= 64 and len(_str_cache) < 8192:
+        _str_cache[s] = text  # enum values, names and ids recur constantly
     return text
 
 
+def _plan(keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """For a key set: (key, text before its value) in QEMU's order, separators included."""
+    plan = _plan_cache.get(keys)
+    if plan is None:
+        ordered = qdict_order(keys)
+        plan = tuple(
+            (k, ("{" if i == 0 else ", ") + _string(k) + ": ") for i, k in enumerate(ordered)
+        )
+        if len(_plan_cache) > 4096:
+            _plan_cache.clear()
+        _plan_cache[keys] = plan
+    return plan
+
+
 def _encode(value: Any, out: list[str]) -> None:
-    if isinstance(value, str):
-        out.append(_string(value))
-    elif isinstance(value, dict):
+    append = out.append
+    kind = type(value)
+    if kind is dict:
         if not value:
-            out.append("{}")
+            append("{}")
             return
-        out.append("{")
+        for key, prefix in _plan(tuple(value)):
+            append(prefix)
+            item = value[key]
+            ikind = type(item)
+            if ikind is str:
+                append(_string(item))
+            elif ikind is bool:
+                append("true" if item else "false")
+            elif ikind is int:
+                append(str(item))
+            else:
+                _encode(item, out)
+        append("}")
+    elif kind is str:
+        append(_string(value))
+    elif kind is list or kind is tuple:
+        if not value:
+            append("[]")
+            return
         first = True
-        for k in qdict_order(tuple(value)):
-            if not first:
-                out.append(", ")
+        for item in value:
+            append("[" if first else ", ")
             first = False
-            out.append(_key(k))
-            _encode(value[k], out)
-        out.append("}")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif value is None:
-        out.append("null")
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        out.append("%.17g" % value)  # noqa: UP031 - C printf semantics
-    elif isinstance(value, list | tuple):
-        if not value:
-            out.append("[]")
-            return
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(", ")
             _encode(item, out)
-        out.append("]")
+        append("]")
+    elif value is True:
+        append("true")
+    elif value is False:
+        append("false")
+    elif value is None:
+        append("null")
+    elif isinstance(value, int):
+        append(str(int(value)))
+    elif isinstance(value, float):
+        append("%.17g" % value)  # noqa: UP031 - C printf semantics
+    elif isinstance(value, dict | list | tuple | str):
+        _encode(_plain_copy(value), out)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
+
+
+def _plain_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, str):
+        return str(value)
+    return list(value)
 
 
 def encode(value: Any) -> str:

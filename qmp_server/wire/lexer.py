@@ -166,6 +166,10 @@ class JSONLexer:
         self._state = _START
         self._token = bytearray()
 
+    def at_start(self) -> bool:
+        """True between tokens, outside error recovery (a fast path may take over)."""
+        return self._state == _START
+
     def reset(self) -> None:
         """Forget any partial token (a new connection starts from scratch)."""
         self._state = _START

@@ -303,9 +303,38 @@ class JSONStreamer:
 
     def feed(self, data: bytes) -> list[Any]:
         """Lex and parse ``data``; return every message completed by it, in order."""
-        self._lexer.feed(data)
+        if not self._tokens and self._lexer.at_start() and data.isascii():
+            data = self._feed_fast(data)
+        if data:
+            self._lexer.feed(data)
         out, self._out = self._out, []
         return out
+
+    def _feed_fast(self, data: bytes) -> bytes:
+        """Decode whole plain objects with the C decoder; return the bytes it did not take.
+
+        Exact because it only accepts what QEMU's lexer and parser would turn into the same
+        value at the same boundary: ASCII objects without single quotes or ``\\u`` escapes
+        (those take the exact path), no duplicate keys, no NaN/Infinity, depth < 1024.
+        """
+        if b"'" in data or b"\\u" in data:
+            return data
+        text = data.decode("ascii")
+        pos = 0
+        end = len(text)
+        out = self._out
+        while True:
+            while pos < end and text[pos] in " \t\r\n":
+                pos += 1
+            if pos >= end or text[pos] != "{":
+                break
+            try:
+                value, stop = _FAST_DECODER.raw_decode(text, pos)
+            except (ValueError, RecursionError):
+                break
+            out.append(value)
+            pos = stop
+        return data[pos:]
 
     def _clear(self) -> None:
         self._tokens.clear()
