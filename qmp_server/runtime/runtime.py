@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from importlib import resources
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,10 @@ class Runtime:
             for spec in options.monitors
         ]
         self._stopping: asyncio.Event | None = None
+        #: Called with every event dict (after it went to the monitors): the REST mirror's
+        #: event stream and metrics subscribe here.
+        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.http: Any = None
 
     # -- events -------------------------------------------------------------------------
     def emit(self, name: str, data: dict[str, Any] | None) -> None:
@@ -94,6 +99,8 @@ class Runtime:
         line = encode_line(event)
         for monitor in self.monitors:
             monitor.broadcast(line)
+        for listener in self.event_listeners:
+            listener(event)
 
     def greeting(self) -> dict[str, Any]:
         return {"QMP": {"version": version_info(self.vm), "capabilities": ["oob"]}}
@@ -118,9 +125,15 @@ class Runtime:
         try:
             for monitor in self.monitors:
                 await monitor.start()
+            if self.options.http is not None:
+                from qmp_server.rest.server import start_http  # FastAPI loads only here
+
+                self.http = await start_http(self)
             await self._stopping.wait()
             await asyncio.sleep(0)  # let transports flush what is queued
         finally:
+            if self.http is not None:
+                await self.http.close()
             for monitor in self.monitors:
                 await monitor.close()
 
