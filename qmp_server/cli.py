@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from qmp_server import __version__
 from qmp_server.engine.sizes import DEFAULT_RAM_SIZE, SIZE_HINT, parse_memory_size, parse_size
@@ -99,7 +100,8 @@ class Options:
     http_cors: list[str] = field(default_factory=list)
     #: ``--poll-us N``: busy-poll sockets for up to N microseconds after activity (latency).
     poll_us: int = 0
-    guest_fill: str = "zero"
+    guest_fill: Literal["zero", "random"] = "zero"
+    guest_seed: int = 1
     dirty_rate: int = 0
 
 
@@ -310,7 +312,7 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         elif name == "guest-fill":
             if value not in ("zero", "random"):
                 raise UsageError(f"--guest-fill {value}: expected 'zero' or 'random'")
-            opts.guest_fill = value
+            opts.guest_fill = "zero" if value == "zero" else "random"
         elif name == "dirty-rate":
             assert value is not None
             try:

@@ -1,7 +1,9 @@
-"""QMP handlers that start or inspect a real migration (``migrate``, ``migrate-incoming``) and
-the guest-model extensions (``x-set-dirty-rate``, ``x-query-guest-digest``).
+"""QMP handlers that start a real migration (``migrate``, ``migrate-incoming``) and the guest
+model's extensions (``x-set-dirty-rate``, ``x-query-guest-digest``).
 
-Bring-up state: the migration engine is not wired yet, so these answer with a clear error.
+The handlers check what QEMU checks before touching the transport and hand the rest to the
+migration driver attached to the VM (``vm.migration_hooks``, see
+:class:`qmp_server.engine.vm.MigrationDriver`).
 """
 
 from __future__ import annotations
@@ -12,26 +14,48 @@ from qmp_server.commands.registry import command
 from qmp_server.errors import CommandError
 
 if TYPE_CHECKING:
-    from qmp_server.engine.vm import VirtualMachine
+    from qmp_server.engine.vm import MigrationDriver, VirtualMachine
 
-_NOT_YET = "qmp-server: the migration engine is not available in this build"
+
+def _driver(vm: VirtualMachine) -> MigrationDriver:
+    driver = vm.migration_hooks
+    if driver is None:
+        raise CommandError("qmp-server: no migration driver in this process")
+    return driver
 
 
 @command("migrate")
 def migrate(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    raise CommandError(_NOT_YET)
+    if args.get("resume"):
+        raise CommandError("Cannot resume if there is no paused migration")
+    if args.get("blk") or args.get("inc"):
+        raise CommandError("qmp-server does not model block migration (blk/inc)")
+    uri = args.get("uri")
+    if uri is None:
+        raise CommandError("need either 'uri' or 'channels' argument")
+    _driver(vm).migrate(str(uri))
+    return None
 
 
 @command("migrate-incoming")
 def migrate_incoming(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    raise CommandError(_NOT_YET)
+    if vm.incoming is None:
+        raise CommandError("'-incoming' was not specified on the command line")
+    if vm.incoming != "defer" or vm.config.incoming_started:
+        raise CommandError("The incoming migration has already been started")
+    uri = args.get("uri")
+    if uri is None:
+        raise CommandError("need either 'uri' or 'channels' argument")
+    _driver(vm).start_incoming(str(uri))
+    return None
 
 
 @command("x-set-dirty-rate")
 def set_dirty_rate(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    raise CommandError(_NOT_YET)
+    _driver(vm).set_dirty_rate(int(args["rate"]))
+    return None
 
 
 @command("x-query-guest-digest")
 def query_guest_digest(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    raise CommandError(_NOT_YET)
+    return _driver(vm).digest()

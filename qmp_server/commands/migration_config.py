@@ -56,25 +56,16 @@ def _hooks(vm: VirtualMachine) -> MigrationHooks | None:
 
 
 def source_status(vm: VirtualMachine) -> str:
-    """The state QEMU's ``s->state`` (the *outgoing* migration) would have.
+    """The state QEMU's ``s->state`` (the *outgoing* migration) has.
 
     A destination's own outgoing state stays ``none`` while it receives: QEMU keeps the
-    incoming state elsewhere.  ``vm.source_migration_status`` wins when the VM has one;
-    otherwise a VM still in ``inmigrate`` reports ``none``.
+    incoming state elsewhere (``mis->state``).
     """
-    explicit = getattr(vm, "source_migration_status", None)
-    if isinstance(explicit, str):
-        return explicit
-    if vm.incoming is not None and vm.runstate == "inmigrate":
-        return "none"
-    return vm.migration_status
+    return vm.source_migration_status
 
 
 def _incoming_status(vm: VirtualMachine) -> str:
-    explicit = getattr(vm, "incoming_migration_status", None)
-    if isinstance(explicit, str):
-        return explicit
-    return vm.migration_status if vm.incoming is not None else "none"
+    return vm.incoming_migration_status
 
 
 @command("query-migrate-capabilities")

@@ -10,7 +10,7 @@ QMP monitor and the REST mirror that call the same handler can never see differe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qmp_server.profiles import Profile
 
@@ -19,10 +19,29 @@ if TYPE_CHECKING:
     from qmp_server.engine.host import HostInfo
     from qmp_server.qapi.model import Schema
 
-__all__ = ["EventSink", "VirtualMachine"]
+__all__ = ["EventSink", "MigrationDriver", "VirtualMachine"]
 
 #: ``emit(event_name, data_or_None)``: data is a dict built in schema member order.
 EventSink = Callable[[str, "dict[str, Any] | None"], None]
+
+
+class MigrationDriver(Protocol):
+    """What the command layer asks of the migration driver (``runtime/migration_io.py``)."""
+
+    @property
+    def source_status(self) -> str: ...
+    @property
+    def incoming_status(self) -> str: ...
+    def migrate(self, uri: str) -> None: ...
+    def start_incoming(self, uri: str) -> None: ...
+    def cancel(self) -> None: ...
+    def continue_migration(self) -> None: ...
+    def start_postcopy(self) -> None: ...
+    def pause(self) -> None: ...
+    def recover(self, uri: str) -> None: ...
+    def query(self) -> dict[str, Any]: ...
+    def set_dirty_rate(self, rate: int) -> None: ...
+    def digest(self) -> dict[str, Any]: ...
 
 
 class VirtualMachine:
@@ -54,12 +73,23 @@ class VirtualMachine:
             self.runstate = "running"
         #: The ``-incoming`` argument (``defer`` or a URI), None when not a destination.
         self.incoming = incoming
-        #: MigrationStatus of this side's migration (source or destination): "none" until one runs.
-        self.migration_status = "none"
         #: Whether a destination starts the guest once its migration completes (-S clears it).
         self.autostart = not start_paused
         #: Set by ``quit`` or a signal: the runtime flushes replies, then exits.
         self.shutdown_reason: str | None = None
+        #: The migration driver, attached by the runtime (None in pure unit tests).
+        self.migration_hooks: MigrationDriver | None = None
+
+    @property
+    def source_migration_status(self) -> str:
+        """QEMU's outgoing ``s->state``."""
+        return "none" if self.migration_hooks is None else self.migration_hooks.source_status
+
+    @property
+    def incoming_migration_status(self) -> str:
+        """QEMU's ``mis->state``."""
+        hooks = self.migration_hooks
+        return "none" if hooks is None else hooks.incoming_status
 
     @property
     def running(self) -> bool:

@@ -12,8 +12,8 @@ import logging
 import signal
 import sys
 import time
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,14 @@ from qmp_server.commands import migration_config as _migration_config  # noqa: F
 from qmp_server.commands.control import version_info
 from qmp_server.commands.dispatch import Dispatcher
 from qmp_server.engine.config import MigrationConfig
+from qmp_server.engine.devices import DeviceLoadError, check_unique_ids, parse_device
+from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
 from qmp_server.engine.vm import VirtualMachine
+from qmp_server.errors import UsageError
 from qmp_server.qapi import ArgumentValidator, load_schema
 from qmp_server.runtime.loop import new_event_loop
+from qmp_server.runtime.migration_io import MigrationController
 from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.wire.encoder import encode_line
 
@@ -76,6 +80,21 @@ class Runtime:
         self.vm = build_vm(options, self.emit)
         for warning in self.vm.config.warnings:
             sys.stderr.write(f"qmp-server: warning: {warning}\n")
+        try:
+            configs = [parse_device(text) for text in options.devices]
+            check_unique_ids(configs)
+        except (ValueError, DeviceLoadError) as err:
+            raise UsageError(str(err)) from None
+        guest = GuestMemory(options.memory, fill=options.guest_fill, seed=options.guest_seed)
+        self.migration = MigrationController(
+            self.vm,
+            devices=configs,
+            guest=guest,
+            dirty_rate=options.dirty_rate,
+            exit_process=self._exit,
+        )
+        self.vm.migration_hooks = self.migration
+        self.exit_code = 0
         self.dispatcher = Dispatcher(self.vm, ArgumentValidator(self.vm.schema))
         self.monitors = [
             QMPMonitor(spec, self.dispatcher, self.greeting, self._after_input)
@@ -110,6 +129,13 @@ class Runtime:
         if self.vm.shutdown_reason is not None and self._stopping is not None:
             self._stopping.set()
 
+    def _exit(self, code: int, message: str) -> None:
+        """End the process (an incoming migration failed: QEMU 7.2 exits with status 1)."""
+        sys.stderr.write(f"qmp-server: {message}\n")
+        self.exit_code = code
+        if self._stopping is not None:
+            self._stopping.set()
+
     def _on_signal(self, signum: int) -> None:
         sys.stderr.write(f"qmp-server: terminating on signal {signum}\n")
         self.vm.request_shutdown("host-signal")
@@ -123,6 +149,9 @@ class Runtime:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._on_signal, signum)
         try:
+            self.migration.start()
+            if self.options.incoming not in (None, "defer"):
+                self.migration.start_incoming(self.options.incoming, at_startup=True)
             for monitor in self.monitors:
                 await monitor.start()
             if self.options.http is not None:
@@ -132,6 +161,7 @@ class Runtime:
             await self._stopping.wait()
             await asyncio.sleep(0)  # let transports flush what is queued
         finally:
+            self.migration.close()
             if self.http is not None:
                 await self.http.close()
             for monitor in self.monitors:
@@ -144,4 +174,4 @@ class Runtime:
         except OSError as err:
             sys.stderr.write(f"qmp-server: {err}\n")
             return 1
-        return 0
+        return self.exit_code

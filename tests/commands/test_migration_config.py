@@ -22,6 +22,18 @@ class FakeVM:
     runstate: str = "running"
     incoming: str | None = None
     migration_status: str = "none"
+    migration_hooks: object = None
+
+    @property
+    def source_migration_status(self) -> str:
+        # a destination still receiving has no outgoing migration
+        if self.incoming is not None and self.runstate == "inmigrate":
+            return "none"
+        return self.migration_status
+
+    @property
+    def incoming_migration_status(self) -> str:
+        return self.migration_status if self.incoming is not None else "none"
 
 
 @dataclass

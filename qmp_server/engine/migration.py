@@ -1,0 +1,304 @@
+"""Migration state and statistics as QEMU keeps and reports them; no I/O, time is an input.
+
+Contract: :class:`SourceMigration` and :class:`IncomingMigration` hold one side's status,
+counters and timings; the asyncio driver (``runtime/migration_io.py``) moves bytes and calls
+them.  Neighbours: the command layer reads :meth:`MigrationInfo` through the driver.
+
+Rules (QEMU 7.2 unless a profile says otherwise; reference §5 and §8):
+
+1. A status change emits ``MIGRATION {"status"}`` only while the ``events`` capability is on;
+   a destination's ``setup`` at migrate-incoming is emitted regardless before 10.0.
+2. Counters are updated once per 100 ms period: bandwidth = bytes sent in the period / ms;
+   the switchover threshold = bandwidth × downtime-limit; ``expected-downtime`` starts at
+   downtime-limit and is recomputed only when pages are being dirtied and more than 10000
+   bytes moved in the period.
+3. ``query-migrate`` shows QEMU's members for each state: ``setup`` alone; running states add
+   times, expected downtime and ``ram``; ``completed`` has ``downtime`` and no expected
+   downtime; ``failed`` shows ``error-desc``; ``cancelled`` the status alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.profiles import Profile
+
+__all__ = [
+    "BUFFER_DELAY",
+    "IncomingMigration",
+    "RamCounters",
+    "SourceMigration",
+    "StatusEmitter",
+    "in_schema_order",
+]
+
+#: QEMU's counter period (BUFFER_DELAY, 100 ms), in seconds.
+BUFFER_DELAY = 0.1
+#: States of the outgoing side in which the rate/period statistics are reported.
+_ACTIVE_LIKE = frozenset(
+    {"active", "cancelling", "postcopy-active", "postcopy-paused", "postcopy-recover",
+     "pre-switchover", "device"}
+)  # fmt: skip
+
+StatusEmitter = Callable[[str, "dict[str, Any] | None"], None]
+
+
+@dataclass
+class RamCounters:
+    """``MigrationStats`` (the ``ram`` member of ``query-migrate``)."""
+
+    total: int = 0
+    transferred: int = 0
+    precopy_bytes: int = 0
+    downtime_bytes: int = 0
+    duplicate: int = 0
+    normal: int = 0
+    remaining: int = 0
+    dirty_sync_count: int = 0
+    dirty_pages_rate: int = 0
+    mbps: float = 0.0
+    pages_per_second: int = 0
+
+    def as_qapi(self, profile: Profile) -> dict[str, Any]:
+        # Inserted in MigrationStats schema order: the encoder derives QEMU's key order.
+        ram: dict[str, Any] = {
+            "transferred": self.transferred,
+            "remaining": self.remaining,
+            "total": self.total,
+            "duplicate": self.duplicate,
+        }
+        if not profile.since(9, 1):
+            ram["skipped"] = 0
+        ram.update(
+            {
+                "normal": self.normal,
+                "normal-bytes": self.normal * PAGE_SIZE,
+                "dirty-pages-rate": self.dirty_pages_rate,
+                "mbps": float(self.mbps),
+                "dirty-sync-count": self.dirty_sync_count,
+                "postcopy-requests": 0,
+                "page-size": PAGE_SIZE,
+                "multifd-bytes": 0,
+                "pages-per-second": self.pages_per_second,
+                "precopy-bytes": self.precopy_bytes,
+                "downtime-bytes": self.downtime_bytes,
+                "postcopy-bytes": 0,
+                "dirty-sync-missed-zero-copy": 0,
+            }
+        )
+        return ram
+
+
+@dataclass
+class _Period:
+    start: float
+    transferred: int = 0
+    pages: int = 0
+    dirty_pages: int = 0
+
+
+@dataclass
+class SourceMigration:
+    """The outgoing migration of one VM (QEMU's ``MigrationState``)."""
+
+    profile: Profile
+    emit: StatusEmitter
+    events_enabled: Callable[[], bool]
+    status: str = "none"
+    start_time: float = 0.0
+    setup_time_ms: int | None = None
+    total_time_ms: int | None = None
+    downtime_ms: int | None = None
+    expected_downtime_ms: int = 300
+    error_desc: str | None = None
+    ram: RamCounters = field(default_factory=RamCounters)
+    vfio_transferred: int | None = None
+    throttle_percentage: int = 0
+    #: bytes per millisecond measured over the last complete period
+    bandwidth: float = 0.0
+    threshold: int = 0
+    switchover_acked: bool = False
+    _period: _Period | None = None
+    _pages_sent: int = 0
+
+    # -- status -------------------------------------------------------------------------
+    def set_status(self, new: str) -> None:
+        if new == self.status:
+            return
+        self.status = new
+        if self.events_enabled():
+            self.emit("MIGRATION", {"status": new})
+
+    def begin(self, now: float, ram_total: int, downtime_limit_ms: int) -> None:
+        """``migrate`` accepted: QEMU's migrate_init, then ``setup``."""
+        self.start_time = now
+        self.setup_time_ms = self.total_time_ms = self.downtime_ms = None
+        self.error_desc = None
+        self.ram = RamCounters(total=ram_total)
+        self.vfio_transferred = None
+        self.throttle_percentage = 0
+        self.bandwidth = 0.0
+        self.threshold = 0
+        self.expected_downtime_ms = downtime_limit_ms
+        self.switchover_acked = False
+        self._period = _Period(now)
+        self._pages_sent = 0
+        self.set_status("setup")
+
+    def activate(self, now: float) -> None:
+        self.setup_time_ms = int((now - self.start_time) * 1000)
+        self.set_status("active")
+
+    def fail(self, desc: str | None, now: float) -> None:
+        self.error_desc = desc
+        self.total_time_ms = int((now - self.start_time) * 1000)
+        self.set_status("failed")
+
+    # -- counters -------------------------------------------------------------------------
+    def count_sent(
+        self, nbytes: int, zero_pages: int, normal_pages: int, *, downtime: bool
+    ) -> None:
+        ram = self.ram
+        ram.transferred += nbytes
+        if downtime:
+            ram.downtime_bytes += nbytes
+        else:
+            ram.precopy_bytes += nbytes
+        ram.duplicate += zero_pages
+        ram.normal += normal_pages
+        self._pages_sent += zero_pages + normal_pages
+        if self._period is not None:
+            self._period.transferred += nbytes
+            self._period.pages += zero_pages + normal_pages
+
+    def count_device_bytes(self, nbytes: int, *, downtime: bool) -> None:
+        self.vfio_transferred = (self.vfio_transferred or 0) + nbytes
+        self.ram.transferred += nbytes
+        if downtime:
+            self.ram.downtime_bytes += nbytes
+        else:
+            self.ram.precopy_bytes += nbytes
+        if self._period is not None:
+            self._period.transferred += nbytes
+
+    def count_dirtied(self, pages: int) -> None:
+        if self._period is not None:
+            self._period.dirty_pages += pages
+
+    def note_sync(self, dirty_pages_rate: int) -> int:
+        """A dirty-bitmap sync (a pass): returns the pass number for MIGRATION_PASS."""
+        self.ram.dirty_sync_count += 1
+        self.ram.dirty_pages_rate = dirty_pages_rate
+        return self.ram.dirty_sync_count
+
+    def period_left(self, now: float) -> float:
+        """Seconds until the current counter period ends (0 when none runs)."""
+        if self._period is None:
+            return 0.0
+        return max(0.0, self._period.start + BUFFER_DELAY - now)
+
+    def period_due(self, now: float) -> bool:
+        return self._period is not None and now - self._period.start >= BUFFER_DELAY
+
+    def update_period(self, now: float, downtime_limit_ms: int) -> None:
+        """QEMU's migration_update_counters: bandwidth, threshold, mbps, expected downtime."""
+        period = self._period
+        if period is None:
+            return
+        elapsed_ms = max((now - period.start) * 1000.0, 1e-3)
+        self.bandwidth = period.transferred / elapsed_ms
+        self.threshold = int(self.bandwidth * downtime_limit_ms)
+        self.ram.mbps = period.transferred * 8 / (elapsed_ms / 1000.0) / 1e6
+        self.ram.pages_per_second = int(period.pages / (elapsed_ms / 1000.0))
+        if self.ram.dirty_pages_rate and period.transferred > 10000 and self.bandwidth > 0:
+            self.expected_downtime_ms = int(self.ram.remaining / self.bandwidth)
+        self._period = _Period(now)
+
+    def complete(self, now: float, downtime_start: float) -> None:
+        self.downtime_ms = max(int((now - downtime_start) * 1000), 0)
+        self.total_time_ms = int((now - self.start_time) * 1000)
+        seconds = max(now - self.start_time, 1e-6)
+        self.ram.mbps = self.ram.transferred * 8 / seconds / 1e6
+        self.ram.remaining = 0
+        self.set_status("completed")
+
+    # -- query-migrate -----------------------------------------------------------------
+    def info(self, now: float) -> dict[str, Any]:
+        status = self.status
+        if status == "none":
+            return {}
+        info: dict[str, Any] = {"status": status}
+        if status == "setup":
+            return info
+        if status in _ACTIVE_LIKE:
+            info["total-time"] = int((now - self.start_time) * 1000)
+            info["expected-downtime"] = self.expected_downtime_ms
+            if self.setup_time_ms is not None:
+                info["setup-time"] = self.setup_time_ms
+            info["ram"] = self.ram.as_qapi(self.profile)
+            if self.vfio_transferred is not None:
+                info["vfio"] = {"transferred": self.vfio_transferred}
+            if self.throttle_percentage:
+                info["cpu-throttle-percentage"] = self.throttle_percentage
+            return in_schema_order(info)
+        if status == "completed":
+            info["total-time"] = self.total_time_ms or 0
+            info["downtime"] = self.downtime_ms or 0
+            info["setup-time"] = self.setup_time_ms or 0
+            info["ram"] = self.ram.as_qapi(self.profile)
+            if self.vfio_transferred is not None:
+                info["vfio"] = {"transferred": self.vfio_transferred}
+            return in_schema_order(info)
+        if status == "failed" and self.error_desc is not None:
+            info["error-desc"] = self.error_desc
+        return info
+
+
+#: MigrationInfo members in schema order (QEMU inserts them in this order).
+_INFO_ORDER = (
+    "status", "ram", "disk", "vfio", "xbzrle-cache", "total-time", "expected-downtime",
+    "downtime", "setup-time", "cpu-throttle-percentage", "error-desc", "blocked-reasons",
+    "postcopy-blocktime", "postcopy-vcpu-blocktime", "compression", "socket-address",
+)  # fmt: skip
+
+
+def in_schema_order(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in _INFO_ORDER if k in info}
+
+
+@dataclass
+class IncomingMigration:
+    """The incoming side (QEMU's ``MigrationIncomingState``)."""
+
+    profile: Profile
+    emit: StatusEmitter
+    events_enabled: Callable[[], bool]
+    status: str = "none"
+    socket_address: list[dict[str, Any]] | None = None
+    started: bool = False
+    error_desc: str | None = None
+
+    def announce_setup(self) -> None:
+        """migrate-incoming: 7.2 announces ``setup`` whatever the events capability says."""
+        if not self.profile.since(10, 0) or self.events_enabled():
+            self.emit("MIGRATION", {"status": "setup"})
+        if self.profile.since(10, 0):
+            self.status = "setup"
+
+    def set_status(self, new: str) -> None:
+        if new == self.status:
+            return
+        self.status = new
+        if self.events_enabled():
+            self.emit("MIGRATION", {"status": new})
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        if self.status != "none":
+            info["status"] = self.status
+        if self.socket_address is not None and self.status not in ("completed", "failed"):
+            info["socket-address"] = self.socket_address
+        return info
