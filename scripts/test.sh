@@ -5,10 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: qemu-system-x86 is the live QEMU 7.2 oracle (differential
-# tests and the benchmark's reference; its recorded answers are in tests/conformance/fixtures).
+# tests and the benchmark's reference; its recorded answers are in tests/conformance/fixtures),
+# chromium renders the dashboard in the browser test.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
   command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+  # Chromium drives the dashboard test (playwright uses it; it never downloads a browser).
+  command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-liberation)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

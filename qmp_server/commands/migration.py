@@ -59,3 +59,9 @@ def set_dirty_rate(vm: VirtualMachine, args: dict[str, Any]) -> Any:
 @command("x-query-guest-digest")
 def query_guest_digest(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     return _driver(vm).digest()
+
+
+@command("query-migrationthreads")
+def query_migration_threads(vm: VirtualMachine, args: dict[str, Any]) -> Any:
+    # qmp-server migrates from its event loop: there is no migration thread to report.
+    return []

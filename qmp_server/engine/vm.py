@@ -32,6 +32,8 @@ class MigrationDriver(Protocol):
     def source_status(self) -> str: ...
     @property
     def incoming_status(self) -> str: ...
+    @property
+    def ack_state(self) -> str | None: ...
     def migrate(self, uri: str) -> None: ...
     def start_incoming(self, uri: str) -> None: ...
     def cancel(self) -> None: ...
@@ -84,6 +86,12 @@ class VirtualMachine:
     def source_migration_status(self) -> str:
         """QEMU's outgoing ``s->state``."""
         return "none" if self.migration_hooks is None else self.migration_hooks.source_status
+
+    @property
+    def switchover_ack_state(self) -> str | None:
+        """The source's switchover ACK: "not-needed", "pending", "received" (None: no run)."""
+        hooks = self.migration_hooks
+        return None if hooks is None else hooks.ack_state
 
     @property
     def incoming_migration_status(self) -> str:

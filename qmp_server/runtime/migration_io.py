@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import io
 import logging
 import os
 import socket
@@ -36,16 +40,23 @@ from qmp_server.engine.devices import (
     VfioSimLoader,
 )
 from qmp_server.engine.guest import PAGE_SIZE, GuestMemory, Workload
-from qmp_server.engine.migration import IncomingMigration, SourceMigration, in_schema_order
+from qmp_server.engine.migration import (
+    BUFFER_DELAY,
+    IncomingMigration,
+    SourceMigration,
+    in_schema_order,
+)
 from qmp_server.engine.stream import (
     Complete,
     DeviceData,
+    EncodedPages,
     EndOfPrecopy,
     EndOfStream,
     NeedData,
     OpenReturnPath,
     ReturnPathDecoder,
     ReturnPathEncoder,
+    RpClosed,
     RpResumed,
     RpShut,
     RpSwitchoverAck,
@@ -53,9 +64,8 @@ from qmp_server.engine.stream import (
     StreamEncoder,
     StreamError,
     StreamHeader,
-    SyncMarker,
     apply_ram_event,
-    encode_guest_pages,
+    encode_guest_pages_parts,
     guest_for_header,
 )
 from qmp_server.errors import CommandError
@@ -68,16 +78,33 @@ __all__ = ["MigrationController"]
 logger = logging.getLogger(__name__)
 
 IN_PROGRESS = "There's a migration process in progress"
-#: Pages handed to the encoder per step (8 MiB of guest address space).
+#: Largest number of non-zero pages in one step (8 MiB: one RAM_RUN record, one gather write).
 _STEP_PAGES = 2048
+#: Pages whose zero mask is computed at once (zero pages are cheap: whole windows per step).
+_WINDOW_PAGES = 1 << 16
 #: How long a waiting source sleeps between dirty syncs while the ACK is missing.
 _ACK_WAIT_SYNC = 0.1
 #: How long the source waits for the destination's RESUMED after the last byte.
 _RESUME_TIMEOUT = 60.0
-_READ_SIZE = 4 << 20
-#: Stream buffering: big buffers keep the loop from stalling on flow control per 64 KiB.
-_STREAM_LIMIT = 16 << 20
-_WRITE_HIGH = 16 << 20
+#: Receive size asked of the kernel per call on the destination.
+_READ_SIZE = 8 << 20
+#: The destination yields to the event loop (QMP) at least once per this many bytes.
+_YIELD_BYTES = 32 << 20
+#: Socket buffers (the kernel caps them at net.core.[rw]mem_max).
+_SOCK_BUF = 4 << 20
+_IOV_MAX = 512
+
+
+def _tune_malloc() -> None:
+    """Keep freed blocks in glibc's heap: the engine allocates and frees 8 MiB arrays per
+    step, and first-touch page faults of fresh mmaps cost more than the work itself."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's maximum on 64-bit)
 
 
 @dataclass(frozen=True)
@@ -119,34 +146,111 @@ def parse_uri(uri: str, *, file_ok: bool) -> Address:
     raise LookupError(uri)
 
 
+Buffer = bytes | bytearray | memoryview
+
+
 class _Channel:
-    """A byte pipe to the peer: stream out, return path in (when the transport has one)."""
+    """One migration connection.
+
+    A non-blocking socket (``tcp:``, ``unix:``, and ``exec:`` through a socketpair with the
+    command's stdin or stdout) driven with the loop's socket primitives, without asyncio
+    streams: sends are gather writes (``sendmsg``) of the encoder's buffers, receives go
+    straight into the decoder's buffer (``recv_into``).  Or a file (``file:``), read and
+    written in the loop's executor.  Only a tcp/unix socket carries a return path.
+    """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader | None,
-        writer: asyncio.StreamWriter | None,
+        sock: socket.socket | None = None,
         *,
-        file: Any = None,
+        file: io.BufferedIOBase | None = None,
         proc: asyncio.subprocess.Process | None = None,
+        return_path: bool = False,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
+        self.sock = sock
         self.file = file
         self.proc = proc
+        self.has_return_path = return_path
+        self.loop = asyncio.get_running_loop()
+        if sock is not None:
+            sock.setblocking(False)
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCK_BUF)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def write(self, data: bytes) -> None:
+    async def _writable(self) -> None:
+        assert self.sock is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        fd = self.sock.fileno()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.loop.add_writer(fd, ready)
+        try:
+            await fut
+        finally:
+            self.loop.remove_writer(fd)
+
+    async def send(self, parts: list[Buffer]) -> int:
+        """Write every buffer, in order; returns the byte count."""
+        views = [memoryview(p) for p in parts if len(p)]
+        total = sum(v.nbytes for v in views)
         if self.file is not None:
-            self.file.write(data)
+            await self.loop.run_in_executor(None, self.file.writelines, views)
+            return total
+        sock = self.sock
+        assert sock is not None
+        i, count = 0, len(views)
+        while i < count:
+            try:
+                sent = sock.sendmsg(views[i : i + _IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            while sent:
+                first = views[i]
+                if sent >= first.nbytes:
+                    sent -= first.nbytes
+                    i += 1
+                else:
+                    views[i] = first[sent:]
+                    sent = 0
+        return total
+
+    def send_nowait(self, data: bytes) -> None:
+        """A small return-path message: written at once, or by a task if the socket is full."""
+        sock = self.sock
+        if sock is None or sock.fileno() < 0:
             return
-        assert self.writer is not None
-        self.writer.write(data)
-        await self.writer.drain()
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return
+        if sent < len(data):
+            self.loop.create_task(self.loop.sock_sendall(sock, data[sent:]))
+
+    async def recv_into(self, view: memoryview) -> int:
+        """Receive into ``view``; 0 at the end of the stream."""
+        if self.file is not None:
+            n: int = await self.loop.run_in_executor(None, self.file.readinto, view)
+            return n
+        assert self.sock is not None
+        return await self.loop.sock_recv_into(self.sock, view)
+
+    async def recv(self, size: int) -> bytes:
+        assert self.sock is not None
+        return await self.loop.sock_recv(self.sock, size)
 
     def abort(self) -> None:
-        if self.writer is not None:
-            transport = self.writer.transport
-            transport.abort()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
         if self.file is not None:
             with contextlib.suppress(OSError):
                 self.file.close()
@@ -155,19 +259,30 @@ class _Channel:
                 self.proc.kill()
 
     async def finish(self) -> None:
+        """The source sent everything: flush, close its direction, reap an exec command."""
         if self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-        elif self.proc is not None:
-            assert self.writer is not None
-            self.writer.close()
-            await self.proc.wait()
-        elif self.writer is not None:
+            file = self.file
+            await self.loop.run_in_executor(None, _flush_and_sync, file)
+            file.close()
+            return
+        if self.sock is not None:
             with contextlib.suppress(OSError):
-                if self.writer.can_write_eof():
-                    self.writer.write_eof()
-                await self.writer.drain()
+                self.sock.shutdown(socket.SHUT_WR)
+        if self.proc is not None:
+            await self.proc.wait()
+            if self.sock is not None:
+                self.sock.close()
+
+
+def _flush_and_sync(file: io.BufferedIOBase) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _write_error(err: OSError) -> str:
+    """QEMU's error-desc for a failed write on the migration channel."""
+    number = err.errno or errno.EPIPE
+    return f"Unable to write to socket: {os.strerror(number)}"
 
 
 class MigrationController:
@@ -192,13 +307,22 @@ class MigrationController:
         self.source = SourceMigration(self.profile, vm.emit, self._events_on)
         self.incoming = IncomingMigration(self.profile, vm.emit, self._events_on)
         self._source_task: asyncio.Task[None] | None = None
-        self._incoming_server: asyncio.AbstractServer | None = None
         self._incoming_task: asyncio.Task[None] | None = None
-        self._listen_task: asyncio.Task[None] | None = None
+        self._listener: socket.socket | None = None
         self._channel: _Channel | None = None
+        self._channel_in: _Channel | None = None
         self._continue = asyncio.Event()
         self._resumed = asyncio.Event()
+        #: set when something may open the switchover gate (the ACK arrived)
+        self._gate = asyncio.Event()
         self._cancelled = False
+        self._rp_lost = False
+        self._resumed_received = False
+        self._vm_was_running = True
+        self._last_sync = 0.0
+        self._high_count = 0
+        self._armed: set[VfioSimLoader] = set()
+        _tune_malloc()
         self._tick: asyncio.Task[None] | None = None
         self._loaders: list[VfioSimLoader] = []
         #: "not-needed" | "pending" | "received" while/after a run with the ACK capability
@@ -244,10 +368,11 @@ class MigrationController:
         for task in (self._tick, self._source_task, self._incoming_task):
             if task is not None:
                 task.cancel()
-        if self._channel is not None:
-            self._channel.abort()
-        if self._incoming_server is not None:
-            self._incoming_server.close()
+        for channel in (self._channel, self._channel_in):
+            if channel is not None:
+                channel.abort()
+        if self._listener is not None:
+            self._listener.close()
 
     # -- what the command handlers call (engine/vm.py MigrationHooks) --------------------
     @property
@@ -281,8 +406,7 @@ class MigrationController:
             self._source_task.cancel()
         self._continue.set()
         self.source.set_status("cancelled")
-        if self.vm.runstate == "finish-migrate":
-            self.vm.start()
+        self._restart_after_failure()
 
     def start_postcopy(self) -> None:
         raise CommandError("qmp-server does not model postcopy migration")
@@ -323,36 +447,50 @@ class MigrationController:
             self.source.fail(str(err), now)
             raise CommandError(str(err)) from None
         self._cancelled = False
+        self._rp_lost = False
+        self._resumed_received = False
+        self._high_count = 0
         self._continue.clear()
         self._resumed.clear()
+        self._gate.clear()
         self.source.begin(now, self.guest.size_bytes, int(self._param("downtime-limit")))
-        self.ack_state = "pending" if self._ack_enabled() else None
+        self.ack_state = "pending" if self._ack_enabled() else "not-needed"
         self._source_task = asyncio.get_running_loop().create_task(self._run_source(address))
 
     async def _connect(self, address: Address) -> _Channel:
-        if address.scheme == "tcp":
-            reader, writer = await asyncio.open_connection(
-                address.host, address.port, limit=_STREAM_LIMIT
-            )
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            writer.transport.set_write_buffer_limits(high=_WRITE_HIGH)
-            return _Channel(reader, writer)
-        if address.scheme == "unix":
-            reader, writer = await asyncio.open_unix_connection(address.path, limit=_STREAM_LIMIT)
-            writer.transport.set_write_buffer_limits(high=_WRITE_HIGH)
-            return _Channel(reader, writer)
+        loop = asyncio.get_running_loop()
+        if address.scheme in ("tcp", "unix"):
+            sockaddr: Any
+            if address.scheme == "tcp":
+                infos = await loop.getaddrinfo(
+                    address.host, address.port, type=socket.SOCK_STREAM
+                )
+                family, kind, proto, _, sockaddr = infos[0]
+                sock = socket.socket(family, kind, proto)
+            else:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sockaddr = address.path
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, sockaddr)
+            except BaseException:
+                sock.close()
+                raise
+            return _Channel(sock, return_path=True)
         if address.scheme == "exec":
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", address.command, stdin=asyncio.subprocess.PIPE
-            )
-            assert proc.stdin is not None
-            return _Channel(None, proc.stdin, proc=proc)
-        return _Channel(None, None, file=_open_for_write(address.path))
+            ours, theirs = socket.socketpair()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    "/bin/sh", "-c", address.command, stdin=theirs.fileno()
+                )
+            finally:
+                theirs.close()
+            return _Channel(ours, proc=proc)
+        return _Channel(file=_open_for_write(address.path))
 
     async def _run_source(self, address: Address) -> None:
         src = self.source
+        rp_task: asyncio.Task[None] | None = None
         try:
             try:
                 channel = await self._connect(address)
@@ -362,52 +500,68 @@ class MigrationController:
                 src.fail(desc, time.monotonic())
                 return
             self._channel = channel
-            rp_task = None
-            if channel.reader is not None and self.vm.config.enabled("return-path"):
+            if channel.has_return_path and self.vm.config.enabled("return-path"):
                 rp_task = asyncio.get_running_loop().create_task(self._read_return_path(channel))
-            try:
-                await self._precopy(channel)
-            finally:
-                if rp_task is not None:
-                    rp_task.cancel()
+            await self._precopy(channel)
         except asyncio.CancelledError:
             if not self._cancelled:
                 raise
-        except (OSError, EOFError, StreamError) as err:
-            self._fail_source(f"{type(err).__name__}: {err}" if not str(err) else str(err))
+        except OSError as err:
+            self._fail_source(_write_error(err))
+        except (EOFError, StreamError) as err:
+            self._fail_source(str(err) or type(err).__name__)
         finally:
+            if rp_task is not None:
+                rp_task.cancel()
             if self._channel is not None and src.status != "completed":
                 self._channel.abort()
             self._channel = None
             for dev in self.devices:
                 dev.set_running(self.vm.running, time.monotonic())
 
+    def _restart_after_failure(self) -> None:
+        """A failed or cancelled switchover: the guest runs again if it ran before (QEMU)."""
+        vm = self.vm
+        if vm.runstate == "finish-migrate":
+            if self._vm_was_running:
+                vm.start()
+            else:
+                vm.runstate = "paused"
+        self.workload.set_running(vm.running, time.monotonic())
+
     def _fail_source(self, desc: str) -> None:
         if self.source.status in ("cancelling", "cancelled", "completed", "failed"):
             return
         self.source.fail(desc, time.monotonic())
-        if self.vm.runstate == "finish-migrate":
-            self.vm.start()
+        self._restart_after_failure()
 
     async def _read_return_path(self, channel: _Channel) -> None:
-        assert channel.reader is not None
         decoder = ReturnPathDecoder()
-        while True:
-            data = await channel.reader.read(65536)
-            decoder.receive_data(data)
+        try:
             while True:
-                event = decoder.next_event()
-                if isinstance(event, NeedData):
-                    break
-                if isinstance(event, RpSwitchoverAck):
-                    self.source.switchover_acked = True
-                    self.ack_state = "received"
-                elif isinstance(event, RpResumed):
-                    self._resumed.set()
-                elif isinstance(event, RpShut) and event.status != 0:
-                    self._fail_source("Detected IO failure for postcopy. Migration paused.")
-            if not data:
-                return
+                data = await channel.recv(65536)
+                decoder.receive_data(data)
+                while True:
+                    event = decoder.next_event()
+                    if isinstance(event, NeedData):
+                        break
+                    if isinstance(event, RpSwitchoverAck):
+                        self.source.switchover_acked = True
+                        self.ack_state = "received"
+                        self._gate.set()
+                    elif isinstance(event, RpResumed):
+                        self._resumed_received = True
+                        self._resumed.set()
+                    elif isinstance(event, RpShut) and event.status != 0:
+                        self._fail_source("Detected IO failure for postcopy. Migration paused.")
+                    elif isinstance(event, RpClosed) and not event.clean:
+                        self._rp_lost = True
+                        self._resumed.set()
+                if not data:
+                    return
+        except (OSError, StreamError):
+            self._rp_lost = True
+            self._resumed.set()
 
     def _can_switchover(self) -> bool:
         if not self._ack_enabled():
@@ -416,18 +570,13 @@ class MigrationController:
             return True  # no reason to wait for the ACK when the guest is stopped
         return self.source.switchover_acked
 
-    async def _send(self, channel: _Channel, records: list[bytes]) -> int:
-        data = b"".join(records)
-        await channel.write(data)
-        return len(data)
-
     async def _precopy(self, channel: _Channel) -> None:
         src = self.source
         vm = self.vm
         enc = StreamEncoder()
         guest = self.guest
         ack = self._ack_enabled()
-        return_path = channel.reader is not None and vm.config.enabled("return-path")
+        return_path = channel.has_return_path and vm.config.enabled("return-path")
         head = enc.header(
             ram_size=guest.size_bytes,
             fill=guest.fill,
@@ -438,91 +587,97 @@ class MigrationController:
         )
         if return_path:
             head += enc.open_return_path()
-        await channel.write(head)
-        src.count_sent(len(head), 0, 0, downtime=False)
         for dev in self.devices:
             dev.save_setup(switchover_ack=ack)
-        # setup: the first bitmap sync covers all of RAM
+        # setup: the first bitmap sync covers all of RAM (MIGRATION_PASS 1, before active)
         guest.mark_all_dirty()
         to_send = guest.sync_dirty()
-        cursor = 0
-        self._emit_pass(enc)
+        self._last_sync = time.monotonic()
+        head += enc.sync(self._emit_pass())
+        n = await channel.send([head])
+        src.count_sent(n, 0, 0, downtime=False)
         src.ram.remaining = int(to_send.size) * PAGE_SIZE
         src.activate(time.monotonic())
-        period_budget = self._period_budget()
+        sender = _PageSender(enc, guest, to_send)
+        allowance = self._period_allowance()
+        budget = allowance
         while True:
             now = time.monotonic()
             if src.period_due(now):
-                src.ram.remaining = int(to_send.size - cursor) * PAGE_SIZE
+                src.ram.remaining = sender.remaining * PAGE_SIZE
                 src.update_period(now, int(self._param("downtime-limit")))
-                period_budget = self._period_budget()
-            pending = int(to_send.size - cursor) * PAGE_SIZE + self._device_pending()
-            if pending < src.threshold or pending == 0:
+                allowance = self._period_allowance()
+                budget = min(budget, 0) + allowance  # an overshoot is paid back
+            device_pending = self._device_pending()
+            pending = sender.remaining * PAGE_SIZE + device_pending
+            converged = pending == 0 or pending < src.threshold
+            waiting = converged and not self._can_switchover()
+            if converged and not (waiting and now - self._last_sync < _ACK_WAIT_SYNC):
                 # exact pending: a dirty sync (a pass)
-                to_send = self._resync(enc, to_send, cursor)
-                cursor = 0
-                pending = int(to_send.size) * PAGE_SIZE + self._device_pending()
-                src.ram.remaining = pending - self._device_pending()
+                sender.resync(self._resync())
+                n = await channel.send([enc.sync(src.ram.dirty_sync_count)])
+                src.count_sent(n, 0, 0, downtime=False)
+                device_pending = self._device_pending()
+                pending = sender.remaining * PAGE_SIZE + device_pending
+                src.ram.remaining = sender.remaining * PAGE_SIZE
                 if (pending == 0 or pending < src.threshold) and self._can_switchover():
-                    await self._complete(channel, enc, to_send)
+                    await self._complete(channel, enc, sender)
                     return
                 self._throttle_check()
-            if pending == 0 or (
-                pending < src.threshold and not self._can_switchover()
-            ):
-                await asyncio.sleep(_ACK_WAIT_SYNC)  # waiting for the ACK: keep syncing
+            if pending == 0:
+                # nothing to send: the ACK is missing; wait for it, a stop or a cancel
+                await self._wait_gate(_ACK_WAIT_SYNC)
                 continue
-            if period_budget <= 0:
+            if budget <= 0:
                 await asyncio.sleep(src.period_left(now))
                 continue
             sent = 0
             for dev in self.devices:
-                chunks = dev.save_iterate(min(period_budget, 4 << 20))
+                chunks = dev.save_iterate(min(budget, 4 << 20))
                 if chunks:
-                    n = await self._send(channel, [enc.device(c) for c in chunks])
+                    n = await channel.send([p for c in chunks for p in enc.device_parts(c)])
                     src.count_device_bytes(n, downtime=False)
                     sent += n
-            if cursor < to_send.size:
-                idx = to_send[cursor : cursor + _STEP_PAGES]
-                cursor += int(idx.size)
-                zero = int(np.count_nonzero(guest.zero_mask(idx)))
-                n = await self._send(channel, encode_guest_pages(enc, guest, idx))
-                src.count_sent(n, zero, int(idx.size) - zero, downtime=False)
+            if sender.remaining:
+                pages = _STEP_PAGES if allowance >= _UNLIMITED else budget // PAGE_SIZE
+                encoded = sender.step(max(16, min(_STEP_PAGES, pages)))
+                n = await channel.send(encoded.parts)
+                src.count_sent(n, encoded.zero_pages, encoded.normal_pages, downtime=False)
+                src.ram.remaining = sender.remaining * PAGE_SIZE
                 sent += n
-                src.ram.remaining = int(to_send.size - cursor) * PAGE_SIZE
-            period_budget -= sent
-            if sent == 0:
-                await asyncio.sleep(0)
+            budget -= sent
+            await asyncio.sleep(0)  # QMP, the return path and the workload run between steps
 
-    def _period_budget(self) -> int:
+    async def _wait_gate(self, seconds: float) -> None:
+        self._gate.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gate.wait(), seconds)
+
+    def _period_allowance(self) -> int:
         bandwidth = int(self._param("max-bandwidth"))
         if bandwidth == 0:
-            return 1 << 62
-        return max(bandwidth // 10, 4096)
+            return _UNLIMITED
+        return max(int(bandwidth * BUFFER_DELAY), PAGE_SIZE)
 
     def _device_pending(self) -> int:
         return sum(dev.pending_bytes() for dev in self.devices)
 
-    def _emit_pass(self, enc: StreamEncoder) -> int:
+    def _emit_pass(self) -> int:
         number = self.source.note_sync(self.source.ram.dirty_pages_rate)
         if self._events_on():
             self.vm.emit("MIGRATION_PASS", {"pass": number})
         return number
 
-    def _resync(self, enc: StreamEncoder, to_send: np.ndarray, cursor: int) -> np.ndarray:
+    def _resync(self) -> np.ndarray:
+        """A dirty-bitmap sync: the pages dirtied since the last one (MIGRATION_PASS)."""
         now = time.monotonic()
         self.workload.advance(now)
         fresh = self.guest.sync_dirty()
-        period = max(now - getattr(self, "_last_sync", self.source.start_time), 1e-3)
+        period = max(now - self._last_sync, 1e-3)
         self._last_sync = now
-        rate = int(fresh.size / period)
-        self.source.ram.dirty_pages_rate = rate
-        self._emit_pass(enc)
-        self.source.ram.dirty_pages_rate = rate
-        rest = to_send[cursor:]
-        if fresh.size == 0:
-            return rest
-        return np.union1d(rest, fresh)
+        self.source.ram.dirty_pages_rate = int(fresh.size / period)
+        self._emit_pass()
+        return fresh
 
     def _throttle_check(self) -> None:
         """Auto-converge: throttle the guest when it dirties faster than we send."""
@@ -534,7 +689,7 @@ class MigrationController:
         threshold = int(self._param("throttle-trigger-threshold"))
         if dirty_bytes_s * 100 <= sent_bytes_s * threshold:
             return
-        self._high_count = getattr(self, "_high_count", 0) + 1
+        self._high_count += 1
         if self._high_count < 2:
             return
         self._high_count = 0
@@ -546,12 +701,17 @@ class MigrationController:
         src.throttle_percentage = pct
         self.workload.set_throttle(pct, time.monotonic())
 
-    async def _complete(self, channel: _Channel, enc: StreamEncoder, to_send: np.ndarray) -> None:
+    async def _complete(self, channel: _Channel, enc: StreamEncoder, sender: _PageSender) -> None:
         src = self.source
         vm = self.vm
         downtime_start = time.monotonic()
-        vm.stop("finish-migrate")
+        # QEMU's vm_stop_force_state(FINISH_MIGRATE): STOP only if the guest was running
+        self._vm_was_running = vm.running
+        if not vm.stop("finish-migrate"):
+            vm.runstate = "finish-migrate"
         self.workload.set_running(False, downtime_start)
+        for dev in self.devices:
+            dev.set_running(False, downtime_start)
         if vm.config.enabled("pause-before-switchover"):
             src.set_status("pre-switchover")
             await self._continue.wait()
@@ -561,31 +721,34 @@ class MigrationController:
         elif self.profile.since(10, 0):
             src.set_status("device")
         # the final sync, then everything that is left, without rate limit
-        to_send = self._resync(enc, to_send, 0)
-        records = [enc.end_of_precopy()]
-        n = await self._send(channel, records)
+        sender.resync(self._resync())
+        n = await channel.send(
+            [enc.sync(src.ram.dirty_sync_count), enc.end_of_precopy(self._vm_was_running)]
+        )
         src.count_sent(n, 0, 0, downtime=True)
-        for start in range(0, int(to_send.size), _STEP_PAGES):
-            idx = to_send[start : start + _STEP_PAGES]
-            zero = int(np.count_nonzero(self.guest.zero_mask(idx)))
-            n = await self._send(channel, encode_guest_pages(enc, self.guest, idx))
-            src.count_sent(n, zero, int(idx.size) - zero, downtime=True)
+        while sender.remaining:
+            encoded = sender.step(_STEP_PAGES)
+            n = await channel.send(encoded.parts)
+            src.count_sent(n, encoded.zero_pages, encoded.normal_pages, downtime=True)
         for dev in self.devices:
             chunks = dev.save_complete()
-            n = await self._send(channel, [enc.device(c) for c in chunks])
+            n = await channel.send([p for c in chunks for p in enc.device_parts(c)])
             src.count_device_bytes(n, downtime=True)
         digests = [(dev.id, dev.digest()) for dev in self.devices]
-        tail = enc.complete(self.guest.digest(), digests)
-        await channel.write(tail)
-        src.count_sent(len(tail), 0, 0, downtime=True)
-        self._source_digest = {"ram": self.guest.digest(), "devices": dict(digests)}
-        if channel.reader is not None and vm.config.enabled("return-path"):
+        ram_digest = self.guest.digest()
+        tail = enc.complete(ram_digest, digests)
+        n = await channel.send([tail])
+        src.count_sent(n, 0, 0, downtime=True)
+        if channel.has_return_path and vm.config.enabled("return-path"):
             try:
                 await asyncio.wait_for(self._resumed.wait(), _RESUME_TIMEOUT)
             except TimeoutError:
                 logger.warning("destination did not report its resume; downtime is the source's")
+            if not self._resumed_received and self._rp_lost:
+                raise EOFError("the destination closed the return path before resuming")
         await channel.finish()
         vm.runstate = "postmigrate"
+        src.ram.remaining = 0
         src.complete(time.monotonic(), downtime_start)
 
     # -- incoming -----------------------------------------------------------------------
@@ -622,78 +785,80 @@ class MigrationController:
                 self.incoming.socket_address = [{"type": "unix", "path": address.path}]
             cfg.note_incoming(uri, started=True)
             self.incoming.started = True
-            self._listen_task = loop.create_task(self._serve_incoming(sock))
+            self._listener = sock
+            self._incoming_task = loop.create_task(self._accept(sock))
             return
         cfg.note_incoming(uri, started=True)
         self.incoming.started = True
         self._incoming_task = loop.create_task(self._load_from(address))
 
-    async def _serve_incoming(self, sock: socket.socket) -> None:
-        self._incoming_server = await asyncio.start_server(
-            self._accept, sock=sock, limit=_STREAM_LIMIT
-        )
+    async def _accept(self, listener: socket.socket) -> None:
+        """One migration per listener (QEMU closes it once the source connected)."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _ = await loop.sock_accept(listener)
+        finally:
+            listener.close()
+            self._listener = None
+        await self._load(_Channel(conn, return_path=True))
 
     async def _load_from(self, address: Address) -> None:
         if address.scheme == "file":
-            reader = asyncio.StreamReader()
             try:
-                data = await asyncio.get_running_loop().run_in_executor(
-                    None, _read_file, address.path
-                )
+                file = _open_for_read(address.path)
             except OSError as err:
                 self._fail_incoming(f"{address.path}: {os.strerror(err.errno or 0)}")
                 return
-            reader.feed_data(data)
-            reader.feed_eof()
-            await self._load(reader, None)
+            await self._load(_Channel(file=file))
             return
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", address.command, stdout=asyncio.subprocess.PIPE
-        )
-        assert proc.stdout is not None
-        await self._load(proc.stdout, None)
+        ours, theirs = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", address.command, stdout=theirs.fileno()
+            )
+        finally:
+            theirs.close()
+        await self._load(_Channel(ours, proc=proc))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._incoming_task is not None:  # one migration per listener
-            writer.close()
-            return
-        if self._incoming_server is not None:
-            self._incoming_server.close()
-        self._incoming_task = asyncio.current_task()
-        await self._load(reader, writer)
-
-    async def _load(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None
-    ) -> None:
+    async def _load(self, channel: _Channel) -> None:
         inc = self.incoming
         inc.set_status("active")
-        decoder = StreamDecoder()
+        self._channel_in = channel
+        decoder = StreamDecoder(zero_copy=True)
         rp = ReturnPathEncoder()
         gate = SwitchoverAckGate(self._ack_enabled())
         loaders = {cfg.id: VfioSimLoader(cfg, gate) for cfg in self.device_configs}
         self._loaders = list(loaders.values())
         guest: GuestMemory | None = None
         complete: Complete | None = None
+        source_running = True
 
         def send_rp(data: bytes) -> None:
-            if writer is not None and not writer.is_closing():
-                writer.write(data)
+            if channel.has_return_path:
+                channel.send_nowait(data)
 
         def send_ack() -> None:
             send_rp(rp.switchover_ack())
 
+        unyielded = 0
         try:
             while True:
-                data = await reader.read(_READ_SIZE)
-                decoder.receive_data(data)
-                now = time.monotonic()
-                for loader in loaders.values():
-                    if loader.poll(now):
-                        send_ack()
+                view = decoder.get_buffer(_READ_SIZE)
+                n = await channel.recv_into(view)
+                del view
+                decoder.buffer_updated(n)
+                unyielded += n
+                if loaders:
+                    now = time.monotonic()
+                    for loader in loaders.values():
+                        if loader.poll(now):
+                            send_ack()
                 while True:
                     event = decoder.next_event()
                     if isinstance(event, NeedData):
                         break
+                    if guest is not None and apply_ram_event(guest, event):
+                        continue
                     if isinstance(event, StreamHeader):
                         if event.ram_size != self.guest.size_bytes:
                             raise StreamError(
@@ -701,8 +866,6 @@ class MigrationController:
                                 f"{self.guest.size_bytes:#x}: Invalid argument"
                             )
                         guest = guest_for_header(event)
-                    elif guest is not None and apply_ram_event(guest, event):
-                        pass
                     elif isinstance(event, DeviceData):
                         found = loaders.get(event.chunk.device_id)
                         if found is None:
@@ -718,30 +881,34 @@ class MigrationController:
                         send_rp(rp.open())
                         if gate.open_return_path():
                             send_ack()
+                    elif isinstance(event, EndOfPrecopy):
+                        source_running = event.running
                     elif isinstance(event, Complete):
                         complete = event
-                    elif isinstance(event, (SyncMarker, EndOfPrecopy)):
-                        pass
                     elif isinstance(event, EndOfStream):
                         assert guest is not None and complete is not None
-                        await self._finish_load(guest, complete, loaders, send_rp, rp)
+                        await self._finish_load(
+                            guest, complete, loaders, send_rp, rp, source_running
+                        )
                         return
-                if not data:
+                if n == 0:
                     raise StreamError("Unexpected end of migration stream")
-                await asyncio.sleep(0)
+                if unyielded >= _YIELD_BYTES:
+                    unyielded = 0
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except (StreamError, DeviceLoadError, OSError) as err:
             self._fail_incoming(str(err) or type(err).__name__)
         finally:
-            if writer is not None:
-                writer.close()
+            channel.abort()
+            self._channel_in = None
 
     def _arm_loader_timer(self, loader: VfioSimLoader, send_ack: Callable[[], None]) -> None:
         deadline = loader.next_deadline()
-        if deadline is None or getattr(loader, "_timer_armed", False):
+        if deadline is None or loader in self._armed:
             return
-        loader._timer_armed = True  # type: ignore[attr-defined]
+        self._armed.add(loader)
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
@@ -757,6 +924,7 @@ class MigrationController:
         loaders: dict[str, VfioSimLoader],
         send_rp: Callable[[bytes], None],
         rp: ReturnPathEncoder,
+        source_running: bool,
     ) -> None:
         if guest.digest() != complete.ram_digest:
             raise StreamError("RAM digest mismatch after loading the migration stream")
@@ -773,11 +941,12 @@ class MigrationController:
         self.guest = guest
         self.workload = Workload(guest, self.workload.rate, seed=11, now=time.monotonic())
         vm = self.vm
-        if vm.autostart:
+        # QEMU: autostart only if the source's guest was running (its global state)
+        if vm.autostart and source_running:
             vm.start()
         else:
             vm.runstate = "paused"
-        send_rp(rp.resumed(time.time()))
+        send_rp(rp.resumed(time.monotonic()) + rp.shut(0))
         self.incoming.set_status("completed")
 
     def _fail_incoming(self, reason: str) -> None:
@@ -785,6 +954,60 @@ class MigrationController:
         self.incoming.set_status("failed")
         # QEMU 7.2 ends the destination process when an incoming migration fails.
         self.exit_process(1, f"load of migration failed: {reason}")
+
+
+_UNLIMITED = 1 << 62
+
+
+class _PageSender:
+    """The RAM pages a pass still has to send, sent in steps (QEMU's RAM bitmap walk).
+
+    Zero masks are computed per window of :data:`_WINDOW_PAGES` pages and reused by the
+    steps inside it; a step takes pages until it holds ``max_normal`` non-zero pages.
+    """
+
+    def __init__(self, enc: StreamEncoder, guest: GuestMemory, pages: np.ndarray) -> None:
+        self.enc = enc
+        self.guest = guest
+        self.pages = pages
+        self.cursor = 0
+        self._win_start = 0
+        self._win_zero: np.ndarray | None = None
+
+    @property
+    def remaining(self) -> int:
+        return int(self.pages.size - self.cursor)
+
+    def resync(self, fresh: np.ndarray) -> None:
+        """Add the pages of a dirty sync to what is left of this pass."""
+        rest = self.pages[self.cursor :]
+        if rest.size == 0:
+            self.pages = fresh
+        elif fresh.size:
+            # the bitmap merges them: sorted, without duplicates, in linear time
+            self.guest.mark_dirty(rest)
+            self.guest.mark_dirty(fresh)
+            self.pages = self.guest.sync_dirty()
+        else:
+            self.pages = rest
+        self.cursor = 0
+        self._win_zero = None
+
+    def step(self, max_normal: int) -> EncodedPages:
+        cursor = self.cursor
+        zero = self._win_zero
+        if zero is None or cursor >= self._win_start + zero.size:
+            window = self.pages[cursor : cursor + _WINDOW_PAGES]
+            zero = self._win_zero = self.guest.zero_mask(window)
+            self._win_start = cursor
+        zero_part = zero[cursor - self._win_start :]
+        normal = np.flatnonzero(~zero_part)
+        take = int(normal[max_normal]) if normal.size > max_normal else int(zero_part.size)
+        idx = self.pages[cursor : cursor + take]
+        self.cursor = cursor + take
+        return encode_guest_pages_parts(
+            self.enc, self.guest, idx, zero=zero_part[:take], max_pages=_STEP_PAGES
+        )
 
 
 def _listen(address: Address) -> socket.socket:
@@ -811,10 +1034,9 @@ def _listen(address: Address) -> socket.socket:
     return sock
 
 
-def _open_for_write(path: str) -> Any:
+def _open_for_write(path: str) -> io.BufferedIOBase:
     return open(path, "wb")  # the channel owns and closes it
 
 
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _open_for_read(path: str) -> io.BufferedIOBase:
+    return open(path, "rb")  # the channel owns and closes it

@@ -1,0 +1,153 @@
+"""Fan-out of QMP events to server-sent-event subscribers, with a bounded history for replay.
+
+Rules:
+
+1. Every QMP event the runtime emits gets the next sequence number (1, 2, ...), which is its
+   SSE ``id:``, and goes into a history ring of :data:`HISTORY_SIZE` entries.
+2. A subscriber has a bounded queue of :data:`QUEUE_SIZE` events.  **Overflow policy:** a
+   subscriber whose queue is full when an event arrives is *disconnected*: it is removed from
+   the hub, its stream ends after the events already queued, and the drop is counted
+   (``dropped_subscribers``).  It loses nothing if it reconnects with ``Last-Event-ID`` while
+   the missed events are still in the ring, which is larger than a queue.  Slow readers never
+   delay or grow memory for anyone else.
+3. ``subscribe(last_id)`` replays the ring entries after ``last_id`` before live events, with no
+   gap and no duplicate (replay and registration happen in the same synchronous step).  When
+   ``last_id`` is older than the ring, :attr:`Subscription.gap` says which ids were lost.
+4. The hub is used from the event loop thread only; :meth:`EventHub.publish` called from
+   another thread is handed to the loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["HISTORY_SIZE", "QUEUE_SIZE", "EventHub", "SequencedEvent", "Subscription"]
+
+HISTORY_SIZE = 1024
+QUEUE_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SequencedEvent:
+    """One QMP event with its sequence number."""
+
+    seq: int
+    name: str
+    data: dict[str, Any]
+    timestamp: dict[str, int]
+
+    def payload(self) -> dict[str, Any]:
+        """What goes into SSE ``data:``: the QMP data and timestamp."""
+        return {"data": self.data, "timestamp": self.timestamp}
+
+
+class Subscription:
+    """One SSE client's view of the hub; iterate with :meth:`next`."""
+
+    def __init__(self, hub: EventHub, limit: int) -> None:
+        self._hub = hub
+        self._limit = limit
+        self._queue: deque[SequencedEvent] = deque()
+        self._wakeup = asyncio.Event()
+        self.closed = False
+        #: Set when the hub disconnected this subscriber for not reading (rule 2).
+        self.overflowed = False
+        #: ``(first_lost, last_lost)`` when the requested replay was older than the ring.
+        self.gap: tuple[int, int] | None = None
+
+    def _offer(self, event: SequencedEvent) -> bool:
+        if len(self._queue) >= self._limit:
+            self.overflowed = True
+            self._close()
+            return False
+        self._queue.append(event)
+        self._wakeup.set()
+        return True
+
+    def _close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    async def next(self) -> SequencedEvent | None:
+        """The next event; None once the subscription is closed and drained."""
+        while not self._queue:
+            if self.closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        """Leave the hub (the client went away)."""
+        self._hub._subscribers.discard(self)
+        self._close()
+
+
+class EventHub:
+    """Numbered history ring plus bounded per-subscriber queues (see the module rules)."""
+
+    def __init__(self, history: int = HISTORY_SIZE, queue_size: int = QUEUE_SIZE) -> None:
+        self.history: deque[SequencedEvent] = deque(maxlen=history)
+        self.queue_size = queue_size
+        self.last_seq = 0
+        self.dropped_subscribers = 0
+        self._subscribers: set[Subscription] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.get_ident()
+        self.closed = False
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the loop (and its thread) events must be delivered on."""
+        self._loop = loop
+        self._thread = threading.get_ident()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """A runtime event listener: number, remember and fan out one QMP event dict."""
+        if self._loop is not None and threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.publish, event)
+            return
+        data = event.get("data")
+        self.last_seq += 1
+        item = SequencedEvent(
+            self.last_seq,
+            str(event.get("event")),
+            data if isinstance(data, dict) else {},
+            dict(event.get("timestamp") or {}),
+        )
+        self.history.append(item)
+        for sub in list(self._subscribers):
+            if not sub._offer(item):
+                self._subscribers.discard(sub)
+                self.dropped_subscribers += 1
+
+    def subscribe(self, last_id: int | None = None) -> Subscription:
+        """A new subscriber; with ``last_id``, the ring's later events are queued first.
+
+        Replay beyond the queue bound is allowed (it is bounded by the ring).
+        """
+        sub = Subscription(self, self.queue_size)
+        if self.closed:
+            sub._close()
+            return sub
+        if last_id is not None and last_id < self.last_seq:
+            oldest = self.history[0].seq if self.history else self.last_seq + 1
+            if last_id + 1 < oldest:
+                sub.gap = (last_id + 1, oldest - 1)
+            sub._queue.extend(e for e in self.history if e.seq > last_id)
+        self._subscribers.add(sub)
+        return sub
+
+    def close(self) -> None:
+        """End every stream (server shutdown); later subscriptions end at once."""
+        self.closed = True
+        for sub in list(self._subscribers):
+            sub._close()
+        self._subscribers.clear()

@@ -1,0 +1,1 @@
+"""The route modules; :func:`qmp_server.rest.app.create_app` includes their routers."""

@@ -1,0 +1,99 @@
+"""The dashboard in headless Chromium (Debian's ``chromium`` package, driven by playwright).
+
+Skipped when ``/usr/bin/chromium`` (or the playwright package) is missing.  Never runs
+``playwright install``: the browser is the system one.  Screenshots go to ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import RestServer
+from qemu.qmp import QMPClient
+from server_process import ServerProcess, free_port
+
+CHROMIUM = os.environ.get("QMP_SERVER_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+MiB = 1 << 20
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)), reason=f"{CHROMIUM} not installed"
+)
+
+
+async def test_dashboard_renders_and_follows_a_migration(
+    rest_server: Callable[..., RestServer], qmp_server: Callable[..., ServerProcess]
+) -> None:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    source = rest_server("-m", "128M", "--guest-fill", "random", "--dirty-rate", "4M",
+                         token=True)  # fmt: skip
+    dest = qmp_server("-m", "128M", "-incoming", "defer")
+    src, dst = QMPClient("src"), QMPClient("dst")
+    await src.connect(source.socket)
+    await dst.connect(dest.socket)
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            await page.goto(source.base_url + "/")
+            expect = playwright_api.expect
+
+            # The capability table, read-only until a token is given.
+            caps = await src.execute("query-migrate-capabilities")
+            await expect(page.locator("#caps tbody tr")).to_have_count(len(caps))
+            events_box = page.locator('#caps tr[data-capability="events"] input')
+            await expect(events_box).to_be_disabled()
+            await expect(page.locator("#conn")).to_have_text("open")
+            await expect(page.locator("#runstate")).to_have_text("running")
+
+            # A token enables the toggles; a toggle really runs migrate-set-capabilities.
+            await page.fill("#token", str(source.token))
+            await page.click("#token-form button")
+            await expect(events_box).to_be_enabled()
+            await events_box.check()
+            await expect(page.locator('#caps tr[data-capability="events"]')).to_contain_text("on")
+            caps = await src.execute("query-migrate-capabilities")
+            assert {"capability": "events", "state": True} in caps
+
+            # A status change over QMP shows up through the event stream.
+            await src.execute("stop")
+            await expect(page.locator("#runstate")).to_have_text("paused")
+            await src.execute("cont")
+            await expect(page.locator("#runstate")).to_have_text("running")
+            await expect(page.locator("#events li").first).to_contain_text("RESUME")
+
+            # A migration started over QMP moves the progress bar to completion.
+            await src.execute("migrate-set-parameters", {"max-bandwidth": 64 * MiB})
+            uri = f"tcp:127.0.0.1:{free_port()}"
+            await dst.execute("migrate-incoming", {"uri": uri})
+            await src.execute("migrate", {"uri": uri})
+            await expect(page.locator("#mig-status")).to_have_text("active", timeout=10_000)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-active.png"), full_page=True)
+            await expect(page.locator("#mig-status")).to_have_text("completed", timeout=30_000)
+            await expect(page.locator("#progress-text")).to_have_text("100.0 %")
+            await expect(page.locator("#downtime")).not_to_have_text("–")
+            await expect(page.locator("#runstate")).to_have_text("postmigrate")
+            await expect(page.locator('#events li[data-event="MIGRATION"]').first).to_contain_text(
+                "completed")
+            passes = await page.locator('#events li[data-event="MIGRATION_PASS"]').count()
+            assert passes >= 1
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        finally:
+            await browser.close()
+            await src.disconnect()
+            await dst.disconnect()
+    assert not problems, problems
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
