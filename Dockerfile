@@ -9,7 +9,7 @@ WORKDIR /opt/qmp-server
 COPY pyproject.toml README.md ./
 COPY qmp_server ./qmp_server
 COPY schema ./schema
-RUN pip install --no-cache-dir . && cp -r schema /usr/local/lib/python3.11/site-packages/qmp_server/schema
+RUN pip install --no-cache-dir .
 
 USER qmp
 VOLUME ["/run/qmp"]

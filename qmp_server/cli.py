@@ -62,6 +62,8 @@ QEMU-style options:
   -S                                    start paused (runstate prelaunch)
   -incoming defer|URI                   wait for an incoming migration
   -global migration.PROP=VALUE          migration property (capability or parameter)
+  -device vfio-sim,id=ID[,initial-bytes=SIZE][,state-bytes=SIZE][,load-ms=N][,dirty-rate=SIZE]
+                                        a device with precopy initial data (repeatable)
   -name NAME
   -nodefaults, -display none, -vga none, -accel tcg|kvm, -enable-kvm, ... accepted, ignored
 

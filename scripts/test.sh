@@ -22,6 +22,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 
-.venv/bin/ruff check qmp_server tests benchmarks tools
+.venv/bin/ruff check qmp_server tests benchmarks tools examples
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

@@ -125,6 +125,23 @@ class _RandomBaseline:
             pos += n
         return out
 
+    def equals_run(self, start: int, words: npt.NDArray[np.uint64]) -> bool:
+        """Whether ``words`` (pages from ``start``) equal the baseline, without building it:
+        generated and compared one pool block at a time, so the baseline stays in cache."""
+        count = words.shape[0]
+        keys = self.keys(np.arange(start, start + count, dtype=np.uint64))
+        scratch = np.empty((min(count, _POOL_PAGES), WORDS_PER_PAGE), dtype=np.uint64)
+        pos = 0
+        while pos < count:
+            row = (start + pos) % _POOL_PAGES
+            n = min(_POOL_PAGES - row, count - pos)
+            block = scratch[:n]
+            np.bitwise_xor(self._pool[row : row + n], keys[pos : pos + n, None], out=block)
+            if not np.array_equal(block, words[pos : pos + n]):
+                return False
+            pos += n
+        return True
+
     def gather(self, indexes: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
         idx = indexes.astype(np.uint64)
         rows = np.take(self._pool, (idx % np.uint64(_POOL_PAGES)).astype(np.intp), axis=0)
@@ -245,6 +262,18 @@ class GuestMemory:
                 buf[offset] = np.frombuffer(pages[start + offset], dtype=np.uint8)
         return words.astype(_U64, copy=False).tobytes()
 
+    def read_pages_view(self, start: int, count: int) -> memoryview:
+        """:meth:`read_pages` without the final copy: a byte view of a fresh array."""
+        self._check_run(start, count)
+        words = self._baseline_run(start, count)
+        touched = np.flatnonzero(self._stored[start : start + count])
+        if touched.size:
+            buf = words.view(np.uint8).reshape(count, PAGE_SIZE)
+            pages = self._pages
+            for offset in touched.tolist():
+                buf[offset] = np.frombuffer(pages[start + offset], dtype=np.uint8)
+        return words.data.cast("B")
+
     def read_page_list(self, indexes: npt.ArrayLike) -> bytes:
         """The content of the listed pages, concatenated in the given order."""
         idx = np.asarray(indexes, dtype=np.int64)
@@ -320,10 +349,19 @@ class GuestMemory:
         if count == 0:
             return
         words = _as_words(data, count)
-        if self._random is None:
+        # fast path: the whole run equals its baseline (a first pass of an untouched guest)
+        random = self._random
+        if (not words.any()) if random is None else random.equals_run(start, words):
+            stored = self._stored[start : start + count]
+            if stored.any():
+                for offset in np.flatnonzero(stored).tolist():
+                    self._pages.pop(start + offset, None)
+                stored[:] = 0
+            return
+        if random is None:
             differs: npt.NDArray[np.bool_] = np.asarray(words.any(axis=1))
         else:
-            differs = np.asarray((words != self._random.run(start, count)).any(axis=1))
+            differs = np.asarray((words != random.run(start, count)).any(axis=1))
         self._apply(np.arange(start, start + count, dtype=np.int64), differs, data)
 
     def load_page_list(self, indexes: npt.ArrayLike, data: bytes | bytearray | memoryview) -> None:
@@ -371,6 +409,8 @@ class GuestMemory:
     def load_zero_pages(self, start: int, count: int) -> None:
         """Load a run of zero pages from a migration stream."""
         self._check_run(start, count)
+        if self._random is None and not self._stored[start : start + count].any():
+            return  # already the baseline
         self._load_zero(np.arange(start, start + count, dtype=np.int64))
 
     def load_zero_page_list(self, indexes: npt.ArrayLike) -> None:

@@ -121,6 +121,7 @@ class SourceMigration:
     bandwidth: float = 0.0
     threshold: int = 0
     switchover_acked: bool = False
+    dirty_bytes_last_sync: int = 0
     _period: _Period | None = None
     _pages_sent: int = 0
 
@@ -144,6 +145,7 @@ class SourceMigration:
         self.threshold = 0
         self.expected_downtime_ms = downtime_limit_ms
         self.switchover_acked = False
+        self.dirty_bytes_last_sync = 0
         self._period = _Period(now)
         self._pages_sent = 0
         self.set_status("setup")
@@ -188,10 +190,15 @@ class SourceMigration:
         if self._period is not None:
             self._period.dirty_pages += pages
 
-    def note_sync(self, dirty_pages_rate: int) -> int:
-        """A dirty-bitmap sync (a pass): returns the pass number for MIGRATION_PASS."""
+    def note_sync(self, dirty_pages_rate: int, dirty_pages: int | None = None) -> int:
+        """A dirty-bitmap sync (a pass): returns the pass number for MIGRATION_PASS.
+
+        ``dirty_pages``: how many pages the sync found dirty (8.1+ expected downtime).
+        """
         self.ram.dirty_sync_count += 1
         self.ram.dirty_pages_rate = dirty_pages_rate
+        if dirty_pages is not None:
+            self.dirty_bytes_last_sync = dirty_pages * PAGE_SIZE
         return self.ram.dirty_sync_count
 
     def period_left(self, now: float) -> float:
@@ -214,7 +221,9 @@ class SourceMigration:
         self.ram.mbps = period.transferred * 8 / (elapsed_ms / 1000.0) / 1e6
         self.ram.pages_per_second = int(period.pages / (elapsed_ms / 1000.0))
         if self.ram.dirty_pages_rate and period.transferred > 10000 and self.bandwidth > 0:
-            self.expected_downtime_ms = int(self.ram.remaining / self.bandwidth)
+            # 7.2: what remains / bandwidth; 8.1+: what the last sync found dirty / bandwidth
+            pending = self.dirty_bytes_last_sync if self.profile.since(8, 1) else self.ram.remaining
+            self.expected_downtime_ms = int(pending / self.bandwidth)
         self._period = _Period(now)
 
     def complete(self, now: float, downtime_start: float) -> None:

@@ -16,8 +16,14 @@ Rules:
 3. A stream is accepted as complete only after ``COMPLETE``, a ``CHECKSUM`` that matches the
    running xxh3-64 of every byte before it, and ``EOF``, in that order.  So a corrupted
    stream can never end in :class:`EndOfStream`.
-4. Speed: RAM travels in records of up to 64 MiB of page data (the engine uses ~1 MiB);
-   encoding is one ``join`` per record and decoding one copy per record.
+4. Speed: RAM travels in records of up to 64 MiB of page data (the engine uses up to 8 MiB).
+   The ``*_parts`` encoder methods return a record as a list of buffers (header bytes, then
+   the caller's page data untouched) for a gather write, so the page data is never copied by
+   the encoder; the ``bytes`` methods join them.  The decoder keeps one growable buffer with
+   a read offset; a transport may receive straight into it (:meth:`StreamDecoder.get_buffer`
+   and :meth:`StreamDecoder.buffer_updated`, the ``BufferedProtocol`` shape).  By default an
+   event's page data is a ``bytes`` copy; with ``zero_copy=True`` it is a ``memoryview`` into
+   that buffer, valid until the next ``receive_data``/``get_buffer`` call.
 
 >>> enc = StreamEncoder()
 >>> wire = enc.header(ram_size=1 << 20, fill="zero", seed=0, profile="7.2")
@@ -52,6 +58,7 @@ __all__ = [
     "Checkpoint",
     "Complete",
     "DeviceData",
+    "EncodedPages",
     "EndOfPrecopy",
     "EndOfStream",
     "NeedData",
@@ -75,6 +82,7 @@ __all__ = [
     "ZeroRun",
     "apply_ram_event",
     "encode_guest_pages",
+    "encode_guest_pages_parts",
     "guest_for_header",
 ]
 
@@ -202,7 +210,13 @@ class OpenReturnPath:
 
 @dataclass(frozen=True, slots=True)
 class EndOfPrecopy:
-    """The source stopped the guest: what follows is stop-and-copy data."""
+    """The source stopped the guest: what follows is stop-and-copy data.
+
+    ``running`` is False when the guest was already paused before the migration stopped it
+    (QEMU's global-state runstate): the destination then stays paused.
+    """
+
+    running: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +275,10 @@ class StreamEncoder:
         self._finished = False
 
     def _record(self, tag: Tag, *parts: Buffer) -> bytes:
+        return b"".join(self._record_parts(tag, *parts))
+
+    def _record_parts(self, tag: Tag, *parts: Buffer) -> list[Buffer]:
+        """The record as buffers: one ``bytes`` head (tag, length, small fields), then data."""
         if not self._started:
             raise ValueError("header() must come first")
         if self._finished:
@@ -268,9 +286,16 @@ class StreamEncoder:
         length = sum(len(p) for p in parts)
         if length > MAX_PAYLOAD:
             raise ValueError(f"record payload of {length} bytes exceeds {MAX_PAYLOAD}")
-        out = b"".join((_REC.pack(tag, length), *parts))
-        self._hash.update(out)
-        self.bytes_encoded += len(out)
+        # small leading parts are folded into the head; big data stays the caller's buffer
+        head = [_REC.pack(tag, length)]
+        rest = list(parts)
+        while rest and len(rest[0]) <= 4096:
+            head.append(bytes(rest.pop(0)))
+        out: list[Buffer] = [b"".join(head), *rest]
+        update = self._hash.update
+        for part in out:
+            update(part)
+        self.bytes_encoded += _REC.size + length
         return out
 
     def header(
@@ -315,6 +340,20 @@ class StreamEncoder:
         self._check_data(data, count)
         return self._record(Tag.RAM_RUN, _RUN.pack(start, count), data)
 
+    def ram_run_parts(self, start: int, data: Buffer) -> list[Buffer]:
+        """``RAM_RUN`` as buffers for a gather write; ``data`` is not copied."""
+        count = len(data) // self.page_size
+        self._check_data(data, count)
+        return self._record_parts(Tag.RAM_RUN, _RUN.pack(start, count), data)
+
+    def ram_list_parts(
+        self, indexes: Sequence[int] | npt.NDArray[np.int64], data: Buffer
+    ) -> list[Buffer]:
+        """``RAM_LIST`` as buffers for a gather write; ``data`` is not copied."""
+        idx = np.asarray(indexes, dtype=_LE64)
+        self._check_data(data, idx.size)
+        return self._record_parts(Tag.RAM_LIST, _U32.pack(idx.size), idx.tobytes(), data)
+
     def ram_list(self, indexes: Sequence[int] | npt.NDArray[np.int64], data: Buffer) -> bytes:
         """``RAM_LIST``: the pages at ``indexes``, data in the same order."""
         idx = np.asarray(indexes, dtype=_LE64)
@@ -338,6 +377,14 @@ class StreamEncoder:
         head = _DEV.pack(chunk.kind, 1 if chunk.initial else 0, len(name))
         return self._record(Tag.DEVICE, head, name, _U64.pack(chunk.offset), chunk.data)
 
+    def device_parts(self, chunk: DeviceChunk) -> list[Buffer]:
+        """``DEVICE`` as buffers for a gather write; the chunk data is not copied."""
+        name = chunk.device_id.encode()
+        if not 0 < len(name) <= 255:
+            raise ValueError("device id must be 1..255 bytes")
+        head = _DEV.pack(chunk.kind, 1 if chunk.initial else 0, len(name))
+        return self._record_parts(Tag.DEVICE, head, name, _U64.pack(chunk.offset), chunk.data)
+
     def sync(self, pass_number: int) -> bytes:
         """``SYNC``: a dirty-bitmap sync happened (dirty-sync-count ``pass_number``)."""
         return self._record(Tag.SYNC, _U32.pack(pass_number))
@@ -345,8 +392,11 @@ class StreamEncoder:
     def open_return_path(self) -> bytes:
         return self._record(Tag.OPEN_RETURN_PATH)
 
-    def end_of_precopy(self) -> bytes:
-        return self._record(Tag.END_OF_PRECOPY)
+    def end_of_precopy(self, running: bool = True) -> bytes:
+        """``END_OF_PRECOPY``; ``running=False``: the guest was paused before switchover."""
+        if running:
+            return self._record(Tag.END_OF_PRECOPY)
+        return self._record(Tag.END_OF_PRECOPY, b"\x00")
 
     def checkpoint(self) -> bytes:
         """``CHECKSUM``: the running checksum so far (lets the peer fail early)."""
@@ -384,25 +434,80 @@ class StreamDecoder:
     """Parses the stream: :meth:`receive_data`, then :meth:`next_event` until ``NEED_DATA``.
 
     :param max_payload: largest record payload accepted (a bigger length is an error at once).
+    :param zero_copy: page data of ``RamRun``/``RamList`` events is a ``memoryview`` into the
+        decoder's buffer, valid until the next :meth:`receive_data` or :meth:`get_buffer`
+        (module rule 4); by default it is ``bytes``.
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = MAX_PAYLOAD, *, zero_copy: bool = False) -> None:
         self._buf = bytearray()
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of the received bytes
         self._eof = False
         self._state = _State.MAGIC
         self._hash = xxhash.xxh3_64()
         self._error: StreamError | None = None
         self._max_payload = max_payload
+        self._zero_copy = zero_copy
         self.header: StreamHeader | None = None
         self._pages = 0
         self.bytes_decoded = 0
 
-    def receive_data(self, data: Buffer) -> None:
-        """Feed bytes; ``b""`` means the peer closed (EOF)."""
-        if len(data) == 0:
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not parsed yet."""
+        return self._end - self._start
+
+    def _reserve(self, size: int) -> None:
+        """Make room for ``size`` more bytes after the received ones."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        buf = self._buf
+        pending = self._end - self._start
+        if self._end + size <= len(buf):
+            return
+        if pending + size <= len(buf) and self._start >= pending:
+            # compact in place (no overlap): the buffer keeps its identity and size
+            buf[:pending] = buf[self._start : self._end]
+        else:
+            # a new buffer: views handed out earlier (zero_copy) stay valid on the old one
+            grown = bytearray(max(pending + size, 2 * len(buf), 1 << 16))
+            grown[:pending] = buf[self._start : self._end]
+            self._buf = grown
+        self._start, self._end = 0, pending
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """A writable view to receive into (then :meth:`buffer_updated`).
+
+        While a record is incomplete the view ends exactly where that record ends, so a
+        big record is received in place and, once parsed, leaves the buffer empty: the
+        buffer is reused from its start without moving any bytes.
+        """
+        size = max(sizehint, 1)
+        pending = self._end - self._start
+        if pending >= _REC.size and self._state is not _State.MAGIC:
+            (_, length) = _REC.unpack_from(self._buf, self._start)
+            if length <= self._max_payload and _REC.size + length > pending:
+                size = _REC.size + length - pending
+        self._reserve(size)
+        return memoryview(self._buf)[self._end : self._end + size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last :meth:`get_buffer` view."""
+        if nbytes == 0:
             self._eof = True
         else:
-            self._buf += data
+            self._end += nbytes
+
+    def receive_data(self, data: Buffer) -> None:
+        """Feed bytes; ``b""`` means the peer closed (EOF)."""
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if n == 0:
+            self._eof = True
+            return
+        self._reserve(n)
+        self._buf[self._end : self._end + n] = data
+        self._end += n
 
     def _fail(self, message: str) -> StreamError:
         self._error = StreamError(message)
@@ -423,9 +528,10 @@ class StreamDecoder:
         except (struct.error, ValueError, OverflowError, IndexError) as err:
             raise self._fail(f"malformed record: {err}") from err
         if event is NEED_DATA and self._eof and self._state is not _State.DONE:
-            if self._buf:
+            pending = self._end - self._start
+            if pending:
                 raise self._fail(
-                    f"stream truncated: {len(self._buf)} bytes of an incomplete "
+                    f"stream truncated: {pending} bytes of an incomplete "
                     f"{'record' if self._state is not _State.MAGIC else 'stream header'}"
                 )
             raise self._fail(f"stream truncated: ended before EOF (in state {self._state.value})")
@@ -433,42 +539,52 @@ class StreamDecoder:
 
     def _next(self) -> StreamEvent | NeedData:
         buf = self._buf
+        pos = self._start
+        avail = self._end - pos
         if self._state is _State.MAGIC:
-            if len(buf) < len(MAGIC) + 2:
-                if buf and not MAGIC.startswith(bytes(buf[: len(MAGIC)])):
+            if avail < len(MAGIC) + 2:
+                head = bytes(buf[pos : pos + min(avail, len(MAGIC))])
+                if head and not MAGIC.startswith(head):
                     raise self._fail("bad magic: not a qmp-server migration stream")
                 return NEED_DATA
-            if buf[: len(MAGIC)] != MAGIC:
+            if buf[pos : pos + len(MAGIC)] != MAGIC:
                 raise self._fail("bad magic: not a qmp-server migration stream")
-            (version,) = _U16.unpack_from(buf, len(MAGIC))
+            (version,) = _U16.unpack_from(buf, pos + len(MAGIC))
             if version != VERSION:
                 raise self._fail(f"unsupported stream version {version} (expected {VERSION})")
             size = len(MAGIC) + 2
-            self._hash.update(memoryview(buf)[:size])
-            del buf[:size]
+            with memoryview(buf) as view:
+                self._hash.update(view[pos : pos + size])
+            pos = self._start = pos + size
+            avail -= size
             self.bytes_decoded += size
             self._state = _State.HEADER
         if self._state is _State.DONE:
-            if buf:
+            if avail:
                 raise self._fail("data after the end of the stream")
             return NEED_DATA
-        if len(buf) < _REC.size:
+        if avail < _REC.size:
             return NEED_DATA
-        tag, length = _REC.unpack_from(buf, 0)
+        tag, length = _REC.unpack_from(buf, pos)
         if tag not in _TAGS:
             raise self._fail(f"unknown record type 0x{tag:02x}")
         if length > self._max_payload:
             raise self._fail(f"record 0x{tag:02x} too long: {length} bytes")
         end = _REC.size + length
-        if len(buf) < end:
+        if avail < end:
             return NEED_DATA
         checksum_before = self._hash.intdigest()
-        with memoryview(buf) as view:
-            self._hash.update(view[:end])
-            payload = view[_REC.size : end].tobytes()
-        del buf[:end]
+        view = memoryview(buf)[pos : pos + end]
+        self._hash.update(view)
+        body = view[_REC.size :]
+        payload: Buffer = body
+        if not (self._zero_copy and tag in (Tag.RAM_RUN, Tag.RAM_LIST)):
+            payload = body.tobytes()
+        self._start = pos + end
+        if self._start == self._end:
+            self._start = self._end = 0
         self.bytes_decoded += end
-        return self._dispatch(Tag(tag), payload, checksum_before)
+        return self._dispatch(Tag(tag), payload, checksum_before)  # type: ignore[arg-type]
 
     def _expect_len(self, tag: Tag, payload: bytes, length: int) -> None:
         if len(payload) != length:
@@ -515,7 +631,10 @@ class StreamDecoder:
             (count,) = _U32.unpack_from(payload)
             self._expect_len(tag, payload, 4 + count * (8 + ps))
             split = 4 + 8 * count
-            return RamList(self._indexes(tag, payload[4:split]), payload[split:])
+            return RamList(
+                self._indexes(tag, payload[4:split]),
+                payload[split:],
+            )
         if tag is Tag.ZERO_RUN:
             self._expect_len(tag, payload, _ZRUN.size)
             start, count = _ZRUN.unpack(payload)
@@ -536,8 +655,12 @@ class StreamDecoder:
             self._expect_len(tag, payload, 0)
             return OpenReturnPath()
         if tag is Tag.END_OF_PRECOPY:
-            self._expect_len(tag, payload, 0)
-            return EndOfPrecopy()
+            if len(payload) == 0:
+                return EndOfPrecopy()
+            self._expect_len(tag, payload, 1)
+            if payload[0] > 1:
+                raise self._fail(f"record END_OF_PRECOPY: unknown run state {payload[0]}")
+            return EndOfPrecopy(running=bool(payload[0]))
         if tag is Tag.COMPLETE:
             event = self._complete(payload)
             self._state = _State.NEED_CHECKSUM
@@ -692,6 +815,85 @@ def encode_guest_pages(
     for off in range(0, len(scattered_zero), 1 << 16):
         out.append(encoder.zero_list(scattered_zero[off : off + (1 << 16)]))
     return out
+
+
+@dataclass(slots=True)
+class EncodedPages:
+    """What :func:`encode_guest_pages_parts` produced: buffers to write, and page counts."""
+
+    parts: list[Buffer]
+    nbytes: int
+    zero_pages: int
+    normal_pages: int
+
+
+def encode_guest_pages_parts(
+    encoder: StreamEncoder,
+    guest: GuestMemory,
+    indexes: npt.ArrayLike,
+    *,
+    zero: npt.NDArray[np.bool_] | None = None,
+    max_pages: int = 2048,
+    min_run: int = 16,
+) -> EncodedPages:
+    """:func:`encode_guest_pages` for a gather write: the same records, as buffers.
+
+    Runs of non-zero pages are read straight into one array per record and handed over
+    without a copy; ``zero`` (the guest's :meth:`~GuestMemory.zero_mask` of ``indexes``) may
+    be passed when the caller already has it.  Records carry at most ``max_pages`` pages.
+    """
+    idx = np.asarray(indexes, dtype=np.int64)
+    parts: list[Buffer] = []
+    before = encoder.bytes_encoded
+    if idx.size == 0:
+        return EncodedPages(parts, 0, 0, 0)
+    if zero is None:
+        zero = guest.zero_mask(idx)
+    zero_pages = int(np.count_nonzero(zero))
+    if idx.size == 1 or (int(idx[-1]) - int(idx[0]) + 1 == idx.size and not zero.any()):
+        # the common first-pass case: one contiguous non-zero (or single) run
+        if zero_pages:
+            parts += encoder._record_parts(Tag.ZERO_RUN, _ZRUN.pack(int(idx[0]), 1))
+        else:
+            first = int(idx[0])
+            for off in range(0, idx.size, max_pages):
+                n = min(max_pages, idx.size - off)
+                parts += encoder.ram_run_parts(first + off, guest.read_pages_view(first + off, n))
+        return EncodedPages(parts, encoder.bytes_encoded - before, zero_pages,
+                            idx.size - zero_pages)  # fmt: skip
+    cut = np.flatnonzero((np.diff(idx) != 1) | (zero[1:] != zero[:-1])) + 1
+    starts = np.concatenate(([0], cut)).tolist()
+    ends = np.concatenate((cut, [idx.size])).tolist()
+    firsts = idx[starts].tolist()
+    zeros = zero[starts].tolist()
+    scattered_zero: list[int] = []
+    scattered: list[int] = []
+    for s, e, first, is_zero in zip(starts, ends, firsts, zeros, strict=True):
+        count = e - s
+        if is_zero:
+            if count >= min_run:
+                parts += encoder._record_parts(Tag.ZERO_RUN, _ZRUN.pack(first, count))
+            else:
+                scattered_zero.extend(range(first, first + count))
+        elif count >= min_run:
+            for off in range(0, count, max_pages):
+                n = min(max_pages, count - off)
+                parts += encoder.ram_run_parts(first + off, guest.read_pages_view(first + off, n))
+        else:
+            scattered.extend(range(first, first + count))
+    for off in range(0, len(scattered), max_pages):
+        part = scattered[off : off + max_pages]
+        parts += encoder.ram_list_parts(part, guest.read_page_list(part))
+    for off in range(0, len(scattered_zero), 1 << 16):
+        parts += encoder._record_parts(
+            Tag.ZERO_LIST, *_zero_list_fields(scattered_zero[off : off + (1 << 16)])
+        )
+    return EncodedPages(parts, encoder.bytes_encoded - before, zero_pages, idx.size - zero_pages)
+
+
+def _zero_list_fields(indexes: list[int]) -> tuple[bytes, bytes]:
+    idx = np.asarray(indexes, dtype=_LE64)
+    return _U32.pack(idx.size), idx.tobytes()
 
 
 def apply_ram_event(guest: GuestMemory, event: object) -> bool:

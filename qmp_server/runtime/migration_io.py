@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -346,7 +347,12 @@ class MigrationController:
     def start(self) -> None:
         """Start the guest workload ticker (the guest runs whether or not it migrates)."""
         if self._tick is None:
-            self._tick = asyncio.get_running_loop().create_task(self._run_workload())
+            loop = asyncio.get_running_loop()
+            self._tick = loop.create_task(self._run_workload())
+            # The source's device digest hashes the whole initial data (hundreds of MB); it is
+            # cached by the device, so compute it now, off the loop, not inside the downtime.
+            for dev in self.devices:
+                loop.run_in_executor(None, dev.digest)
 
     async def _run_workload(self) -> None:
         while True:
@@ -405,6 +411,11 @@ class MigrationController:
         if self._source_task is not None:
             self._source_task.cancel()
         self._continue.set()
+        # QEMU answers migrate_cancel between "cancelling" and "cancelled" (recorded live):
+        # the cleanup that reports "cancelled" runs after the command returns.
+        asyncio.get_running_loop().call_soon(self._finish_cancel)
+
+    def _finish_cancel(self) -> None:
         self.source.set_status("cancelled")
         self._restart_after_failure()
 
@@ -462,9 +473,7 @@ class MigrationController:
         if address.scheme in ("tcp", "unix"):
             sockaddr: Any
             if address.scheme == "tcp":
-                infos = await loop.getaddrinfo(
-                    address.host, address.port, type=socket.SOCK_STREAM
-                )
+                infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
                 family, kind, proto, _, sockaddr = infos[0]
                 sock = socket.socket(family, kind, proto)
             else:
@@ -498,6 +507,7 @@ class MigrationController:
                 reason = os.strerror(err.errno) if err.errno else str(err)
                 desc = f"Failed to connect to '{address.describe()}': {reason}"
                 src.fail(desc, time.monotonic())
+                _report(desc)  # QEMU's error_report of an asynchronous failure
                 return
             self._channel = channel
             if channel.has_return_path and self.vm.config.enabled("return-path"):
@@ -533,6 +543,7 @@ class MigrationController:
         if self.source.status in ("cancelling", "cancelled", "completed", "failed"):
             return
         self.source.fail(desc, time.monotonic())
+        _report(desc)
         self._restart_after_failure()
 
     async def _read_return_path(self, channel: _Channel) -> None:
@@ -615,11 +626,11 @@ class MigrationController:
             if converged and not (waiting and now - self._last_sync < _ACK_WAIT_SYNC):
                 # exact pending: a dirty sync (a pass)
                 sender.resync(self._resync())
+                src.ram.remaining = sender.remaining * PAGE_SIZE
                 n = await channel.send([enc.sync(src.ram.dirty_sync_count)])
                 src.count_sent(n, 0, 0, downtime=False)
                 device_pending = self._device_pending()
                 pending = sender.remaining * PAGE_SIZE + device_pending
-                src.ram.remaining = sender.remaining * PAGE_SIZE
                 if (pending == 0 or pending < src.threshold) and self._can_switchover():
                     await self._complete(channel, enc, sender)
                     return
@@ -662,8 +673,8 @@ class MigrationController:
     def _device_pending(self) -> int:
         return sum(dev.pending_bytes() for dev in self.devices)
 
-    def _emit_pass(self) -> int:
-        number = self.source.note_sync(self.source.ram.dirty_pages_rate)
+    def _emit_pass(self, dirty_pages: int | None = None) -> int:
+        number = self.source.note_sync(self.source.ram.dirty_pages_rate, dirty_pages)
         if self._events_on():
             self.vm.emit("MIGRATION_PASS", {"pass": number})
         return number
@@ -676,7 +687,7 @@ class MigrationController:
         period = max(now - self._last_sync, 1e-3)
         self._last_sync = now
         self.source.ram.dirty_pages_rate = int(fresh.size / period)
-        self._emit_pass()
+        self._emit_pass(int(fresh.size))
         return fresh
 
     def _throttle_check(self) -> None:
@@ -952,11 +963,22 @@ class MigrationController:
     def _fail_incoming(self, reason: str) -> None:
         self.incoming.error_desc = reason
         self.incoming.set_status("failed")
-        # QEMU 7.2 ends the destination process when an incoming migration fails.
+        # QEMU 7.2 ends the destination process when an incoming migration fails.  A stream
+        # cut short (the source cancelled or died) reads as QEMU reports it (recorded live).
+        if "truncated" in reason or "Unexpected end" in reason:
+            _report("check_section_footer: Read section footer failed: -5")
+            self.exit_process(1, "load of migration failed: Invalid argument")
+            return
         self.exit_process(1, f"load of migration failed: {reason}")
 
 
 _UNLIMITED = 1 << 62
+
+
+def _report(message: str) -> None:
+    """QEMU's error_report(): the program name, then the message, on stderr."""
+    with contextlib.suppress(OSError, ValueError):  # stderr may be a closed pipe
+        sys.stderr.write(f"qmp-server: {message}\n")
 
 
 class _PageSender:

@@ -42,10 +42,11 @@ logger = logging.getLogger(__name__)
 
 
 def _schema_path() -> Path:
+    # A checkout has schema/ beside the package; an installed wheel has it as qmp_server.schema.
     here = Path(__file__).resolve().parent.parent.parent / "schema" / "migration.json"
     if here.exists():
         return here
-    return Path(str(resources.files("qmp_server") / "schema" / "migration.json"))
+    return Path(str(resources.files("qmp_server.schema") / "migration.json"))
 
 
 SCHEMA_PATH = _schema_path()
@@ -70,6 +71,13 @@ def build_vm(options: Options, emit: Any) -> VirtualMachine:
         start_paused=options.start_paused,
         incoming=options.incoming,
     )
+
+
+def _stderr(text: str) -> None:
+    """Diagnostics never stop a shutdown: stderr may be a pipe nobody reads any more."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 class Runtime:
@@ -131,13 +139,13 @@ class Runtime:
 
     def _exit(self, code: int, message: str) -> None:
         """End the process (an incoming migration failed: QEMU 7.2 exits with status 1)."""
-        sys.stderr.write(f"qmp-server: {message}\n")
+        _stderr(f"qmp-server: {message}\n")
         self.exit_code = code
         if self._stopping is not None:
             self._stopping.set()
 
     def _on_signal(self, signum: int) -> None:
-        sys.stderr.write(f"qmp-server: terminating on signal {signum}\n")
+        _stderr(f"qmp-server: terminating on signal {signum}\n")
         self.vm.request_shutdown("host-signal")
         if self._stopping is not None:
             self._stopping.set()
