@@ -184,13 +184,17 @@ def _parse_global(text: str) -> tuple[str, str, str]:
 _MACHINE = re.compile(r"(none|pc|q35|isapc|microvm|pc-(i440fx-|q35-)?\d+\.\d+)\Z")
 
 
-def _check_machine(value: str) -> str:
+def _check_machine(value: str, profile: Profile) -> str:
     first = value.split(",", 1)[0]
     kind = first[5:] if first.startswith("type=") else first
     if "=" in kind:  # only options, e.g. -machine accel=tcg
         return "pc"
     if not _MACHINE.match(kind):
-        raise UsageError("unsupported machine type\nUse -machine help to list supported machines")
+        # 7.2 does not name the machine; 10.0 does (both recorded live)
+        what = f': "{kind}"' if profile.since(10, 0) else ""
+        raise UsageError(
+            f"unsupported machine type{what}\nUse -machine help to list supported machines"
+        )
     return kind
 
 
@@ -294,7 +298,7 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             opts.name = value
         elif name in ("machine", "M"):
             assert value is not None
-            opts.machine = _check_machine(value)
+            opts.machine = _check_machine(value, profile)
         elif name == "device":
             assert value is not None
             opts.devices.append(value)

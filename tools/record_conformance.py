@@ -62,12 +62,18 @@ def record_group(target: Any, group: str, qemu: str, argv0: list[str]) -> dict[s
     return {
         "metadata": {
             "group": group,
-            "qemu_version": h.qemu_version_line(qemu),
+            "qemu_version": h.qemu_version_line(qemu, target),
             "qemu_binary": qemu,
             "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": shlex.join(argv0),
             "qemu_command": shlex.join(
-                [*target.prefix, "<argv>", "-qmp", "unix:<sock>,server=on,wait=off"]
+                [
+                    *target.prefix,
+                    "<argv>",
+                    "-qmp",
+                    ("tcp:127.0.0.1:<port>" if target.qmp_tcp else "unix:<sock>")
+                    + ",server=on,wait=off",
+                ]
             ),
             "recorder_version": RECORDER_VERSION,
             "host": {"kernel": platform.release(), "machine": platform.machine()},
@@ -93,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--group", action="append", help="scenario group to record (repeatable; default: all)"
     )
-    ap.add_argument("--out", default=str(h.FIXTURE_DIR))
+    ap.add_argument(
+        "--chroot",
+        metavar="DIR",
+        help="run the QEMU installed in chroot DIR (e.g. QEMU 10.0 in Debian trixie, "
+        "/proc and /dev bind-mounted), QMP over tcp:127.0.0.1; the default --out "
+        "becomes the qemu-10.0 fixture directory",
+    )
+    ap.add_argument("--out", default=None)
     ap.add_argument(
         "--check",
         action="store_true",
@@ -101,12 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    if not os.path.exists(args.qemu):
-        print(f"QEMU binary not found: {args.qemu}", file=sys.stderr)
-        return 2
-    target = h.qemu_target(args.qemu)
+    if args.chroot:
+        target = h.chroot_target(args.chroot)
+        args.qemu = f"{args.chroot}:/usr/bin/qemu-system-x86_64"
+        why = h.target_available(target)
+        if why:
+            print(f"cannot run QEMU in {args.chroot}: {why}", file=sys.stderr)
+            return 2
+    else:
+        if not os.path.exists(args.qemu):
+            print(f"QEMU binary not found: {args.qemu}", file=sys.stderr)
+            return 2
+        target = h.qemu_target(args.qemu)
     groups = args.group or h.scenario_groups()
-    outdir = Path(args.out)
+    outdir = Path(args.out or (h.FIXTURE_DIR_100 if args.chroot else h.FIXTURE_DIR))
     outdir.mkdir(parents=True, exist_ok=True)
     cmdline = [
         "python",

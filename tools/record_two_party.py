@@ -44,12 +44,18 @@ def record(target: Any, name: str, qemu: str, argv0: list[str]) -> dict[str, Any
     return {
         "metadata": {
             "scenario": name,
-            "qemu_version": h.qemu_version_line(qemu),
+            "qemu_version": h.qemu_version_line(qemu, target),
             "qemu_binary": qemu,
             "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": shlex.join(argv0),
             "qemu_command": shlex.join(
-                [*target.prefix, "<argv>", "-qmp", "unix:<TMP>/<side>.qmp,server=on,wait=off"]
+                [
+                    *target.prefix,
+                    "<argv>",
+                    "-qmp",
+                    ("tcp:127.0.0.1:<port>" if target.qmp_tcp else "unix:<TMP>/<side>.qmp")
+                    + ",server=on,wait=off",
+                ]
             ),
             "recorder_version": RECORDER_VERSION,
             "host": {"kernel": platform.release(), "machine": platform.machine()},
@@ -66,15 +72,33 @@ def main(argv: list[str] | None = None) -> int:
         "--qemu", default=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
     )
     ap.add_argument("--scenario", action="append", help="scenario to record (repeatable)")
-    ap.add_argument("--out", default=str(tp.FIXTURE_DIR))
+    ap.add_argument(
+        "--chroot",
+        metavar="DIR",
+        help="run the QEMU installed in chroot DIR (e.g. QEMU 10.0 in Debian trixie, "
+        "/proc and /dev bind-mounted), QMP over tcp:127.0.0.1; the default --out "
+        "becomes the qemu-10.0 fixture directory",
+    )
+    ap.add_argument("--out", default=None)
     ap.add_argument("--check", action="store_true", help="record twice, compare, write nothing")
     args = ap.parse_args(argv)
-    if not os.path.exists(args.qemu):
-        print(f"QEMU binary not found: {args.qemu}", file=sys.stderr)
-        return 2
-    target = h.qemu_target(args.qemu)
-    names = args.scenario or tp.scenario_names()
-    outdir = Path(args.out)
+    if args.chroot:
+        target = h.chroot_target(args.chroot)
+        args.qemu = f"{args.chroot}:/usr/bin/qemu-system-x86_64"
+        why = h.target_available(target)
+        if why:
+            print(f"cannot run QEMU in {args.chroot}: {why}", file=sys.stderr)
+            return 2
+    else:
+        if not os.path.exists(args.qemu):
+            print(f"QEMU binary not found: {args.qemu}", file=sys.stderr)
+            return 2
+        target = h.qemu_target(args.qemu)
+    version = "10.0" if args.chroot else "7.2"
+    names = args.scenario or [
+        n for n in tp.scenario_names() if version in tp.load_scenario(n).get("qemu", [version])
+    ]
+    outdir = Path(args.out or (tp.FIXTURE_DIR_100 if args.chroot else tp.FIXTURE_DIR))
     outdir.mkdir(parents=True, exist_ok=True)
     cmdline = ["python", "tools/record_two_party.py", *(argv if argv is not None else sys.argv[1:])]
     rc = 0

@@ -196,8 +196,16 @@ def parse_size(text: str) -> int:
         raise ValueError("range" if exc.out_of_range else "invalid") from None
 
 
-def parse_value(prop: str, qapi_type: str, text: str) -> Any:
+#: A number with a minus sign, as strtoull() reads it (leading white space allowed).
+_NEGATIVE = re.compile(r"[ \t\n\v\f\r]*-[0-9]")
+
+
+def parse_value(prop: str, qapi_type: str, text: str, profile: Profile | None = None) -> Any:
     """Parse ``text`` for property ``prop`` of ``qapi_type`` as QEMU's -global does.
+
+    ``profile`` selects version differences: since QEMU 10.0 (as recorded) a size
+    with a minus sign is out of range (``parse_uint()`` rejects negative numbers with
+    ERANGE) instead of being an invalid size.
 
     :raise UsageError: with QEMU's text after the ``can't apply global ...: `` prefix.
     """
@@ -214,6 +222,8 @@ def parse_value(prop: str, qapi_type: str, text: str) -> Any:
             raise UsageError(f"Parameter '{prop}' expects uint{bits}_t")
         return value
     if qapi_type == "size":
+        if profile is not None and profile.since(10, 0) and _NEGATIVE.match(text):
+            raise UsageError(f"Value '{text}' is out of range for parameter '{prop}'")
         try:
             return parse_size(text)
         except ValueError as exc:
@@ -275,7 +285,7 @@ def apply_globals(
         if spec is None:
             raise UsageError(f"{prefix}Property 'migration.{prop}' not found")
         try:
-            value = parse_value(prop, spec.qapi_type, text)
+            value = parse_value(prop, spec.qapi_type, text, profile)
         except UsageError as exc:
             raise UsageError(prefix + str(exc)) from None
         if spec.kind == "cap":

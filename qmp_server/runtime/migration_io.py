@@ -440,6 +440,15 @@ class MigrationController:
     def migrate(self, uri: str) -> None:
         """``migrate``: QEMU's synchronous checks; the transfer continues in a task."""
         vm = self.vm
+        if self.profile.since(10, 0):
+            # QEMU 10.0 qmp_migrate(): migrate_uri_parse() comes first and fails
+            # synchronously, before migrate_prepare() and without any state change.
+            try:
+                parse_uri(uri, file_ok=True)
+            except LookupError:
+                raise CommandError(f"unknown migration protocol: {uri}") from None
+            except ValueError as err:
+                raise CommandError(str(err)) from None
         if self.source.status in ("setup", "active", "pre-switchover", "device", "cancelling"):
             raise CommandError(IN_PROGRESS)
         if vm.runstate == "inmigrate":
@@ -517,6 +526,10 @@ class MigrationController:
             if not self._cancelled:
                 raise
         except OSError as err:
+            if self.profile.since(10, 0) and src.status == "active":
+                # QEMU 10.0 qemu_savevm_state_iterate(): the RAM section's save
+                # handler fails (-EIO) before the channel error is reported.
+                _report("failed to save SaveStateEntry with id(name): 1(ram): -5")
             self._fail_source(_write_error(err))
         except (EOFError, StreamError) as err:
             self._fail_source(str(err) or type(err).__name__)
@@ -769,7 +782,9 @@ class MigrationController:
         Synchronous like QEMU's: the socket listens before the command returns.
         """
         cfg = self.vm.config
-        if not at_startup:
+        # QEMU 10.0 parses the URI before it enters ``setup``; 7.2 announced setup first
+        parse_first = self.profile.since(10, 0)
+        if not at_startup and not parse_first:
             self.incoming.announce_setup()
         try:
             address = parse_uri(uri, file_ok=self.profile.since(8, 2))
@@ -779,6 +794,8 @@ class MigrationController:
         except ValueError as err:
             cfg.note_incoming(uri, started=False)
             raise CommandError(str(err)) from None
+        if not at_startup and parse_first:
+            self.incoming.announce_setup()
         loop = asyncio.get_running_loop()
         if address.scheme in ("tcp", "unix"):
             try:

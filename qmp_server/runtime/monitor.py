@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import socket
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +27,64 @@ from qmp_server.commands.dispatch import Dispatcher, MonitorState
 from qmp_server.wire.encoder import encode_line
 from qmp_server.wire.parser import JSONStreamer
 
-__all__ = ["ChardevSpec", "QMPConnection", "QMPMonitor"]
+__all__ = ["ChardevSpec", "QMPConnection", "QMPMonitor", "exposure_warning"]
 
 logger = logging.getLogger(__name__)
 
-#: A client that stops reading is cut off once this much output is queued for it.
+#: A client that stops reading is cut off (its connection aborted) rather than have more than
+#: this much output queued for it, counting the replies to the chunk of input being processed.
 MAX_PENDING_OUTPUT = 64 << 20
+
+
+def exposure_warning(
+    sockname: tuple[Any, ...] | list[Any], spec_host: str, port: int
+) -> str | None:
+    """The start-up warning for a QMP TCP socket bound beyond loopback (None when loopback).
+
+    QMP has no authentication: anyone who can connect controls the VM.
+
+    >>> exposure_warning(("127.0.0.1", 4444), "127.0.0.1", 4444) is None
+    True
+    >>> exposure_warning(("0.0.0.0", 4444), "", 4444)
+    'QMP monitor on 0.0.0.0:4444 is reachable from other hosts; QMP has no authentication'
+    """
+    try:
+        address = ipaddress.ip_address(str(sockname[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+    if address.is_loopback:
+        return None
+    shown = spec_host or str(address)
+    return f"QMP monitor on {shown}:{port} is reachable from other hosts; QMP has no authentication"
+
+
+def _listening_unix_socket(path: str) -> socket.socket:
+    """A listening unix socket at ``path``, created 0600, that appears only once it listens.
+
+    It is bound under a temporary name in the same directory, made to listen, then renamed into
+    place: a client that waits for the file to exist never meets ``ECONNREFUSED`` (the window
+    between ``bind`` and ``listen``).
+    """
+    tmp = os.path.join(os.path.dirname(path) or ".", f".qmp-{os.getpid()}-{id(path):x}")
+    if len(os.fsencode(tmp)) >= 100:  # sun_path is 108 bytes: no room for a temporary name
+        tmp = path
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)  # the socket is created 0600
+        try:
+            sock.bind(tmp)
+        finally:
+            os.umask(old_umask)
+        sock.listen(100)
+        if tmp != path:
+            os.rename(tmp, path)
+    except BaseException:
+        sock.close()
+        if tmp != path:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    return sock
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +128,21 @@ class QMPConnection(asyncio.Protocol):
         if not self.active:  # should not happen: reading is paused until activation
             return
         self._batch = batch = []
+        transport = self.transport
+        queued = transport.get_write_buffer_size() if transport is not None else 0
         try:
             dispatch = self.monitor.dispatcher.dispatch
             for message in self.streamer.feed(data):
                 reply = dispatch(message, self.state)
                 if reply is not None:
-                    batch.append(encode_line(reply))
+                    line = encode_line(reply)
+                    batch.append(line)
+                    queued += len(line)
+                    if queued > MAX_PENDING_OUTPUT:
+                        # one chunk of pipelined input must not queue past the bound either
+                        batch.clear()
+                        self._cut_off()
+                        break
         finally:
             self._batch = None
             if batch:
@@ -105,11 +169,18 @@ class QMPConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if transport.get_write_buffer_size() > MAX_PENDING_OUTPUT:
-            logger.warning("%s: client does not read its replies; disconnecting", self.monitor)
-            transport.abort()
+        if transport.get_write_buffer_size() + len(data) > MAX_PENDING_OUTPUT:
+            self._cut_off()
             return
         transport.write(data)
+
+    def _cut_off(self) -> None:
+        """The client does not read: drop it rather than queue past the bound (policy)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        logger.warning("%s: client does not read its replies; disconnecting", self.monitor)
+        transport.abort()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -142,25 +213,43 @@ class QMPMonitor:
         return self._greeting()
 
     async def start(self) -> None:
+        """Listen (or connect out).
+
+        :raise OSError: with a message that names the socket (``Failed to bind socket to ...``),
+            printed by the runtime as ``qmp-server: ...`` before it exits 1.
+        """
+        try:
+            await self._start()
+        except OSError as err:
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            spec = self.spec
+            where = spec.path if spec.kind == "unix" else f"{spec.host}:{spec.port}"
+            verb = "bind socket to" if spec.server else "connect to"
+            raise OSError(f"Failed to {verb} '{where}': {reason}") from None
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         spec = self.spec
         if spec.server:
             if spec.kind == "unix":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(spec.path)
-                old_umask = os.umask(0o177)  # the socket is created 0600
-                try:
-                    self.server = await loop.create_unix_server(
-                        lambda: QMPConnection(self), spec.path
-                    )
-                finally:
-                    os.umask(old_umask)
+                self.server = await loop.create_unix_server(
+                    lambda: QMPConnection(self), sock=_listening_unix_socket(spec.path)
+                )
                 self.address = spec.path
             else:
                 self.server = await loop.create_server(
                     lambda: QMPConnection(self), spec.host or None, spec.port, reuse_address=True
                 )
                 self.address = self.server.sockets[0].getsockname()[:2]
+                for sock in self.server.sockets:
+                    warning = exposure_warning(sock.getsockname(), spec.host, self.address[1])
+                    if warning is not None:
+                        with contextlib.suppress(OSError, ValueError):
+                            sys.stderr.write(f"qmp-server: warning: {warning}\n")
+                            sys.stderr.flush()
+                        break
         elif spec.kind == "unix":
             await loop.create_unix_connection(lambda: QMPConnection(self), spec.path)
             self.address = spec.path

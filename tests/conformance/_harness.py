@@ -34,6 +34,8 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 SCENARIO_DIR = HERE / "scenarios"
 FIXTURE_DIR = HERE / "fixtures" / "qemu-7.2"
+#: Fixtures recorded from a live QEMU 10.0 (in a Debian trixie chroot).
+FIXTURE_DIR_100 = HERE / "fixtures" / "qemu-10.0"
 
 DEFAULT_QEMU = "qemu-system-x86_64"
 #: Silence that ends reply collection while recording (seconds).
@@ -137,14 +139,40 @@ class Target:
     #: RESUME event *before* the greeting (a race inside QEMU 7.2, not
     #: something we emulate); waiting, plus ``PRE_GREETING_RETRIES``, avoids it.
     connect_grace: float = 0.0
+    #: QEMU in a chroot (``chroot DIR qemu-system-x86_64``): its /tmp is DIR/tmp.
+    chroot: str | None = None
+    #: Talk QMP over ``tcp:127.0.0.1:PORT`` instead of a unix socket.
+    qmp_tcp: bool = False
 
     def argv(self, scenario_argv: Sequence[str], sock: str) -> list[str]:
-        return [*self.prefix, *scenario_argv, "-qmp", f"unix:{sock},server=on,wait=off"]
+        return [*self.prefix, *scenario_argv, "-qmp", f"{sock},server=on,wait=off"]
+
+    def host_tmp(self) -> str:
+        """The directory to create temporary files in, seen from this host."""
+        return os.path.join(self.chroot, "tmp") if self.chroot else "/tmp"
+
+    def inside(self, host_path: str) -> str:
+        """A host path below ``host_tmp()`` as the target sees it."""
+        if self.chroot and host_path.startswith(self.chroot.rstrip("/") + "/"):
+            return host_path[len(self.chroot.rstrip("/")) :]
+        return host_path
 
 
 def qemu_target(qemu: str | None = None) -> Target:
     path = qemu or shutil.which(DEFAULT_QEMU) or DEFAULT_QEMU
     return Target("qemu", [path], [os.path.basename(path), path], connect_grace=0.3)
+
+
+def chroot_target(chroot: str, qemu: str = DEFAULT_QEMU) -> Target:
+    """A QEMU installed in a chroot (e.g. QEMU 10.0 in Debian trixie), QMP over TCP."""
+    return Target(
+        "qemu",
+        ["chroot", chroot, qemu],
+        [os.path.basename(qemu), qemu],
+        connect_grace=0.3,
+        chroot=chroot,
+        qmp_tcp=True,
+    )
 
 
 def qmp_server_target(compat: str = "7.2") -> Target:
@@ -160,16 +188,39 @@ def qmp_server_target(compat: str = "7.2") -> Target:
     )
 
 
-def target_from_env() -> Target:
+def target_from_env(compat: str = "7.2") -> Target:
+    """qmp-server --compat COMPAT, or the real QEMU with QMP_SERVER_REPLAY_TARGET=qemu.
+
+    For ``compat="10.0"`` the real QEMU is the one in the chroot named by
+    ``QMP_SERVER_QEMU10_CHROOT`` (default /work/qemu10).
+    """
     which = os.environ.get("QMP_SERVER_REPLAY_TARGET", "qmp-server").strip().lower()
     if which == "qemu":
+        if compat == "10.0":
+            return chroot_target(os.environ.get("QMP_SERVER_QEMU10_CHROOT", "/work/qemu10"))
         return qemu_target(os.environ.get("QMP_SERVER_QEMU"))
-    return qmp_server_target()
+    return qmp_server_target(compat)
+
+
+def target_available(target: Target) -> str | None:
+    """None if the target can run here, else why not."""
+    if target.kind != "qemu":
+        return None
+    if target.chroot:
+        if not os.path.exists(os.path.join(target.chroot, "usr/bin", target.prefix[2])):
+            return f"{target.prefix[2]} not installed in {target.chroot}"
+        if not os.path.exists(os.path.join(target.chroot, "proc/self")):
+            return f"/proc is not mounted in {target.chroot}"
+        return None
+    exe = target.prefix[0]
+    if not (os.path.exists(exe) or shutil.which(exe)):
+        return f"{exe} not installed"
+    return None
 
 
 @contextmanager
-def tmp_socket_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="qmpconf-", dir="/tmp")
+def tmp_socket_dir(base: str = "/tmp") -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="qmpconf-", dir=base)
     try:
         yield d
     finally:
@@ -212,7 +263,15 @@ class Process:
 
     def __init__(self, target: Target, argv: Sequence[str], sock: str) -> None:
         self.sock = sock
-        self.cmd = target.argv(argv, sock)
+        self.port: int | None = None
+        #: What Client() connects to: the socket path, or ("127.0.0.1", port).
+        self.endpoint: str | tuple[str, int] = sock
+        if target.qmp_tcp:
+            self.port = _free_port()
+            self.endpoint = ("127.0.0.1", self.port)
+            self.cmd = target.argv(argv, f"tcp:127.0.0.1:{self.port}")
+        else:
+            self.cmd = target.argv(argv, f"unix:{sock}")
         self.stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             self.cmd,
@@ -227,7 +286,9 @@ class Process:
     def wait_socket(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if os.path.exists(self.sock):
+            if self.port is not None and _tcp_listening(self.port):
+                return
+            if self.port is None and os.path.exists(self.sock):
                 return
             if self.proc.poll() is not None:
                 raise StartError(
@@ -256,6 +317,27 @@ class Process:
         return err
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tcp_listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (without connecting to it)."""
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            for ln in f.readlines()[1:]:
+                parts = ln.split()
+                if parts[1] == want and parts[3] == "0A":
+                    return True
+    except OSError:
+        return False
+    return False
+
+
 # --------------------------------------------------------------------------
 # The raw client
 # --------------------------------------------------------------------------
@@ -264,20 +346,22 @@ class Process:
 class Client:
     """A raw line-oriented socket client (no JSON parsing, no masking)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | tuple[str, int]) -> None:
         self.path = path
         self.buf = b""
         self.eof = False
         self.sock = self._connect()
 
     def _connect(self) -> socket.socket:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        family = socket.AF_INET if isinstance(self.path, tuple) else socket.AF_UNIX
         deadline = time.monotonic() + 10
         while True:
+            s = socket.socket(family, socket.SOCK_STREAM)
             try:
                 s.connect(self.path)
                 return s
             except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
@@ -406,14 +490,14 @@ def record_session(target: Target, scenario: dict[str, Any]) -> list[StepResult]
 
 def _record_session_once(target: Target, scenario: dict[str, Any]) -> list[StepResult]:
     results: list[StepResult] = []
-    with tmp_socket_dir() as d:
+    with tmp_socket_dir(target.host_tmp()) as d:
         sock = os.path.join(d, "qmp.sock")
         proc = Process(target, scenario.get("argv", []), sock)
         try:
             proc.wait_socket()
             if target.connect_grace:
                 time.sleep(target.connect_grace)
-            client = Client(sock)
+            client = Client(proc.endpoint)
             try:
                 steps = [GREETING_STEP, *scenario["steps"]]
                 for step in steps:
@@ -453,6 +537,7 @@ class Mismatch:
     expected: list[str]
     actual: list[str]
     note: str = ""
+    recorded: str = "QEMU 7.2"
 
     def render(self) -> str:
         import difflib
@@ -461,7 +546,7 @@ class Mismatch:
         if self.note:
             head += f"\n  {self.note}"
         diff = difflib.unified_diff(
-            self.expected, self.actual, "recorded (QEMU 7.2)", "actual", lineterm="", n=2
+            self.expected, self.actual, f"recorded ({self.recorded})", "actual", lineterm="", n=2
         )
         return head + "\n" + "\n".join("  " + d for d in diff)
 
@@ -478,7 +563,7 @@ def _replay_session_once(
     target: Target, scenario: dict[str, Any], recorded: list[dict[str, Any]]
 ) -> tuple[list[Mismatch], str]:
     mismatches: list[Mismatch] = []
-    with tmp_socket_dir() as d:
+    with tmp_socket_dir(target.host_tmp()) as d:
         sock = os.path.join(d, "qmp.sock")
         proc = Process(target, scenario.get("argv", []), sock)
         stderr = ""
@@ -486,7 +571,7 @@ def _replay_session_once(
             proc.wait_socket()
             if target.connect_grace:
                 time.sleep(target.connect_grace)
-            client = Client(sock)
+            client = Client(proc.endpoint)
             try:
                 for i, rec in enumerate(recorded):
                     step = rec["step"]
@@ -555,7 +640,7 @@ def _replay_session_once(
 
 def run_startup(target: Target, scenario: dict[str, Any]) -> dict[str, Any]:
     """Run a startup scenario: exit status + normalised stderr, or "started"."""
-    with tmp_socket_dir() as d:
+    with tmp_socket_dir(target.host_tmp()) as d:
         sock = os.path.join(d, "qmp.sock")
         proc = Process(target, scenario.get("argv", []), sock)
         try:
@@ -575,6 +660,7 @@ def run_startup(target: Target, scenario: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def qemu_version_line(qemu: str) -> str:
-    out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=True)
+def qemu_version_line(qemu: str, target: Target | None = None) -> str:
+    cmd = [*target.prefix, "--version"] if target is not None else [qemu, "--version"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return out.stdout.splitlines()[0].strip()

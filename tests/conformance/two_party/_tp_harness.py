@@ -38,6 +38,7 @@ from .. import _harness as h
 HERE = Path(__file__).resolve().parent
 SCENARIO_DIR = HERE / "scenarios"
 FIXTURE_DIR = HERE / "fixtures" / "qemu-7.2"
+FIXTURE_DIR_100 = HERE / "fixtures" / "qemu-10.0"
 
 SIDES = ("src", "dst")
 #: Placeholder in scenario commands for the per-run temporary directory.
@@ -240,7 +241,7 @@ def _start_side(target: h.Target, name: str, argv: list[str], tmp: str) -> Side:
         proc.wait_socket()
         if target.connect_grace:
             time.sleep(target.connect_grace)
-        client = h.Client(sock)
+        client = h.Client(proc.endpoint)
     except BaseException:
         proc.stop()
         raise
@@ -271,7 +272,9 @@ def run_scenario(
 
 
 def _run_once(target: h.Target, scenario: dict[str, Any], strict: bool) -> dict[str, Any]:
-    tmp = tempfile.mkdtemp(prefix="qmptp-", dir="/tmp")
+    host_tmp = tempfile.mkdtemp(prefix="qmptp-", dir=target.host_tmp())
+    # the temporary directory as the target sees it (differs inside a chroot)
+    tmp = target.inside(host_tmp)
     sides: dict[str, Side] = {}
     results: list[dict[str, Any]] = []
     try:
@@ -280,7 +283,7 @@ def _run_once(target: h.Target, scenario: dict[str, Any], strict: bool) -> dict[
             if target.kind == "qmp-server":
                 # guest-model knobs with no QEMU spelling (see docs/conformance.md)
                 argv += list(scenario[name].get("qmp_server_args", []))
-            sides[name] = _start_side(target, name, argv, tmp)
+            sides[name] = _start_side(target, name, argv, host_tmp)
         for i, step in enumerate(scenario["steps"]):
             res = _run_step(sides, i, step, tmp)
             results.append(res)
@@ -301,7 +304,7 @@ def _run_once(target: h.Target, scenario: dict[str, Any], strict: bool) -> dict[
             stderrs[name] = s.proc.stop()
             if alive:
                 s.exited = False
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(host_tmp, ignore_errors=True)
     out: dict[str, Any] = {"steps": results, "sides": {}}
     for name, s in sides.items():
         out["sides"][name] = {
@@ -521,7 +524,12 @@ def view(run: dict[str, Any], scenario: dict[str, Any]) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------
 
 
-def diff_views(expected: dict[str, list[str]], actual: dict[str, list[str]], who: str) -> str:
+def diff_views(
+    expected: dict[str, list[str]],
+    actual: dict[str, list[str]],
+    who: str,
+    recorded: str = "QEMU 7.2",
+) -> str:
     import difflib
 
     parts = []
@@ -529,7 +537,7 @@ def diff_views(expected: dict[str, list[str]], actual: dict[str, list[str]], who
         a, b = expected.get(key, []), actual.get(key, [])
         if a != b:
             d = difflib.unified_diff(
-                a, b, f"{key}: recorded (QEMU 7.2)", f"{key}: {who}", lineterm="", n=3
+                a, b, f"{key}: recorded ({recorded})", f"{key}: {who}", lineterm="", n=3
             )
             parts.append("\n".join(d))
     return "\n\n".join(parts)
