@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from migration_rig import Rig
 from server_process import ServerProcess, start_server
 
 
@@ -25,3 +27,18 @@ def qmp_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def sockdir() -> Iterator[str]:
+    # unix socket paths must stay short (108 bytes): not under pytest's tmp_path
+    with tempfile.TemporaryDirectory(prefix="qmpmig-") as path:
+        yield path
+
+
+@pytest.fixture
+async def rig(qmp_server: Callable[..., ServerProcess], sockdir: str) -> AsyncIterator[Rig]:
+    """Two-process migration rig (tests/migration_rig.py), torn down after the test."""
+    r = Rig(qmp_server, sockdir)
+    yield r
+    await r.close()
