@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"QEMU binary not found: {args.qemu}", file=sys.stderr)
             return 2
         target = h.qemu_target(args.qemu)
-    groups = args.group or h.scenario_groups()
+    groups = args.group or h.scenario_groups("10.0" if args.chroot else "7.2")
     outdir = Path(args.out or (h.FIXTURE_DIR_100 if args.chroot else h.FIXTURE_DIR))
     outdir.mkdir(parents=True, exist_ok=True)
     cmdline = [

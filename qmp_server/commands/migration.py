@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qmp_server.commands.registry import command
+from qmp_server.engine.uri import select_uri
 from qmp_server.errors import CommandError
 
 if TYPE_CHECKING:
@@ -30,10 +31,8 @@ def migrate(vm: VirtualMachine, args: dict[str, Any]) -> Any:
         raise CommandError("Cannot resume if there is no paused migration")
     if args.get("blk") or args.get("inc"):
         raise CommandError("qmp-server does not model block migration (blk/inc)")
-    uri = args.get("uri")
-    if uri is None:
-        raise CommandError("need either 'uri' or 'channels' argument")
-    _driver(vm).migrate(str(uri))
+    # ``uri`` or ``channels`` (8.2+): both are checked before anything else (QEMU 10.0)
+    _driver(vm).migrate(select_uri(args, incoming=False))
     return None
 
 
@@ -43,10 +42,9 @@ def migrate_incoming(vm: VirtualMachine, args: dict[str, Any]) -> Any:
         raise CommandError("'-incoming' was not specified on the command line")
     if vm.incoming != "defer" or vm.config.incoming_started:
         raise CommandError("The incoming migration has already been started")
-    uri = args.get("uri")
-    if uri is None:
-        raise CommandError("need either 'uri' or 'channels' argument")
-    _driver(vm).start_incoming(str(uri))
+    uri = select_uri(args, incoming=True)
+    # exit-on-error (9.1+, default true): false keeps the process up after a failed load
+    _driver(vm).start_incoming(uri, exit_on_error=bool(args.get("exit-on-error", True)))
     return None
 
 

@@ -261,7 +261,7 @@ class SourceMigration:
             if self.vfio_transferred is not None:
                 info["vfio"] = {"transferred": self.vfio_transferred}
             return in_schema_order(info)
-        if status == "failed" and self.error_desc is not None:
+        if status in ("failed", "cancelled") and self.error_desc is not None:
             info["error-desc"] = self.error_desc
         return info
 
@@ -310,4 +310,7 @@ class IncomingMigration:
             info["status"] = self.status
         if self.socket_address is not None and self.status not in ("completed", "failed"):
             info["socket-address"] = self.socket_address
+        if self.status == "failed" and self.error_desc is not None:
+            # seen only when migrate-incoming had exit-on-error false (9.1+)
+            info["error-desc"] = self.error_desc
         return info

@@ -112,11 +112,12 @@ def _tune_malloc() -> None:
 class Address:
     """A parsed migration URI."""
 
-    scheme: str  # tcp | unix | exec | file
+    scheme: str  # tcp | unix | exec | file | fd
     host: str = ""
     port: int = 0
-    path: str = ""
+    path: str = ""  # unix/file: the path; fd: the descriptor's name
     command: str = ""
+    offset: int = 0  # file: where the stream starts in the file
 
     def describe(self) -> str:
         if self.scheme == "tcp":
@@ -141,10 +142,23 @@ def parse_uri(uri: str, *, file_ok: bool) -> Address:
         return Address("unix", path=uri[5:])
     if uri.startswith("exec:"):
         return Address("exec", command=uri[5:])
+    if uri.startswith("fd:"):
+        return Address("fd", path=uri[3:])
     if file_ok and uri.startswith("file:"):
-        path = uri[5:].split(",", 1)[0]
-        return Address("file", path=path)
+        path, _, option = uri[5:].partition(",")
+        offset = 0
+        if option:
+            try:
+                offset = int(option.removeprefix("offset="), 0)
+            except ValueError:
+                raise ValueError(f"file URI has bad offset {option}") from None
+        return Address("file", path=path, offset=offset)
     raise LookupError(uri)
+
+
+def _fd_not_found(address: Address) -> str:
+    # qmp-server has no getfd/add-fd: no descriptor name is ever known to the monitor
+    return f"File descriptor named '{address.path}' has not been found"
 
 
 Buffer = bytes | bytearray | memoryview
@@ -326,6 +340,10 @@ class MigrationController:
         _tune_malloc()
         self._tick: asyncio.Task[None] | None = None
         self._loaders: list[VfioSimLoader] = []
+        #: migrate-incoming exit-on-error (9.1+): a failed load ends the process
+        self._exit_on_error = True
+        #: migrate_cancel found an open return path (10.0 reports its channel error)
+        self._cancel_rp_error = False
         #: "not-needed" | "pending" | "received" while/after a run with the ACK capability
         self.ack_state: str | None = None
 
@@ -406,8 +424,17 @@ class MigrationController:
             return
         self._cancelled = True
         self.source.set_status("cancelling")
-        if self._channel is not None:
-            self._channel.abort()
+        channel = self._channel
+        # QEMU 10.0: a return path open on the aborted channel fails with an I/O error, which
+        # becomes the cancelled migration's error-desc (live: with return-path only)
+        self._cancel_rp_error = (
+            self.profile.since(10, 0)
+            and channel is not None
+            and channel.has_return_path
+            and self.vm.config.enabled("return-path")
+        )
+        if channel is not None:
+            channel.abort()
         if self._source_task is not None:
             self._source_task.cancel()
         self._continue.set()
@@ -416,6 +443,9 @@ class MigrationController:
         asyncio.get_running_loop().call_soon(self._finish_cancel)
 
     def _finish_cancel(self) -> None:
+        if self._cancel_rp_error:
+            self.source.error_desc = _RP_CHANNEL_ERROR
+            _report(_RP_CHANNEL_ERROR)
         self.source.set_status("cancelled")
         self._restart_after_failure()
 
@@ -474,6 +504,11 @@ class MigrationController:
         self._resumed.clear()
         self._gate.clear()
         self.source.begin(now, self.guest.size_bytes, int(self._param("downtime-limit")))
+        if address.scheme == "fd":
+            # QEMU looks the name up synchronously: setup, failed, and the error returned
+            desc = _fd_not_found(address)
+            self.source.fail(desc, now)
+            raise CommandError(desc)
         self.ack_state = "pending" if self._ack_enabled() else "not-needed"
         self._source_task = asyncio.get_running_loop().create_task(self._run_source(address))
 
@@ -504,7 +539,7 @@ class MigrationController:
             finally:
                 theirs.close()
             return _Channel(ours, proc=proc)
-        return _Channel(file=_open_for_write(address.path))
+        return _Channel(file=_open_for_write(address.path, address.offset))
 
     async def _run_source(self, address: Address) -> None:
         src = self.source
@@ -636,6 +671,12 @@ class MigrationController:
             pending = sender.remaining * PAGE_SIZE + device_pending
             converged = pending == 0 or pending < src.threshold
             waiting = converged and not self._can_switchover()
+            if pending == 0 and src.threshold == 0 and not waiting:
+                # QEMU syncs exactly only when pending < threshold; before the first period
+                # set a threshold, nothing pending completes without that extra pass (live
+                # 10.0, -machine none: PASS 1, active, STOP, device, PASS 2, completed)
+                await self._complete(channel, enc, sender)
+                return
             if converged and not (waiting and now - self._last_sync < _ACK_WAIT_SYNC):
                 # exact pending: a dirty sync (a pass)
                 sender.resync(self._resync())
@@ -776,12 +817,17 @@ class MigrationController:
         src.complete(time.monotonic(), downtime_start)
 
     # -- incoming -----------------------------------------------------------------------
-    def start_incoming(self, uri: str, *, at_startup: bool = False) -> None:
+    def start_incoming(
+        self, uri: str, *, at_startup: bool = False, exit_on_error: bool = True
+    ) -> None:
         """``-incoming URI`` or ``migrate-incoming``: listen (or read) and load a guest.
 
         Synchronous like QEMU's: the socket listens before the command returns.
+        ``exit_on_error`` (``migrate-incoming`` ``exit-on-error``, 9.1+): whether a failed
+        load ends the process (QEMU's only behaviour before 9.1) or leaves it in ``failed``.
         """
         cfg = self.vm.config
+        self._exit_on_error = exit_on_error
         # QEMU 10.0 parses the URI before it enters ``setup``; 7.2 announced setup first
         parse_first = self.profile.since(10, 0)
         if not at_startup and not parse_first:
@@ -794,6 +840,9 @@ class MigrationController:
         except ValueError as err:
             cfg.note_incoming(uri, started=False)
             raise CommandError(str(err)) from None
+        if self.incoming.status != "none":
+            # a transport that failed to start left ``setup`` behind (QEMU 10.0, live)
+            raise CommandError(f"Illegal migration incoming state: {self.incoming.status}")
         if not at_startup and parse_first:
             self.incoming.announce_setup()
         loop = asyncio.get_running_loop()
@@ -803,7 +852,8 @@ class MigrationController:
             except OSError as err:
                 cfg.note_incoming(uri, started=False)
                 reason = os.strerror(err.errno) if err.errno else str(err)
-                raise CommandError(f"Failed to bind socket: {reason}") from None
+                where = f" to {address.path}" if address.scheme == "unix" else ""
+                raise CommandError(f"Failed to bind socket{where}: {reason}") from None
             if address.scheme == "tcp":
                 host, port = sock.getsockname()[:2]
                 self.incoming.socket_address = [
@@ -816,9 +866,20 @@ class MigrationController:
             self._listener = sock
             self._incoming_task = loop.create_task(self._accept(sock))
             return
+        if address.scheme == "fd":
+            cfg.note_incoming(uri, started=False)
+            raise CommandError(_fd_not_found(address))
+        opened: io.BufferedIOBase | None = None
+        if address.scheme == "file" and not at_startup:
+            try:  # QEMU opens the file before the command returns
+                opened = _open_for_read(address.path, address.offset)
+            except OSError as err:
+                cfg.note_incoming(uri, started=False)
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                raise CommandError(f"Could not open '{address.path}': {reason}") from None
         cfg.note_incoming(uri, started=True)
         self.incoming.started = True
-        self._incoming_task = loop.create_task(self._load_from(address))
+        self._incoming_task = loop.create_task(self._load_from(address, opened))
 
     async def _accept(self, listener: socket.socket) -> None:
         """One migration per listener (QEMU closes it once the source connected)."""
@@ -830,13 +891,14 @@ class MigrationController:
             self._listener = None
         await self._load(_Channel(conn, return_path=True))
 
-    async def _load_from(self, address: Address) -> None:
+    async def _load_from(self, address: Address, file: io.BufferedIOBase | None = None) -> None:
         if address.scheme == "file":
-            try:
-                file = _open_for_read(address.path)
-            except OSError as err:
-                self._fail_incoming(f"{address.path}: {os.strerror(err.errno or 0)}")
-                return
+            if file is None:
+                try:
+                    file = _open_for_read(address.path, address.offset)
+                except OSError as err:
+                    self._fail_incoming(f"{address.path}: {os.strerror(err.errno or 0)}")
+                    return
             await self._load(_Channel(file=file))
             return
         ours, theirs = socket.socketpair()
@@ -978,18 +1040,24 @@ class MigrationController:
         self.incoming.set_status("completed")
 
     def _fail_incoming(self, reason: str) -> None:
-        self.incoming.error_desc = reason
+        # A stream cut short (the source cancelled or died) reads as QEMU reports it (recorded
+        # live).
+        truncated = "truncated" in reason or "Unexpected end" in reason
+        desc = "load of migration failed: " + ("Invalid argument" if truncated else reason)
+        self.incoming.error_desc = desc
         self.incoming.set_status("failed")
-        # QEMU 7.2 ends the destination process when an incoming migration fails.  A stream
-        # cut short (the source cancelled or died) reads as QEMU reports it (recorded live).
-        if "truncated" in reason or "Unexpected end" in reason:
+        if truncated:
             _report("check_section_footer: Read section footer failed: -5")
-            self.exit_process(1, "load of migration failed: Invalid argument")
-            return
-        self.exit_process(1, f"load of migration failed: {reason}")
+        if self._exit_on_error:
+            # QEMU ends the destination process when an incoming migration fails (always
+            # before 9.1; since then unless migrate-incoming had exit-on-error false, when
+            # the error is only kept for query-migrate: nothing more on stderr, live 10.0).
+            self.exit_process(1, desc)
 
 
 _UNLIMITED = 1 << 62
+#: What QEMU 10.0's return-path thread reports when migrate_cancel shuts its channel down.
+_RP_CHANNEL_ERROR = "Channel error: Input/output error"
 
 
 def _report(message: str) -> None:
@@ -1073,9 +1141,15 @@ def _listen(address: Address) -> socket.socket:
     return sock
 
 
-def _open_for_write(path: str) -> io.BufferedIOBase:
-    return open(path, "wb")  # the channel owns and closes it
+def _open_for_write(path: str, offset: int = 0) -> io.BufferedIOBase:
+    file = open(path, "wb")  # noqa: SIM115 (the channel owns and closes it)
+    if offset:
+        file.seek(offset)  # file: migration with an offset (QEMU truncates, then seeks)
+    return file
 
 
-def _open_for_read(path: str) -> io.BufferedIOBase:
-    return open(path, "rb")  # the channel owns and closes it
+def _open_for_read(path: str, offset: int = 0) -> io.BufferedIOBase:
+    file = open(path, "rb")  # noqa: SIM115 (the channel owns and closes it)
+    if offset:
+        file.seek(offset)
+    return file

@@ -57,14 +57,30 @@ GREETING_STEP: dict[str, Any] = {"connect": True}
 # --------------------------------------------------------------------------
 
 
-def scenario_groups() -> list[str]:
-    return sorted(p.stem for p in SCENARIO_DIR.glob("*.json"))
+def scenario_groups(version: str | None = None) -> list[str]:
+    """Every scenario group, or those recorded from QEMU ``version`` ("7.2", "10.0").
+
+    A group file that is an object may name the versions it is for:
+    ``{"qemu": ["10.0"], "scenarios": [...]}`` (e.g. arguments 7.2 does not have).
+    """
+    names = sorted(p.stem for p in SCENARIO_DIR.glob("*.json"))
+    return [g for g in names if version is None or version in group_versions(g)]
+
+
+def group_versions(group: str) -> list[str]:
+    """The QEMU versions a group is recorded from (default: all)."""
+    with open(SCENARIO_DIR / f"{group}.json", encoding="utf-8") as f:
+        data = json.load(f)
+    versions: list[str] = ["7.2", "10.0"]
+    if isinstance(data, dict) and "qemu" in data:
+        versions = list(data["qemu"])
+    return versions
 
 
 def load_scenarios(group: str) -> list[dict[str, Any]]:
     with open(SCENARIO_DIR / f"{group}.json", encoding="utf-8") as f:
         data = json.load(f)
-    if isinstance(data, dict):  # allow {"replay": false, "scenarios": [...]}
+    if isinstance(data, dict):  # allow {"qemu": [...], "note": ..., "scenarios": [...]}
         data = data["scenarios"]
     names = [s["name"] for s in data]
     dup = {n for n in names if names.count(n) > 1}
