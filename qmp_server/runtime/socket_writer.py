@@ -51,6 +51,7 @@ class SocketWriter:
     # -- event loop side ------------------------------------------------------------------
     async def send(self, views: list[memoryview], nbytes: int) -> None:
         """Queue ``views`` (``nbytes`` in all); wait while more than the limit is queued."""
+        views = [v for v in views if v.nbytes]  # an empty view would never leave the queue
         with self._cond:
             if self._error is not None:
                 raise self._error
