@@ -66,6 +66,16 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 class Proc:
     """A qmp-server or QEMU process with a QMP unix socket."""
 
@@ -136,6 +146,7 @@ async def migrate(
                 return
 
     watcher = asyncio.get_running_loop().create_task(watch())
+    cpu0 = cpu_seconds(src.proc.pid), cpu_seconds(dst.proc.pid)
     start = time.monotonic()
     await src.run("migrate", {"uri": uri})
     try:
@@ -155,6 +166,8 @@ async def migrate(
         if dinfo.get("status") in ("completed", "failed"):
             break
         await asyncio.sleep(0.005)
+    info["cpu-s"] = {"source": cpu_seconds(src.proc.pid) - cpu0[0],
+                     "destination": cpu_seconds(dst.proc.pid) - cpu0[1]}  # fmt: skip
     return info
 
 
@@ -241,23 +254,34 @@ async def bench_ack(tmp: str, repeat: int) -> dict[str, Any]:
     return out
 
 
+def _cpu(run: dict[str, Any]) -> float:
+    return float(run["cpu-s"]["source"] + run["cpu-s"]["destination"])
+
+
 async def bench_throughput(tmp: str, repeat: int, qemu: bool) -> dict[str, Any]:
+    """Rounds interleave qmp-server and QEMU so that both see the same load."""
     cases = [("random-1G", GiB, "random"), ("zero-1G", GiB, "zero"), ("zero-4G", 4 * GiB, "zero")]
     out: dict[str, Any] = {}
     for name, size, fill in cases:
         row: dict[str, Any] = {"size": size, "reference_qemu_ms": REFERENCE[name]}
-        runs = [await run_qmp_server(tmp, f"{size >> 20}M", fill) for _ in range(repeat)]
+        runs: list[dict[str, Any]] = []
+        qruns: list[dict[str, Any]] = []
+        for _ in range(repeat):
+            runs.append(await run_qmp_server(tmp, f"{size >> 20}M", fill))
+            if qemu and QEMU is not None:
+                qruns.append(await run_qemu(tmp, size, fill))
         ours = _median_run(runs)
         row["qmp_server_ms"] = ours["total-time"]
         row["qmp_server_all_ms"] = [r["total-time"] for r in runs]
         row["qmp_server_downtime_ms"] = ours["downtime"]
         row["qmp_server_gbps"] = size / ours["total-time"] / 1e6
-        if qemu and QEMU is not None:
-            qruns = [await run_qemu(tmp, size, fill) for _ in range(repeat)]
+        row["qmp_server_cpu_s"] = statistics.median(_cpu(r) for r in runs)
+        if qruns:
             theirs = _median_run(qruns)
             row["qemu_ms"] = theirs["total-time"]
             row["qemu_all_ms"] = [r["total-time"] for r in qruns]
             row["qemu_gbps"] = size / theirs["total-time"] / 1e6
+            row["qemu_cpu_s"] = statistics.median(_cpu(r) for r in qruns)
             row["ratio_qemu_over_ours"] = theirs["total-time"] / max(ours["total-time"], 1)
         out[name] = row
     return out
@@ -286,6 +310,11 @@ def print_tables(result: dict[str, Any]) -> None:
                 theirs, ratio = "n/a", "n/a"
             print(f"    {name:<11}{ours:>16}{theirs:>18}{ratio:>11}"
                   f"{r['reference_qemu_ms']:>8} ms")  # fmt: skip
+        print("    CPU seconds (source + destination) per run, median: less sensitive to load")
+        print(f"    {'case':<11}{'qmp-server':>16}{'QEMU 7.2 here':>18}")
+        for name, r in result["throughput"].items():
+            theirs = f"{r['qemu_cpu_s']:.2f} s" if "qemu_cpu_s" in r else "n/a"
+            print(f"    {name:<11}{r['qmp_server_cpu_s']:>14.2f} s{theirs:>18}")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

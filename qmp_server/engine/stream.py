@@ -14,8 +14,10 @@ Rules:
 2. Any split of the same bytes into :meth:`StreamDecoder.receive_data` calls yields the same
    events.
 3. A stream is accepted as complete only after ``COMPLETE``, a ``CHECKSUM`` that matches the
-   running xxh3-64 of every byte before it, and ``EOF``, in that order.  So a corrupted
-   stream can never end in :class:`EndOfStream`.
+   running xxh3-64 of every byte before it (but page contents: checksum algorithm 2), and
+   ``EOF``, in that order.  So a stream whose framing, indexes, device data or digests were
+   corrupted can never end in :class:`EndOfStream`; corrupted page contents are caught by the
+   RAM digest the loader compares at the end (:class:`Complete`).
 4. Speed: RAM travels in records of up to 64 MiB of page data (the engine uses up to 8 MiB).
    The ``*_parts`` encoder methods return a record as a list of buffers (header bytes, then
    the caller's page data untouched) for a gather write, so the page data is never copied by
@@ -51,6 +53,8 @@ from qmp_server.engine.guest import FILL_CODES, PAGE_SIZE, Fill, GuestMemory
 from qmp_server.errors import ProtocolError
 
 __all__ = [
+    "CHECKSUM_XXH3_64",
+    "CHECKSUM_XXH3_64_NO_PAGES",
     "MAGIC",
     "MAX_PAYLOAD",
     "NEED_DATA",
@@ -90,7 +94,13 @@ MAGIC: Final = b"QMPSMIG\n"
 VERSION: Final = 1
 #: Largest record payload accepted (64 MiB of data plus room for a record's own fields).
 MAX_PAYLOAD: Final = (64 << 20) + 4096
+#: Checksum algorithms (HEADER ``checksum_alg``).  1: xxh3-64 of every byte (streams written
+#: before algorithm 2; still read).  2: the same without the page contents of RAM records,
+#: which the destination checks end to end instead (the RAM digest in COMPLETE, see
+#: docs/stream-format.md): hashing them again cost as much CPU as generating them.
 CHECKSUM_XXH3_64: Final = 1
+CHECKSUM_XXH3_64_NO_PAGES: Final = 2
+_CHECKSUMS = (CHECKSUM_XXH3_64, CHECKSUM_XXH3_64_NO_PAGES)
 
 FLAG_SWITCHOVER_ACK: Final = 0x1
 FLAG_RETURN_PATH: Final = 0x2
@@ -267,23 +277,29 @@ class StreamEncoder:
         the caller, not a stream defect.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, checksum: int = CHECKSUM_XXH3_64_NO_PAGES) -> None:
+        if checksum not in _CHECKSUMS:
+            raise ValueError(f"unknown checksum algorithm {checksum}")
+        self._checksum = checksum
         self._hash = xxhash.xxh3_64()
         self.bytes_encoded = 0
         self.page_size = PAGE_SIZE
         self._started = False
         self._finished = False
 
-    def _record(self, tag: Tag, *parts: Buffer) -> bytes:
-        return b"".join(self._record_parts(tag, *parts))
+    def _record(self, tag: Tag, *parts: Buffer, pages: Buffer = b"") -> bytes:
+        return b"".join(self._record_parts(tag, *parts, pages=pages))
 
-    def _record_parts(self, tag: Tag, *parts: Buffer) -> list[Buffer]:
-        """The record as buffers: one ``bytes`` head (tag, length, small fields), then data."""
+    def _record_parts(self, tag: Tag, *parts: Buffer, pages: Buffer = b"") -> list[Buffer]:
+        """The record as buffers: one ``bytes`` head (tag, length, small fields), then data.
+
+        ``pages`` (page contents, last in the payload) is left out of the checksum.
+        """
         if not self._started:
             raise ValueError("header() must come first")
         if self._finished:
             raise ValueError("the stream is complete")
-        length = sum(len(p) for p in parts)
+        length = sum(len(p) for p in parts) + len(pages)
         if length > MAX_PAYLOAD:
             raise ValueError(f"record payload of {length} bytes exceeds {MAX_PAYLOAD}")
         # small leading parts are folded into the head; big data stays the caller's buffer
@@ -295,6 +311,10 @@ class StreamEncoder:
         update = self._hash.update
         for part in out:
             update(part)
+        if len(pages):
+            if self._checksum == CHECKSUM_XXH3_64:
+                update(pages)
+            out.append(pages)
         self.bytes_encoded += _REC.size + length
         return out
 
@@ -326,7 +346,8 @@ class StreamEncoder:
         self._hash.update(prefix)
         self.bytes_encoded += len(prefix)
         payload = _HEADER.pack(
-            flags, page_size, ram_size, FILL_CODES[fill], seed & (2**64 - 1), CHECKSUM_XXH3_64
+            flags, page_size, ram_size, FILL_CODES[fill], seed & (2**64 - 1),
+            self._checksum,
         )
         return prefix + self._record(Tag.HEADER, payload, bytes([len(name)]), name)
 
@@ -338,13 +359,13 @@ class StreamEncoder:
         """``RAM_RUN``: consecutive pages from ``start``."""
         count = len(data) // self.page_size
         self._check_data(data, count)
-        return self._record(Tag.RAM_RUN, _RUN.pack(start, count), data)
+        return self._record(Tag.RAM_RUN, _RUN.pack(start, count), pages=data)
 
     def ram_run_parts(self, start: int, data: Buffer) -> list[Buffer]:
         """``RAM_RUN`` as buffers for a gather write; ``data`` is not copied."""
         count = len(data) // self.page_size
         self._check_data(data, count)
-        return self._record_parts(Tag.RAM_RUN, _RUN.pack(start, count), data)
+        return self._record_parts(Tag.RAM_RUN, _RUN.pack(start, count), pages=data)
 
     def ram_list_parts(
         self, indexes: Sequence[int] | npt.NDArray[np.int64], data: Buffer
@@ -352,13 +373,13 @@ class StreamEncoder:
         """``RAM_LIST`` as buffers for a gather write; ``data`` is not copied."""
         idx = np.asarray(indexes, dtype=_LE64)
         self._check_data(data, idx.size)
-        return self._record_parts(Tag.RAM_LIST, _U32.pack(idx.size), idx.tobytes(), data)
+        return self._record_parts(Tag.RAM_LIST, _U32.pack(idx.size), idx.tobytes(), pages=data)
 
     def ram_list(self, indexes: Sequence[int] | npt.NDArray[np.int64], data: Buffer) -> bytes:
         """``RAM_LIST``: the pages at ``indexes``, data in the same order."""
         idx = np.asarray(indexes, dtype=_LE64)
         self._check_data(data, idx.size)
-        return self._record(Tag.RAM_LIST, _U32.pack(idx.size), idx.tobytes(), data)
+        return self._record(Tag.RAM_LIST, _U32.pack(idx.size), idx.tobytes(), pages=data)
 
     def zero_run(self, start: int, count: int) -> bytes:
         """``ZERO_RUN``: ``count`` zero pages from ``start`` (no page data)."""
@@ -451,6 +472,7 @@ class StreamDecoder:
         self._zero_copy = zero_copy
         self.header: StreamHeader | None = None
         self._pages = 0
+        self._hash_pages = True  # checksum algorithm 1 hashes page contents too
         self.bytes_decoded = 0
 
     @property
@@ -575,7 +597,13 @@ class StreamDecoder:
             return NEED_DATA
         checksum_before = self._hash.intdigest()
         view = memoryview(buf)[pos : pos + end]
-        self._hash.update(view)
+        if self._hash_pages or tag not in (Tag.RAM_RUN, Tag.RAM_LIST):
+            self._hash.update(view)
+        else:  # the record's fields, not its page contents (checksum algorithm 2)
+            fields = _RUN.size
+            if tag == Tag.RAM_LIST:
+                fields = 4 + 8 * _U32.unpack_from(buf, pos + _REC.size)[0] if length >= 4 else 0
+            self._hash.update(view[: _REC.size + min(fields, length)])
         body = view[_REC.size :]
         payload: Buffer = body
         if not (self._zero_copy and tag in (Tag.RAM_RUN, Tag.RAM_LIST)):
@@ -697,8 +725,9 @@ class StreamDecoder:
             raise self._fail(f"bad RAM size {ram_size}")
         if fill not in _CODE_FILLS:
             raise self._fail(f"unknown guest fill code {fill}")
-        if algorithm != CHECKSUM_XXH3_64:
+        if algorithm not in _CHECKSUMS:
             raise self._fail(f"unknown checksum algorithm {algorithm}")
+        self._hash_pages = algorithm == CHECKSUM_XXH3_64
         try:
             profile = payload[_HEADER.size + 1 :].decode()
         except UnicodeDecodeError:

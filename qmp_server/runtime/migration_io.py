@@ -70,6 +70,7 @@ from qmp_server.engine.stream import (
     guest_for_header,
 )
 from qmp_server.errors import CommandError
+from qmp_server.runtime.socket_writer import SocketWriter, recv_nowait
 
 if TYPE_CHECKING:
     from qmp_server.engine.vm import VirtualMachine
@@ -187,6 +188,7 @@ class _Channel:
         self.proc = proc
         self.has_return_path = return_path
         self.loop = asyncio.get_running_loop()
+        self._writer: SocketWriter | None = None
         if sock is not None:
             sock.setblocking(False)
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -210,10 +212,18 @@ class _Channel:
         finally:
             self.loop.remove_writer(fd)
 
+    def start_writer(self) -> None:
+        """Hand the socket's writes to a thread (the source's bulk stream; see socket_writer)."""
+        if self.sock is not None and self._writer is None:
+            self._writer = SocketWriter(self.sock, self.loop)
+
     async def send(self, parts: list[Buffer]) -> int:
         """Write every buffer, in order; returns the byte count."""
         views = [memoryview(p) for p in parts if len(p)]
         total = sum(v.nbytes for v in views)
+        if self._writer is not None:
+            await self._writer.send(views, total)
+            return total
         if self.file is not None:
             await self.loop.run_in_executor(None, self.file.writelines, views)
             return total
@@ -259,10 +269,34 @@ class _Channel:
         return await self.loop.sock_recv_into(self.sock, view)
 
     async def recv(self, size: int) -> bytes:
+        sock = self.sock
+        assert sock is not None
+        if self._writer is None:
+            return await self.loop.sock_recv(sock, size)
+        while True:  # the writer made the socket blocking: never block the loop
+            try:
+                return recv_nowait(sock, size)
+            except (BlockingIOError, InterruptedError):
+                await self._readable()
+
+    async def _readable(self) -> None:
         assert self.sock is not None
-        return await self.loop.sock_recv(self.sock, size)
+        fut: asyncio.Future[None] = self.loop.create_future()
+        fd = self.sock.fileno()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.loop.add_reader(fd, ready)
+        try:
+            await fut
+        finally:
+            self.loop.remove_reader(fd)
 
     def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
@@ -280,6 +314,9 @@ class _Channel:
             await self.loop.run_in_executor(None, _flush_and_sync, file)
             file.close()
             return
+        if self._writer is not None:
+            await self._writer.drain()
+            self._writer.stop()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_WR)
@@ -529,7 +566,9 @@ class MigrationController:
             except BaseException:
                 sock.close()
                 raise
-            return _Channel(sock, return_path=True)
+            channel = _Channel(sock, return_path=True)
+            channel.start_writer()
+            return channel
         if address.scheme == "exec":
             ours, theirs = socket.socketpair()
             try:
@@ -538,7 +577,9 @@ class MigrationController:
                 )
             finally:
                 theirs.close()
-            return _Channel(ours, proc=proc)
+            channel = _Channel(ours, proc=proc)
+            channel.start_writer()
+            return channel
         return _Channel(file=_open_for_write(address.path, address.offset))
 
     async def _run_source(self, address: Address) -> None:
@@ -568,6 +609,9 @@ class MigrationController:
             self._fail_source(_write_error(err))
         except (EOFError, StreamError) as err:
             self._fail_source(str(err) or type(err).__name__)
+        except Exception as err:  # a bug must end the migration visibly, not leave it hanging
+            logger.exception("outgoing migration failed")
+            self._fail_source(f"internal error: {err!r}")
         finally:
             if rp_task is not None:
                 rp_task.cancel()

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from qmp_server.engine.devices import DeviceChunk, DeviceChunkKind
 from qmp_server.engine.guest import PAGE_SIZE, GuestMemory, Workload
 from qmp_server.engine.stream import (
+    CHECKSUM_XXH3_64,
+    CHECKSUM_XXH3_64_NO_PAGES,
     NEED_DATA,
     Checkpoint,
     Complete,
@@ -41,8 +43,8 @@ from qmp_server.engine.stream import (
 )
 
 
-def _sample_stream() -> bytes:
-    enc = StreamEncoder()
+def _sample_stream(checksum: int = CHECKSUM_XXH3_64_NO_PAGES) -> bytes:
+    enc = StreamEncoder(checksum)
     out = enc.header(
         ram_size=64 * PAGE_SIZE,
         fill="random",
@@ -66,6 +68,7 @@ def _sample_stream() -> bytes:
 
 
 SAMPLE = _sample_stream()
+SAMPLE_V1 = _sample_stream(CHECKSUM_XXH3_64)  # page contents in the checksum too
 
 
 def _decode(chunks: list[bytes], eof: bool = True) -> list[StreamEvent]:
@@ -129,12 +132,47 @@ def _must_fail(data: bytes) -> None:
         raise AssertionError("corruption not detected")  # pragma: no cover
 
 
+def _page_content_bytes(stream: bytes) -> set[int]:
+    """Offsets of page contents in the sample (the RAM_RUN and RAM_LIST data)."""
+    run = stream.index(b"\x01" * PAGE_SIZE * 2)
+    lst = stream.index(b"\x02" * PAGE_SIZE + b"\x03" * PAGE_SIZE)
+    return {*range(run, run + 2 * PAGE_SIZE), *range(lst, lst + 2 * PAGE_SIZE)}
+
+
+PAGE_BYTES = _page_content_bytes(SAMPLE)
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(min_value=0, max_value=len(SAMPLE) * 8 - 1))
 def test_every_bit_flip_is_detected(bit: int) -> None:
+    """Outside page contents the decoder fails; inside them the pages it hands out differ,
+    which the loader's RAM digest then refuses (tests/hardening/test_faults.py)."""
     data = bytearray(SAMPLE)
     data[bit // 8] ^= 1 << (bit % 8)
+    if bit // 8 not in PAGE_BYTES:
+        _must_fail(bytes(data))
+        return
+    events = _decode([bytes(data)])
+    assert isinstance(events[-1], EndOfStream)
+    assert [e for e in events if isinstance(e, (RamRun, RamList))] != [
+        e for e in EXPECTED if isinstance(e, (RamRun, RamList))
+    ]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=len(SAMPLE_V1) * 8 - 1))
+def test_every_bit_flip_is_detected_with_checksum_v1(bit: int) -> None:
+    data = bytearray(SAMPLE_V1)
+    data[bit // 8] ^= 1 << (bit % 8)
     _must_fail(bytes(data))
+
+
+def test_v1_streams_are_still_read() -> None:
+    def body(events: list[StreamEvent]) -> list[StreamEvent]:
+        return [e for e in events if not isinstance(e, Checkpoint)]
+
+    assert body(_decode([SAMPLE_V1])) == body(EXPECTED)
+    assert SAMPLE_V1 != SAMPLE
 
 
 @given(st.integers(min_value=0, max_value=len(SAMPLE) - 1))
@@ -272,7 +310,11 @@ def test_return_path_garbage_raises_only_stream_error(data: bytes) -> None:
 
 @pytest.mark.parametrize("mask", [0x01, 0x80])
 def test_a_flip_in_every_byte_is_detected(mask: int) -> None:
-    for pos in range(len(SAMPLE)):
-        data = bytearray(SAMPLE)
-        data[pos] ^= mask
-        _must_fail(bytes(data))
+    """Every byte of a v1 stream, and every byte but page contents of a v2 stream."""
+    for sample, skip in ((SAMPLE_V1, set()), (SAMPLE, PAGE_BYTES)):
+        for pos in range(len(sample)):
+            if pos in skip:
+                continue
+            data = bytearray(sample)
+            data[pos] ^= mask
+            _must_fail(bytes(data))

@@ -129,8 +129,8 @@ async def test_corrupt_byte_is_detected(rig: Rig, offset: int) -> None:
         await asyncio.wait_for(proxy.fault_hit.wait(), 20)
         err = await _dest_failed(dest)
         assert b"load of migration failed" in err, err
-        if offset > 4096:  # inside page data: only the stream checksum can tell
-            assert b"checksum mismatch" in err, err
+        if offset > 4096:  # inside page contents: the loader's RAM digest tells
+            assert b"RAM digest mismatch" in err, err
         await _source_failed_intact(source, before)
     finally:
         await proxy.close()

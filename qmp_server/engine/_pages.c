@@ -1,0 +1,196 @@
+/*
+ * Optional accelerator for qmp_server.engine.guest: the "random" baseline of guest pages.
+ *
+ * The baseline is defined in guest.py (module rule 2): page i is the pool row (i mod rows)
+ * XORed, word by word, with the SplitMix64 finaliser of (i XOR page_key).  guest.py computes
+ * the same with numpy; this file only makes the two hot paths of a migration one memory pass
+ * each: building pages to send (fill) and checking received pages against the baseline
+ * (differs).  Results are identical to the numpy path (tests/engine/test_pages_accel.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PAGE_BYTES 4096
+#define PAGE_WORDS (PAGE_BYTES / 8)
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the baseline words are little-endian: use the numpy path on this machine"
+#endif
+
+static inline uint64_t page_mix(uint64_t index, uint64_t page_key)
+{
+    uint64_t z = (index ^ page_key) * 0x9E3779B97F4A7C15ULL;
+    z ^= z >> 30;
+    z *= 0xBF58476D1CE4E5B9ULL;
+    z ^= z >> 27;
+    z *= 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return z;
+}
+
+static inline void fill_page(uint64_t *out, const uint64_t *row, uint64_t key)
+{
+    for (int w = 0; w < PAGE_WORDS; w++) {
+        out[w] = row[w] ^ key;
+    }
+}
+
+static inline int page_differs(const uint64_t *data, const uint64_t *row, uint64_t key)
+{
+    uint64_t acc = 0;
+    for (int w = 0; w < PAGE_WORDS; w++) {
+        acc |= data[w] ^ row[w] ^ key;
+    }
+    return acc != 0;
+}
+
+/* Checks shared by every entry point; returns the pool's row count or -1 with an error. */
+static Py_ssize_t pool_rows(const Py_buffer *pool)
+{
+    if (pool->len <= 0 || pool->len % PAGE_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "pool must be a positive number of pages");
+        return -1;
+    }
+    return pool->len / PAGE_BYTES;
+}
+
+static int check_pages(const Py_buffer *buf, const char *what)
+{
+    if (buf->len % PAGE_BYTES) {
+        PyErr_Format(PyExc_ValueError, "%s is not a whole number of pages", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Page i of the output is the baseline of page index(k): start + k, or indexes[k]. */
+static inline uint64_t nth_index(const int64_t *indexes, uint64_t start, Py_ssize_t k)
+{
+    return indexes ? (uint64_t)indexes[k] : start + (uint64_t)k;
+}
+
+static int get_indexes(const Py_buffer *idx, Py_ssize_t pages)
+{
+    if (idx->len != pages * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "one int64 index per page is needed");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(fill_doc,
+"fill(pool, page_key, start, out, indexes=None)\n"
+"Write the baseline of pages start, start+1, ... (or of ``indexes``, int64) into ``out``.");
+
+static PyObject *pages_fill(PyObject *self, PyObject *args)
+{
+    Py_buffer pool, out, idx = {0};
+    unsigned long long page_key, start;
+    PyObject *indexes = Py_None;
+    if (!PyArg_ParseTuple(args, "y*KKw*|O", &pool, &page_key, &start, &out, &indexes)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t rows = pool_rows(&pool);
+    if (rows < 0 || check_pages(&out, "out") < 0) {
+        goto done;
+    }
+    Py_ssize_t pages = out.len / PAGE_BYTES;
+    const int64_t *ix = NULL;
+    if (indexes != Py_None) {
+        if (PyObject_GetBuffer(indexes, &idx, PyBUF_SIMPLE) < 0 || get_indexes(&idx, pages) < 0) {
+            goto done;
+        }
+        ix = (const int64_t *)idx.buf;
+    }
+    const uint64_t *base = (const uint64_t *)pool.buf;
+    uint64_t *dst = (uint64_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < pages; k++) {
+        uint64_t i = nth_index(ix, start, k);
+        fill_page(dst + k * PAGE_WORDS, base + (i % (uint64_t)rows) * PAGE_WORDS,
+                  page_mix(i, page_key));
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (idx.obj) {
+        PyBuffer_Release(&idx);
+    }
+    PyBuffer_Release(&pool);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+PyDoc_STRVAR(differs_doc,
+"differs(pool, page_key, start, data, mask, indexes=None) -> int\n"
+"For each page of ``data`` (pages start, start+1, ... or ``indexes``), set ``mask[k]`` to 1\n"
+"when it differs from its baseline, else 0; return how many differ.");
+
+static PyObject *pages_differs(PyObject *self, PyObject *args)
+{
+    Py_buffer pool, data, mask, idx = {0};
+    unsigned long long page_key, start;
+    PyObject *indexes = Py_None;
+    if (!PyArg_ParseTuple(args, "y*KKy*w*|O", &pool, &page_key, &start, &data, &mask,
+                          &indexes)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t rows = pool_rows(&pool);
+    if (rows < 0 || check_pages(&data, "data") < 0) {
+        goto done;
+    }
+    Py_ssize_t pages = data.len / PAGE_BYTES;
+    if (mask.len != pages) {
+        PyErr_SetString(PyExc_ValueError, "mask needs one byte per page");
+        goto done;
+    }
+    const int64_t *ix = NULL;
+    if (indexes != Py_None) {
+        if (PyObject_GetBuffer(indexes, &idx, PyBUF_SIMPLE) < 0 || get_indexes(&idx, pages) < 0) {
+            goto done;
+        }
+        ix = (const int64_t *)idx.buf;
+    }
+    const uint64_t *base = (const uint64_t *)pool.buf;
+    const uint64_t *src = (const uint64_t *)data.buf;
+    uint8_t *flags = (uint8_t *)mask.buf;
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < pages; k++) {
+        uint64_t i = nth_index(ix, start, k);
+        int d = page_differs(src + k * PAGE_WORDS, base + (i % (uint64_t)rows) * PAGE_WORDS,
+                             page_mix(i, page_key));
+        flags[k] = (uint8_t)d;
+        count += d;
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(count);
+done:
+    if (idx.obj) {
+        PyBuffer_Release(&idx);
+    }
+    PyBuffer_Release(&pool);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&mask);
+    return result;
+}
+
+static PyMethodDef pages_methods[] = {
+    {"fill", pages_fill, METH_VARARGS, fill_doc},
+    {"differs", pages_differs, METH_VARARGS, differs_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef pages_module = {
+    PyModuleDef_HEAD_INIT, "qmp_server.engine._pages",
+    "C fast path of the guest's random page baseline (see guest.py).", -1, pages_methods,
+};
+
+PyMODINIT_FUNC PyInit__pages(void)
+{
+    return PyModule_Create(&pages_module);
+}
