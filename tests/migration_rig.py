@@ -1,7 +1,9 @@
 """Two-process migration rigs for tests: qmp-server processes with QMPClients collecting events.
 
-Shared by tests/runtime/test_migration.py and tests/hardening; the ``rig`` and ``sockdir``
-fixtures live in tests/conftest.py.
+Shared by tests/runtime/test_migration.py, tests/runtime/test_switchover_ack_profiles.py and
+tests/hardening; the ``rig`` and ``sockdir`` fixtures live in tests/conftest.py.  The helpers at
+the end (:func:`migrate_and_finish`, :func:`assert_same_guest`, :func:`ack_never_comes`, ...) are
+the steps those modules share.
 """
 
 from __future__ import annotations
@@ -183,3 +185,63 @@ class Rig:
     async def close(self) -> None:
         for side in self.sides:
             await side.close()
+
+
+# ---- shared migration steps ---------------------------------------------------------------------
+
+
+async def migrate_and_finish(source: Side, dest: Side, uri: str) -> None:
+    """``migrate`` and wait until both sides end; the source must reach ``completed``."""
+    source.mark()
+    await source.run("migrate", {"uri": uri})
+    assert await source.wait_status("completed", "failed", "cancelled") == "completed", (
+        await source.run("query-migrate")
+    )
+    await dest.wait_status("completed", "failed")
+
+
+async def assert_same_guest(source: Side, dest: Side) -> None:
+    """Nothing was lost: both sides report the same guest (RAM and device) digests."""
+    a, b = await source.digest(), await dest.digest()
+    assert a["algorithm"] == "sha256"
+    assert a == b
+
+
+def exit_code(server: ServerProcess, timeout: float = 10.0) -> int:
+    return server.proc.wait(timeout)
+
+
+async def ack_never_comes(
+    rig: Rig,
+    *profile: str,
+    cap: str = "precopy-initial-data",
+    src: tuple[str, ...] = ("--dirty-rate", "1M"),
+) -> tuple[Side, Side, dict[str, Any]]:
+    """The ACK capability ``cap`` on the source only, no device: the destination never ACKs.
+
+    ``profile``: extra options of both processes (``--compat``); ``src``: the source's only.
+    Returns once the source was seen waiting (``active``, running, no STOP, its passes still
+    counting), with the guest digest it had before ``migrate``.
+    """
+    source, dest, uri = await rig.pair(
+        *profile, "-m", "64M", "--guest-fill", "random",
+        src=src,
+        caps={"return-path": True, cap: True},
+        dst_caps={"return-path": True},
+    )  # fmt: skip
+    before = await source.digest()
+    await source.params(max_bandwidth=0)
+    source.mark()
+    await source.run("migrate", {"uri": uri})
+    first = await source.wait_query(lambda i: i.get("status") == "active"
+                                    and i["ram"]["dirty-sync-count"] >= 3)  # fmt: skip
+    # bounded: the passes go on while the ACK is missing, so this matches within the wait
+    second = await source.wait_query(
+        lambda i: i["ram"]["dirty-sync-count"] >= first["ram"]["dirty-sync-count"] + 3
+        if i.get("status") == "active" else True
+    )  # fmt: skip
+    assert second["status"] == "active", second
+    assert "expected-downtime" in second and "setup-time" in second
+    assert "STOP" not in source.names()
+    assert await source.status() == "running"
+    return source, dest, before

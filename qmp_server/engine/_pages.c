@@ -19,6 +19,13 @@
 #error "the baseline words are little-endian: use the numpy path on this machine"
 #endif
 
+/* AVX2 doubles the width of the XOR loops; GCC picks the clone at load time (ifunc). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define WIDE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define WIDE_CLONES
+#endif
+
 static inline uint64_t page_mix(uint64_t index, uint64_t page_key)
 {
     uint64_t z = (index ^ page_key) * 0x9E3779B97F4A7C15ULL;
@@ -71,6 +78,32 @@ static inline uint64_t nth_index(const int64_t *indexes, uint64_t start, Py_ssiz
     return indexes ? (uint64_t)indexes[k] : start + (uint64_t)k;
 }
 
+WIDE_CLONES
+static void fill_pages(uint64_t *dst, const uint64_t *base, uint64_t rows, uint64_t page_key,
+                       const int64_t *ix, uint64_t start, Py_ssize_t pages)
+{
+    for (Py_ssize_t k = 0; k < pages; k++) {
+        uint64_t i = nth_index(ix, start, k);
+        fill_page(dst + k * PAGE_WORDS, base + (i % rows) * PAGE_WORDS, page_mix(i, page_key));
+    }
+}
+
+WIDE_CLONES
+static Py_ssize_t differing_pages(const uint64_t *src, const uint64_t *base, uint64_t rows,
+                                  uint64_t page_key, const int64_t *ix, uint64_t start,
+                                  Py_ssize_t pages, uint8_t *flags)
+{
+    Py_ssize_t count = 0;
+    for (Py_ssize_t k = 0; k < pages; k++) {
+        uint64_t i = nth_index(ix, start, k);
+        int d = page_differs(src + k * PAGE_WORDS, base + (i % rows) * PAGE_WORDS,
+                             page_mix(i, page_key));
+        flags[k] = (uint8_t)d;
+        count += d;
+    }
+    return count;
+}
+
 static int get_indexes(const Py_buffer *idx, Py_ssize_t pages)
 {
     if (idx->len != pages * (Py_ssize_t)sizeof(int64_t)) {
@@ -108,11 +141,7 @@ static PyObject *pages_fill(PyObject *self, PyObject *args)
     const uint64_t *base = (const uint64_t *)pool.buf;
     uint64_t *dst = (uint64_t *)out.buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < pages; k++) {
-        uint64_t i = nth_index(ix, start, k);
-        fill_page(dst + k * PAGE_WORDS, base + (i % (uint64_t)rows) * PAGE_WORDS,
-                  page_mix(i, page_key));
-    }
+    fill_pages(dst, base, (uint64_t)rows, page_key, ix, start, pages);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -158,15 +187,9 @@ static PyObject *pages_differs(PyObject *self, PyObject *args)
     const uint64_t *base = (const uint64_t *)pool.buf;
     const uint64_t *src = (const uint64_t *)data.buf;
     uint8_t *flags = (uint8_t *)mask.buf;
-    Py_ssize_t count = 0;
+    Py_ssize_t count;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < pages; k++) {
-        uint64_t i = nth_index(ix, start, k);
-        int d = page_differs(src + k * PAGE_WORDS, base + (i % (uint64_t)rows) * PAGE_WORDS,
-                             page_mix(i, page_key));
-        flags[k] = (uint8_t)d;
-        count += d;
-    }
+    count = differing_pages(src, base, (uint64_t)rows, page_key, ix, start, pages, flags);
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(count);
 done:

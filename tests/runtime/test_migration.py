@@ -19,29 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from migration_rig import MiB, Rig, Side
+from migration_rig import (
+    MiB,
+    Rig,
+    Side,
+    ack_never_comes,
+    assert_same_guest,
+    exit_code,
+    migrate_and_finish,
+)
 from qemu.qmp import ExecuteError
-from server_process import ServerProcess, free_port
-
-
-async def migrate_and_finish(source: Side, dest: Side, uri: str) -> None:
-    source.mark()
-    await source.run("migrate", {"uri": uri})
-    assert await source.wait_status("completed", "failed", "cancelled") == "completed", (
-        await source.run("query-migrate")
-    )
-    await dest.wait_status("completed", "failed")
-
-
-async def assert_same_guest(source: Side, dest: Side) -> None:
-    a, b = await source.digest(), await dest.digest()
-    assert a["algorithm"] == "sha256"
-    assert a == b
-
-
-def exit_code(server: ServerProcess, timeout: float = 10.0) -> int:
-    return server.proc.wait(timeout)
-
+from server_process import free_port
 
 # ---- plain precopy ------------------------------------------------------------------------------
 
@@ -142,31 +130,8 @@ async def test_without_ack_the_load_falls_inside_the_downtime(rig: Rig) -> None:
     await assert_same_guest(source, dest)
 
 
-async def _ack_never_comes(rig: Rig) -> tuple[Side, Side, dict[str, Any]]:
-    """The capability on the source only, no device: the destination never ACKs."""
-    source, dest, uri = await rig.pair(
-        "-m", "64M", "--guest-fill", "random",
-        src=("--dirty-rate", "1M"),
-        caps={"return-path": True, "precopy-initial-data": True},
-        dst_caps={"return-path": True},
-    )  # fmt: skip
-    before = await source.digest()
-    await source.params(max_bandwidth=0)
-    await source.run("migrate", {"uri": uri})
-    first = await source.wait_query(lambda i: i.get("status") == "active"
-                                    and i["ram"]["dirty-sync-count"] >= 3)  # fmt: skip
-    await asyncio.sleep(0.5)
-    second = await source.run("query-migrate")
-    assert second["status"] == "active"
-    assert second["ram"]["dirty-sync-count"] > first["ram"]["dirty-sync-count"]
-    assert "expected-downtime" in second and "setup-time" in second
-    assert "STOP" not in source.names()
-    assert await source.status() == "running"
-    return source, dest, before
-
-
 async def test_ack_never_comes_until_cancelled_then_a_retry_succeeds(rig: Rig) -> None:
-    source, dest, before = await _ack_never_comes(rig)
+    source, dest, before = await ack_never_comes(rig)
     await source.run("migrate_cancel")
     await source.wait_status("cancelled")
     assert source.names()[-2:] == ["cancelling", "cancelled"]
@@ -186,7 +151,7 @@ async def test_ack_never_comes_until_cancelled_then_a_retry_succeeds(rig: Rig) -
 
 
 async def test_stop_on_a_waiting_source_completes_it(rig: Rig) -> None:
-    source, dest, _ = await _ack_never_comes(rig)
+    source, dest, _ = await ack_never_comes(rig)
     await source.run("stop")
     assert await source.wait_status("completed", "failed", "cancelled") == "completed"
     await dest.wait_status("completed", "failed")
