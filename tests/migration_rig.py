@@ -92,6 +92,20 @@ class Side:
             raise AssertionError(f"no MIGRATION {statuses} within {within}s: {self.names()}"
                                  ) from None  # fmt: skip
 
+    async def wait_event(self, name: str, within: float = WAIT) -> None:
+        """Wait for an event ``name`` received since :meth:`mark`."""
+
+        async def poll() -> None:
+            while True:
+                if any(ev["event"] == name for ev in self.events[self._since :]):
+                    return
+                await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.wait_for(poll(), within)
+        except TimeoutError:
+            raise AssertionError(f"no {name} within {within}s: {self.names()}") from None
+
     async def wait_query(self, pred: Callable[[dict[str, Any]], bool],
                          within: float = WAIT) -> dict[str, Any]:  # fmt: skip
         """Poll query-migrate until ``pred`` holds; return that answer."""

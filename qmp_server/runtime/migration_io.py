@@ -546,10 +546,20 @@ class MigrationController:
             desc = _fd_not_found(address)
             self.source.fail(desc, now)
             raise CommandError(desc)
+        file: io.BufferedIOBase | None = None
+        if address.scheme == "file":
+            # QEMU 10.0 creates the file before it answers (recorded live): setup, failed,
+            # and the error returned by the command
+            try:
+                file = _open_for_write(address.path, address.offset)
+            except OSError as err:
+                desc = f"Could not create '{address.path}': {os.strerror(err.errno or errno.EIO)}"
+                self.source.fail(desc, now)
+                raise CommandError(desc) from None
         self.ack_state = "pending" if self._ack_enabled() else "not-needed"
-        self._source_task = asyncio.get_running_loop().create_task(self._run_source(address))
+        self._source_task = asyncio.get_running_loop().create_task(self._run_source(address, file))
 
-    async def _connect(self, address: Address) -> _Channel:
+    async def _connect(self, address: Address, file: io.BufferedIOBase | None = None) -> _Channel:
         loop = asyncio.get_running_loop()
         if address.scheme in ("tcp", "unix"):
             sockaddr: Any
@@ -580,14 +590,14 @@ class MigrationController:
             channel = _Channel(ours, proc=proc)
             channel.start_writer()
             return channel
-        return _Channel(file=_open_for_write(address.path, address.offset))
+        return _Channel(file=file or _open_for_write(address.path, address.offset))
 
-    async def _run_source(self, address: Address) -> None:
+    async def _run_source(self, address: Address, file: io.BufferedIOBase | None = None) -> None:
         src = self.source
         rp_task: asyncio.Task[None] | None = None
         try:
             try:
-                channel = await self._connect(address)
+                channel = await self._connect(address, file)
             except OSError as err:
                 reason = os.strerror(err.errno) if err.errno else str(err)
                 desc = f"Failed to connect to '{address.describe()}': {reason}"
@@ -921,8 +931,8 @@ class MigrationController:
             cfg.note_incoming(uri, started=False)
             raise CommandError(_fd_not_found(address))
         opened: io.BufferedIOBase | None = None
-        if address.scheme == "file" and not at_startup:
-            try:  # QEMU opens the file before the command returns
+        if address.scheme == "file":
+            try:  # QEMU opens the file before the command returns (or start-up goes on)
                 opened = _open_for_read(address.path, address.offset)
             except OSError as err:
                 cfg.note_incoming(uri, started=False)

@@ -29,7 +29,7 @@ from qmp_server.engine.devices import DeviceLoadError, check_unique_ids, parse_d
 from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
 from qmp_server.engine.vm import VirtualMachine
-from qmp_server.errors import UsageError
+from qmp_server.errors import CommandError, UsageError
 from qmp_server.qapi import ArgumentValidator, load_schema
 from qmp_server.runtime.loop import new_event_loop
 from qmp_server.runtime.migration_io import MigrationController
@@ -159,7 +159,12 @@ class Runtime:
         try:
             self.migration.start()
             if self.options.incoming not in (None, "defer"):
-                self.migration.start_incoming(self.options.incoming, at_startup=True)
+                try:
+                    self.migration.start_incoming(self.options.incoming, at_startup=True)
+                except CommandError as err:  # bind/open failures end start-up, as in QEMU
+                    _stderr(f"qmp-server: -incoming {self.options.incoming}: {err.desc}\n")
+                    self.exit_code = 1
+                    return
             for monitor in self.monitors:
                 await monitor.start()
             if self.options.http is not None:
