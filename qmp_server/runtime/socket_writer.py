@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import threading
 from collections import deque
@@ -75,13 +76,18 @@ class SocketWriter:
             await waiter
 
     def close(self) -> None:
-        """Stop the thread: a blocked ``sendmsg`` fails at once, queued data is dropped."""
+        """Stop the thread: a blocked ``sendmsg`` fails at once, queued data is dropped, and
+        whoever waits in :meth:`send` or :meth:`drain` gets an ``EPIPE`` error (event loop
+        thread only)."""
         with self._cond:
             self._closing = True
             self._queue.clear()
+            if self._error is None:
+                self._error = BrokenPipeError(errno.EPIPE, "the migration channel was closed")
             self._cond.notify()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
+        self._wake()
 
     def stop(self) -> None:
         """End the thread once everything is written (after :meth:`drain`)."""

@@ -98,3 +98,19 @@ async def test_recv_nowait_never_blocks_a_blocking_socket() -> None:
     assert recv_nowait(ours, 10) == b"ack"
     ours.close()
     theirs.close()
+
+
+async def test_close_fails_a_waiting_drain_even_when_the_thread_is_idle() -> None:
+    ours, theirs = socket.socketpair()
+    writer = SocketWriter(ours, asyncio.get_running_loop(), limit=64 * MiB)
+    await writer.send([memoryview(bytes(16 * MiB))], 16 * MiB)
+    drain = asyncio.ensure_future(writer.drain())
+    await asyncio.sleep(0.1)
+    assert not drain.done()
+    writer.close()
+    with pytest.raises(BrokenPipeError):
+        await asyncio.wait_for(drain, 10)
+    with pytest.raises(BrokenPipeError):
+        await writer.send([memoryview(b"x")], 1)
+    ours.close()
+    theirs.close()
