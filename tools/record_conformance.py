@@ -16,27 +16,11 @@ See docs/conformance.md.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import importlib.util
-import json
-import os
-import platform
-import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-RECORDER_VERSION = "1.0"
-
-_REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "_conformance_harness", _REPO / "tests" / "conformance" / "_harness.py"
-)
-assert _spec and _spec.loader
-h = importlib.util.module_from_spec(_spec)
-sys.modules["_conformance_harness"] = h
-_spec.loader.exec_module(h)
+from _recording import add_target_options, h, metadata, open_target, write_fixture
 
 
 def record_group(target: Any, group: str, qemu: str, argv0: list[str]) -> dict[str, Any]:
@@ -62,21 +46,7 @@ def record_group(target: Any, group: str, qemu: str, argv0: list[str]) -> dict[s
     return {
         "metadata": {
             "group": group,
-            "qemu_version": h.qemu_version_line(qemu, target),
-            "qemu_binary": qemu,
-            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": shlex.join(argv0),
-            "qemu_command": shlex.join(
-                [
-                    *target.prefix,
-                    "<argv>",
-                    "-qmp",
-                    ("tcp:127.0.0.1:<port>" if target.qmp_tcp else "unix:<sock>")
-                    + ",server=on,wait=off",
-                ]
-            ),
-            "recorder_version": RECORDER_VERSION,
-            "host": {"kernel": platform.release(), "machine": platform.machine()},
+            **metadata(target, qemu, argv0, "unix:<sock>"),
             "settle_default": h.DEFAULT_SETTLE,
             "line_format": "lines are exact reply lines without the terminator; "
             "crlf=true means every line ended with \\r\\n (else see eols)",
@@ -94,19 +64,9 @@ def _masked(entry: dict[str, Any]) -> Any:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--qemu", default=shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
-    )
-    ap.add_argument(
         "--group", action="append", help="scenario group to record (repeatable; default: all)"
     )
-    ap.add_argument(
-        "--chroot",
-        metavar="DIR",
-        help="run the QEMU installed in chroot DIR (e.g. QEMU 10.0 in Debian trixie, "
-        "/proc and /dev bind-mounted), QMP over tcp:127.0.0.1; the default --out "
-        "becomes the qemu-10.0 fixture directory",
-    )
-    ap.add_argument("--out", default=None)
+    add_target_options(ap)
     ap.add_argument(
         "--check",
         action="store_true",
@@ -114,21 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    if args.chroot:
-        target = h.chroot_target(args.chroot)
-        args.qemu = f"{args.chroot}:/usr/bin/qemu-system-x86_64"
-        why = h.target_available(target)
-        if why:
-            print(f"cannot run QEMU in {args.chroot}: {why}", file=sys.stderr)
-            return 2
-    else:
-        if not os.path.exists(args.qemu):
-            print(f"QEMU binary not found: {args.qemu}", file=sys.stderr)
-            return 2
-        target = h.qemu_target(args.qemu)
-    groups = args.group or h.scenario_groups("10.0" if args.chroot else "7.2")
+    opened = open_target(args)
+    if opened is None:
+        return 2
+    target, version = opened
+    groups = args.group or h.scenario_groups(version)
     outdir = Path(args.out or (h.FIXTURE_DIR_100 if args.chroot else h.FIXTURE_DIR))
-    outdir.mkdir(parents=True, exist_ok=True)
     cmdline = [
         "python",
         "tools/record_conformance.py",
@@ -146,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"UNSTABLE: {group}/{a['name']}", file=sys.stderr)
             continue
         path = outdir / f"{group}.json"
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=True)
-            f.write("\n")
+        write_fixture(path, data)
         print(f"wrote {path} ({len(data['scenarios'])} scenarios)", file=sys.stderr)
     return rc
 

@@ -104,12 +104,22 @@ static Py_ssize_t differing_pages(const uint64_t *src, const uint64_t *base, uin
     return count;
 }
 
-static int get_indexes(const Py_buffer *idx, Py_ssize_t pages)
+/* The optional int64 index buffer: *ix stays NULL for None (pages start, start+1, ...). */
+static int open_indexes(PyObject *indexes, Py_buffer *idx, Py_ssize_t pages,
+                        const int64_t **ix)
 {
+    *ix = NULL;
+    if (indexes == Py_None) {
+        return 0;
+    }
+    if (PyObject_GetBuffer(indexes, idx, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
     if (idx->len != pages * (Py_ssize_t)sizeof(int64_t)) {
         PyErr_SetString(PyExc_ValueError, "one int64 index per page is needed");
         return -1;
     }
+    *ix = (const int64_t *)idx->buf;
     return 0;
 }
 
@@ -131,12 +141,9 @@ static PyObject *pages_fill(PyObject *self, PyObject *args)
         goto done;
     }
     Py_ssize_t pages = out.len / PAGE_BYTES;
-    const int64_t *ix = NULL;
-    if (indexes != Py_None) {
-        if (PyObject_GetBuffer(indexes, &idx, PyBUF_SIMPLE) < 0 || get_indexes(&idx, pages) < 0) {
-            goto done;
-        }
-        ix = (const int64_t *)idx.buf;
+    const int64_t *ix;
+    if (open_indexes(indexes, &idx, pages, &ix) < 0) {
+        goto done;
     }
     const uint64_t *base = (const uint64_t *)pool.buf;
     uint64_t *dst = (uint64_t *)out.buf;
@@ -177,12 +184,9 @@ static PyObject *pages_differs(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "mask needs one byte per page");
         goto done;
     }
-    const int64_t *ix = NULL;
-    if (indexes != Py_None) {
-        if (PyObject_GetBuffer(indexes, &idx, PyBUF_SIMPLE) < 0 || get_indexes(&idx, pages) < 0) {
-            goto done;
-        }
-        ix = (const int64_t *)idx.buf;
+    const int64_t *ix;
+    if (open_indexes(indexes, &idx, pages, &ix) < 0) {
+        goto done;
     }
     const uint64_t *base = (const uint64_t *)pool.buf;
     const uint64_t *src = (const uint64_t *)data.buf;

@@ -197,7 +197,8 @@ class _Channel:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def _writable(self) -> None:
+    async def _ready(self, writing: bool) -> None:
+        """Wait until the socket is writable (or readable) without blocking the loop."""
         assert self.sock is not None
         fut: asyncio.Future[None] = self.loop.create_future()
         fd = self.sock.fileno()
@@ -206,11 +207,16 @@ class _Channel:
             if not fut.done():
                 fut.set_result(None)
 
-        self.loop.add_writer(fd, ready)
+        add, remove = (
+            (self.loop.add_writer, self.loop.remove_writer)
+            if writing
+            else (self.loop.add_reader, self.loop.remove_reader)
+        )
+        add(fd, ready)
         try:
             await fut
         finally:
-            self.loop.remove_writer(fd)
+            remove(fd)
 
     def start_writer(self) -> None:
         """Hand the socket's writes to a thread (the source's bulk stream; see socket_writer)."""
@@ -234,7 +240,7 @@ class _Channel:
             try:
                 sent = sock.sendmsg(views[i : i + _IOV_MAX])
             except (BlockingIOError, InterruptedError):
-                await self._writable()
+                await self._ready(writing=True)
                 continue
             while sent:
                 first = views[i]
@@ -277,22 +283,7 @@ class _Channel:
             try:
                 return recv_nowait(sock, size)
             except (BlockingIOError, InterruptedError):
-                await self._readable()
-
-    async def _readable(self) -> None:
-        assert self.sock is not None
-        fut: asyncio.Future[None] = self.loop.create_future()
-        fd = self.sock.fileno()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        self.loop.add_reader(fd, ready)
-        try:
-            await fut
-        finally:
-            self.loop.remove_reader(fd)
+                await self._ready(writing=False)
 
     def abort(self) -> None:
         if self._writer is not None:

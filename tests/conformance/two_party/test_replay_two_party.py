@@ -1,23 +1,22 @@
-"""Replay two-party migration transcripts recorded from real QEMU 7.2.
+"""Replay two-party migration transcripts recorded from a live QEMU.
 
-Each fixture in ``fixtures/qemu-7.2/`` holds a scenario (a source and a
-destination driven step by step) and the run QEMU 7.2 gave.  The test runs
-the same scenario against two qmp-server processes
-(``python -m qmp_server --compat 7.2 <the scenario's argv>``) and compares
-the normalised views (see ``_tp_harness.view`` and docs/conformance.md,
-"Two-party migration transcripts"): per side, the same events in the same
-order, the same replies (query-migrate counters masked), the same exit
+Each fixture holds a scenario (a source and a destination driven step by step) and the run
+QEMU gave: ``fixtures/qemu-7.2/`` from QEMU 7.2 (``tools/record_two_party.py``),
+``fixtures/qemu-10.0/`` from QEMU 10.0.13 in a Debian trixie chroot, QMP over TCP
+(``tools/record_two_party.py --chroot /work/qemu10``).  The test runs the same scenario against
+two ``python -m qmp_server --compat VERSION`` processes and compares the normalised views (see
+``_tp_harness.view`` and docs/conformance.md, "Two-party migration transcripts"): per side, the
+same events in the same order, the same replies (query-migrate counters masked), the same exit
 behaviour.
 
-With ``QMP_SERVER_REPLAY_TARGET=qemu`` the very same run goes against
-``qemu-system-x86_64`` (``QMP_SERVER_QEMU`` picks the binary); that run must
-pass: it proves the recordings and the normaliser are stable.
+With ``QMP_SERVER_REPLAY_TARGET=qemu`` the very same run goes against the real QEMU
+(``QMP_SERVER_QEMU`` / ``QMP_SERVER_QEMU10_CHROOT``); that run must pass: it proves the
+recordings and the normaliser are stable.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,36 +24,41 @@ import pytest
 from .. import _harness as h
 from . import _tp_harness as tp
 
-TARGET = h.target_from_env()
+#: version -> where its transcripts are
+FIXTURES: dict[str, Path] = {"7.2": tp.FIXTURE_DIR, "10.0": tp.FIXTURE_DIR_100}
+TARGETS = {version: h.target_from_env(version) for version in FIXTURES}
 
 
 def _cases() -> list[Any]:
     cases = []
-    for path in sorted(tp.FIXTURE_DIR.glob("*.json")):
-        marks: list[Any] = [pytest.mark.slow]
-        if TARGET.kind == "qemu":
-            marks.append(pytest.mark.live_qemu)
-        cases.append(pytest.param(path.stem, id=f"two-party/{path.stem}", marks=marks))
+    for version, directory in FIXTURES.items():
+        for path in sorted(directory.glob("*.json")):
+            marks: list[Any] = [pytest.mark.slow]
+            if TARGETS[version].kind == "qemu":
+                marks.append(pytest.mark.live_qemu)
+            cases.append(pytest.param(version, path.stem, marks=marks,
+                                      id=f"two-party-{version}/{path.stem}"))  # fmt: skip
     return cases
 
 
-@pytest.mark.parametrize("name", _cases())
-def test_replay_two_party(name: str) -> None:
-    exe = TARGET.prefix[0]
-    if TARGET.kind == "qemu" and not (os.path.exists(exe) or shutil.which(exe)):
-        pytest.skip(f"{exe} not installed")
-    fixture = tp.load_fixture(name)
+@pytest.mark.parametrize(("version", "name"), _cases())
+def test_replay_two_party(version: str, name: str) -> None:
+    target = TARGETS[version]
+    why = h.target_available(target)
+    if why:
+        pytest.skip(why)
+    fixture = tp.load_fixture(name, FIXTURES[version])
     scenario = fixture["scenario"]
     expected = tp.view(fixture["run"], scenario)
     try:
-        run = tp.run_scenario(TARGET, scenario)
+        run = tp.run_scenario(target, scenario)
     except h.StartError as e:
-        pytest.fail(f"{TARGET.kind} did not start: {e}", pytrace=False)
+        pytest.fail(f"{target.kind} did not start: {e}", pytrace=False)
     actual = tp.view(run, scenario)
-    diff = tp.diff_views(expected, actual, TARGET.kind)
+    diff = tp.diff_views(expected, actual, target.kind, f"QEMU {version}")
     if diff:
         pytest.fail(
-            f"two-party/{name}: {TARGET.kind} differs from QEMU 7.2 "
+            f"two-party/{name}: {target.kind} differs from QEMU {version} "
             f"(normalised views; see docs/conformance.md)\n{diff}",
             pytrace=False,
         )
