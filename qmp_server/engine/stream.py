@@ -18,7 +18,7 @@ Rules:
    ``EOF``, in that order.  So a stream whose framing, indexes, device data or digests were
    corrupted can never end in :class:`EndOfStream`; corrupted page contents are caught by the
    RAM digest the loader compares at the end (:class:`Complete`).
-4. Speed: RAM travels in records of up to 64 MiB of page data (the engine uses up to 8 MiB).
+4. Speed: RAM travels in records of up to 64 MiB of page data (the engine uses up to 4 MiB).
    The ``*_parts`` encoder methods return a record as a list of buffers (header bytes, then
    the caller's page data untouched) for a gather write, so the page data is never copied by
    the encoder; the ``bytes`` methods join them.  The decoder keeps one growable buffer with

@@ -80,8 +80,10 @@ __all__ = ["MigrationController"]
 logger = logging.getLogger(__name__)
 
 IN_PROGRESS = "There's a migration process in progress"
-#: Largest number of non-zero pages in one step (8 MiB: one RAM_RUN record, one gather write).
-_STEP_PAGES = 2048
+#: Largest number of non-zero pages in one step (4 MiB: one RAM_RUN record, one gather write).
+#: Smaller steps keep the pages just built in cache until the kernel copies them; 4 MiB steps
+#: with 8 MiB queued for the writer thread beat 8 MiB steps with 24 MiB by ~15% (1 GiB, TCP).
+_STEP_PAGES = 1024
 #: Pages whose zero mask is computed at once (zero pages are cheap: whole windows per step).
 _WINDOW_PAGES = 1 << 16
 #: How long a waiting source sleeps between dirty syncs while the ACK is missing.

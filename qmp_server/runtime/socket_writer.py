@@ -34,7 +34,7 @@ class SocketWriter:
     """
 
     def __init__(
-        self, sock: socket.socket, loop: asyncio.AbstractEventLoop, limit: int = 24 << 20
+        self, sock: socket.socket, loop: asyncio.AbstractEventLoop, limit: int = 8 << 20
     ) -> None:
         self._sock = sock
         self._loop = loop
