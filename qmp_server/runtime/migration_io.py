@@ -96,7 +96,6 @@ _READ_SIZE = 8 << 20
 _YIELD_BYTES = 32 << 20
 #: Socket buffers (the kernel caps them at net.core.[rw]mem_max).
 _SOCK_BUF = 4 << 20
-_IOV_MAX = 512
 
 
 def _tune_malloc() -> None:
@@ -170,11 +169,11 @@ Buffer = bytes | bytearray | memoryview
 class _Channel:
     """One migration connection.
 
-    A non-blocking socket (``tcp:``, ``unix:``, and ``exec:`` through a socketpair with the
-    command's stdin or stdout) driven with the loop's socket primitives, without asyncio
-    streams: sends are gather writes (``sendmsg``) of the encoder's buffers, receives go
-    straight into the decoder's buffer (``recv_into``).  Or a file (``file:``), read and
-    written in the loop's executor.  Only a tcp/unix socket carries a return path.
+    A socket (``tcp:``, ``unix:``, and ``exec:`` through a socketpair with the command's
+    stdin or stdout), without asyncio streams: the outgoing stream is gather writes
+    (``sendmsg``) of the encoder's buffers by a writer thread (:mod:`socket_writer`), receives
+    go straight into the decoder's buffer (``recv_into`` on the loop).  Or a file (``file:``),
+    read and written in the loop's executor.  Only a tcp/unix socket carries a return path.
     """
 
     def __init__(
@@ -199,8 +198,8 @@ class _Channel:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def _ready(self, writing: bool) -> None:
-        """Wait until the socket is writable (or readable) without blocking the loop."""
+    async def _readable(self) -> None:
+        """Wait until the socket has data, without blocking the loop (it may be blocking)."""
         assert self.sock is not None
         fut: asyncio.Future[None] = self.loop.create_future()
         fd = self.sock.fileno()
@@ -209,16 +208,11 @@ class _Channel:
             if not fut.done():
                 fut.set_result(None)
 
-        add, remove = (
-            (self.loop.add_writer, self.loop.remove_writer)
-            if writing
-            else (self.loop.add_reader, self.loop.remove_reader)
-        )
-        add(fd, ready)
+        self.loop.add_reader(fd, ready)
         try:
             await fut
         finally:
-            remove(fd)
+            self.loop.remove_reader(fd)
 
     def start_writer(self) -> None:
         """Hand the socket's writes to a thread (the source's bulk stream; see socket_writer)."""
@@ -229,29 +223,12 @@ class _Channel:
         """Write every buffer, in order; returns the byte count."""
         views = [memoryview(p) for p in parts if len(p)]
         total = sum(v.nbytes for v in views)
-        if self._writer is not None:
-            await self._writer.send(views, total)
-            return total
         if self.file is not None:
             await self.loop.run_in_executor(None, self.file.writelines, views)
             return total
-        sock = self.sock
-        assert sock is not None
-        i, count = 0, len(views)
-        while i < count:
-            try:
-                sent = sock.sendmsg(views[i : i + _IOV_MAX])
-            except (BlockingIOError, InterruptedError):
-                await self._ready(writing=True)
-                continue
-            while sent:
-                first = views[i]
-                if sent >= first.nbytes:
-                    sent -= first.nbytes
-                    i += 1
-                else:
-                    views[i] = first[sent:]
-                    sent = 0
+        self.start_writer()  # a socket's outgoing stream always goes through the writer
+        assert self._writer is not None
+        await self._writer.send(views, total)
         return total
 
     def send_nowait(self, data: bytes) -> None:
@@ -285,7 +262,7 @@ class _Channel:
             try:
                 return recv_nowait(sock, size)
             except (BlockingIOError, InterruptedError):
-                await self._ready(writing=False)
+                await self._readable()
 
     def abort(self) -> None:
         if self._writer is not None:

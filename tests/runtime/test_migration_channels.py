@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from migration_rig import MiB, Rig
+from migration_rig import MiB, Rig, Side
 from qemu.qmp import ExecuteError
 from server_process import free_port
 
@@ -104,18 +104,24 @@ async def test_channel_errors_are_qemu_texts(rig: Rig) -> None:
     assert await dest.run("query-migrate") == {}
 
 
-async def test_exit_on_error_false_keeps_the_destination(rig: Rig) -> None:
+async def _source_killed_mid_stream(rig: Rig, exit_on_error: bool) -> Side:
+    """A destination loading with ``exit-on-error`` whose source is SIGKILLed mid-stream."""
     common = (*COMPAT, "-m", "128M", "--guest-fill", "random")
     source = await rig.side(*common)
     dest = await rig.side(*common, "-incoming", "defer")
     uri = rig.unix_uri()
-    await dest.run("migrate-incoming", {"uri": uri, "exit-on-error": False})
+    await dest.run("migrate-incoming", {"uri": uri, "exit-on-error": exit_on_error})
     await source.params(max_bandwidth=32 * MiB)
     await source.run("migrate", {"uri": uri})
     await source.wait_query(lambda i: i.get("status") == "active"
                             and i["ram"]["transferred"] > 4 * MiB)  # fmt: skip
     source.server.proc.send_signal(signal.SIGKILL)
     assert await dest.wait_status("failed", "completed", within=10) == "failed"
+    return dest
+
+
+async def test_exit_on_error_false_keeps_the_destination(rig: Rig) -> None:
+    dest = await _source_killed_mid_stream(rig, exit_on_error=False)
     assert await dest.run("query-migrate") == {
         "status": "failed", "error-desc": "load of migration failed: Invalid argument"}
     assert await dest.status() == "inmigrate"
@@ -128,15 +134,5 @@ async def test_exit_on_error_false_keeps_the_destination(rig: Rig) -> None:
 
 
 async def test_exit_on_error_default_still_exits(rig: Rig) -> None:
-    common = (*COMPAT, "-m", "128M", "--guest-fill", "random")
-    source = await rig.side(*common)
-    dest = await rig.side(*common, "-incoming", "defer")
-    uri = rig.unix_uri()
-    await dest.run("migrate-incoming", {"uri": uri, "exit-on-error": True})
-    await source.params(max_bandwidth=32 * MiB)
-    await source.run("migrate", {"uri": uri})
-    await source.wait_query(lambda i: i.get("status") == "active"
-                            and i["ram"]["transferred"] > 4 * MiB)  # fmt: skip
-    source.server.proc.send_signal(signal.SIGKILL)
-    assert await dest.wait_status("failed", "completed", within=10) == "failed"
+    dest = await _source_killed_mid_stream(rig, exit_on_error=True)
     assert dest.server.proc.wait(10) == 1
