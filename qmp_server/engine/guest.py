@@ -296,18 +296,11 @@ class GuestMemory:
 
     def read_pages(self, start: int, count: int) -> bytes:
         """The content of the ``count`` consecutive pages from ``start``, concatenated."""
-        self._check_run(start, count)
-        words = self._baseline_run(start, count)
-        touched = np.flatnonzero(self._stored[start : start + count])
-        if touched.size:
-            buf = words.view(np.uint8).reshape(count, PAGE_SIZE)
-            pages = self._pages
-            for offset in touched.tolist():
-                buf[offset] = np.frombuffer(pages[start + offset], dtype=np.uint8)
-        return words.astype(_U64, copy=False).tobytes()
+        return self.read_pages_view(start, count).tobytes()
 
     def read_pages_view(self, start: int, count: int) -> memoryview:
-        """:meth:`read_pages` without the final copy: a byte view of a fresh array."""
+        """:meth:`read_pages` without the copy: a byte view of a fresh array (native order:
+        the baseline words are little-endian, and qmp-server runs on little-endian hosts)."""
         self._check_run(start, count)
         words = self._baseline_run(start, count)
         touched = np.flatnonzero(self._stored[start : start + count])
