@@ -13,7 +13,10 @@ Design rules:
    stored (``_pages``: page index -> 4 KiB ``bytes``).  A write that restores the baseline
    drops the stored copy, so the stored set is canonical.  A 64 GiB guest costs two 16 MiB
    per-page byte maps plus what was touched.
-2. **Baselines.**  ``zero``: all zero.  ``random``: page *i* is the 64-bit little-endian words
+2. **Baselines.**  ``zero``: all zero.  ``idle``: what an idle guest's firmware touched: zero
+   but for the pages listed by the machine's layout (``firmware_pages``, recorded from QEMU:
+   :mod:`qmp_server.engine.machine`), whose content is the ``random`` baseline of those pages.
+   ``random``: page *i* is the 64-bit little-endian words
    ``POOL[i mod 256] XOR K(i)``, where ``POOL`` is 256 pages of SplitMix64 output keyed by the
    seed and ``K(i)`` is a per-page SplitMix64 key broadcast over the page's 512 words.  Every
    page is distinct and looks random; it is not cryptographic.  Generating a run of pages costs
@@ -23,12 +26,13 @@ Design rules:
    there; the same results either way).
 3. **Digest (v1).**  ``sha256("qmp-server-ram-digest-v1\\0" || u64 ram size || u32 page size ||
    u8 fill || u64 seed || for every stored page in ascending order: u64 index || 4096 bytes)``
-   (integers little-endian; ``fill``: 0 zero, 1 random).  Because stored pages are exactly the
-   pages that differ from the baseline, two memories with the same size and baseline have the
-   same digest iff their contents are equal (up to sha256).  Cost: proportional to the touched
-   pages only.  A destination must therefore adopt the source's baseline (the stream header
-   carries fill and seed).  :meth:`GuestMemory.content_digest` is the baseline-independent
-   sha256 of all bytes, linear in the RAM size, for tests.
+   (integers little-endian; ``fill``: 0 zero, 1 random, 2 idle; for ``idle`` the header also
+   holds the sha256 of the firmware page indexes as u64 little-endian).  Because stored pages
+   are exactly the pages that differ from the baseline, two memories with the same size and
+   baseline have the same digest iff their contents are equal (up to sha256).  Cost:
+   proportional to the touched pages only.  A destination must therefore adopt the source's
+   baseline (the stream header carries fill and seed).  :meth:`GuestMemory.content_digest` is
+   the baseline-independent sha256 of all bytes, linear in the RAM size, for tests.
 4. **Dirty log.**  One byte per page (``numpy.uint8``); guest writes (:meth:`write_page`,
    :meth:`write_page_list`) set it, loads from a migration stream (``load_*``) do not.
    :meth:`sync_dirty` returns the sorted dirty indexes and clears the log, like QEMU's bitmap
@@ -74,8 +78,8 @@ _POOL_PAGES = 256
 _BATCH_PAGES = 256
 _MASK64 = (1 << 64) - 1
 
-Fill = Literal["zero", "random"]
-FILL_CODES: dict[str, int] = {"zero": 0, "random": 1}
+Fill = Literal["zero", "random", "idle"]
+FILL_CODES: dict[str, int] = {"zero": 0, "random": 1, "idle": 2}
 
 #: Sorted page indexes as numpy returns them.
 PageIndexes = npt.NDArray[np.int64]
@@ -200,6 +204,8 @@ def baseline_words(fill: Fill, seed: int, start: int, count: int) -> npt.NDArray
     """
     if fill == "zero":
         return np.zeros((count, WORDS_PER_PAGE), dtype=np.uint64)
+    if fill == "idle":
+        raise ValueError("the idle baseline depends on the machine: use GuestMemory")
     return _RandomBaseline(seed).run(start, count)
 
 
@@ -227,21 +233,42 @@ class GuestMemory:
     """Sparse guest RAM of ``size_bytes`` (a multiple of 4 KiB), see the module rules.
 
     :param size_bytes: RAM size; must be a positive multiple of :data:`PAGE_SIZE`.
-    :param fill: ``"zero"`` or ``"random"``: the boot content (the baseline).
-    :param seed: seed of the ``random`` baseline (ignored for ``zero``).
-    :raise ValueError: on a bad size or fill.
+    :param fill: ``"zero"``, ``"random"`` or ``"idle"``: the boot content (the baseline).
+    :param seed: seed of the ``random`` baseline and of the idle firmware pages' content.
+    :param firmware_pages: sorted page indexes that are non-zero at boot (``idle`` only).
+    :raise ValueError: on a bad size, fill or page list.
     """
 
-    def __init__(self, size_bytes: int, fill: Fill = "zero", seed: int = 0) -> None:
+    def __init__(
+        self,
+        size_bytes: int,
+        fill: Fill = "zero",
+        seed: int = 0,
+        *,
+        firmware_pages: npt.ArrayLike | None = None,
+    ) -> None:
         if size_bytes <= 0 or size_bytes % PAGE_SIZE:
             raise ValueError(f"RAM size {size_bytes} is not a positive multiple of {PAGE_SIZE}")
         if fill not in FILL_CODES:
-            raise ValueError(f"unknown guest fill {fill!r} (expected 'zero' or 'random')")
+            raise ValueError(f"unknown guest fill {fill!r} (expected 'zero', 'random' or 'idle')")
         self.size_bytes = size_bytes
         self.page_count = size_bytes // PAGE_SIZE
         self.fill: Fill = fill
         self.seed = seed & _MASK64
-        self._random = _RandomBaseline(self.seed) if fill == "random" else None
+        self._random = _RandomBaseline(self.seed) if fill != "zero" else None
+        #: ``idle``: 1 where the baseline is a firmware page (non-zero), else None
+        self._firmware: npt.NDArray[np.uint8] | None = None
+        self._firmware_digest = b""
+        if fill == "idle":
+            idx = np.unique(np.asarray(firmware_pages if firmware_pages is not None else [],
+                                       dtype=np.int64))  # fmt: skip
+            if idx.size and (int(idx[0]) < 0 or int(idx[-1]) >= self.page_count):
+                raise ValueError("a firmware page lies outside the guest RAM")
+            self._firmware = np.zeros(self.page_count, dtype=np.uint8)
+            self._firmware[idx] = 1
+            self._firmware_digest = hashlib.sha256(idx.astype(_U64).tobytes()).digest()
+        elif firmware_pages is not None:
+            raise ValueError("firmware_pages is only meaningful with the 'idle' fill")
         #: page index -> content, only for pages that differ from the baseline (rule 1).
         self._pages: dict[int, bytes] = {}
         #: 1 where ``_pages`` holds the page (fast vectorised membership).
@@ -276,15 +303,56 @@ class GuestMemory:
 
     # ---- baselines -----------------------------------------------------------------------
 
+    @property
+    def firmware_page_count(self) -> int:
+        """How many pages the ``idle`` baseline has non-zero (0 for the other fills)."""
+        return 0 if self._firmware is None else int(np.count_nonzero(self._firmware))
+
+    def _gather_baseline(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+        """The baseline of the listed pages (any order), ``(n, 512)`` words."""
+        if self._random is None:
+            return np.zeros((idx.size, WORDS_PER_PAGE), dtype=np.uint64)
+        if self._firmware is None:
+            return self._random.gather(idx)
+        out = np.zeros((idx.size, WORDS_PER_PAGE), dtype=np.uint64)
+        rows = np.flatnonzero(self._firmware[idx])
+        if rows.size:
+            out[rows] = self._random.gather(idx[rows])
+        return out
+
     def _baseline_run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
         if self._random is None:
             return np.zeros((count, WORDS_PER_PAGE), dtype=np.uint64)
-        return self._random.run(start, count)
+        if self._firmware is None:
+            return self._random.run(start, count)
+        return self._gather_baseline(np.arange(start, start + count, dtype=np.int64))
 
     def _baseline_page(self, index: int) -> bytes:
-        if self._random is None:
+        if self._random is None or (self._firmware is not None and not self._firmware[index]):
             return _ZERO_PAGE
         return self._random.run(index, 1).astype(_U64, copy=False).tobytes()
+
+    def _baseline_zero(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """For each listed page: whether its baseline is all zero."""
+        if self._random is None:
+            return np.ones(idx.size, dtype=bool)
+        if self._firmware is None:
+            return np.zeros(idx.size, dtype=bool)
+        return np.asarray(self._firmware[idx] == 0)
+
+    def _differs(
+        self, idx: npt.NDArray[np.int64], words: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.bool_]:
+        """For each listed page (content in ``words``): whether it differs from its baseline."""
+        if self._random is None:
+            return np.asarray(words.any(axis=1))
+        if self._firmware is None:
+            return self._random.differs_list(idx, words)
+        differs = np.asarray(words.any(axis=1))
+        rows = np.flatnonzero(self._firmware[idx])
+        if rows.size:
+            differs[rows] = self._random.differs_list(idx[rows], np.ascontiguousarray(words[rows]))
+        return differs
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -322,7 +390,7 @@ class GuestMemory:
                 pages[i] if s else _ZERO_PAGE
                 for i, s in zip(idx.tolist(), stored.tolist(), strict=True)
             )
-        words = self._random.gather(idx)
+        words = self._gather_baseline(idx)
         touched = np.flatnonzero(stored)
         if touched.size:
             buf = words.view(np.uint8).reshape(idx.size, PAGE_SIZE)
@@ -336,7 +404,7 @@ class GuestMemory:
         stored = self._pages.get(index)
         if stored is not None:
             return stored == _ZERO_PAGE
-        return self._random is None
+        return self._random is None or (self._firmware is not None and not self._firmware[index])
 
     def zero_mask(self, indexes: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """For each listed page, whether it is all zero; cheap for untouched pages."""
@@ -344,7 +412,7 @@ class GuestMemory:
         self._check_list(idx)
         stored = self._stored[idx].astype(bool) if idx.size else np.zeros(0, dtype=bool)
         # Untouched pages: zero iff the baseline is zero.  Stored pages: look at them.
-        mask = ~stored if self._random is None else np.zeros(idx.size, dtype=bool)
+        mask = ~stored & self._baseline_zero(idx)
         for k in np.flatnonzero(stored).tolist():
             mask[k] = self._pages[int(idx[k])] == _ZERO_PAGE
         return mask
@@ -387,12 +455,15 @@ class GuestMemory:
             return
         words = _as_words(data, count)
         random = self._random
+        differs: npt.NDArray[np.bool_] | None
         if random is None:
-            differs: npt.NDArray[np.bool_] | None = (
-                np.asarray(words.any(axis=1)) if words.any() else None
-            )
-        else:
+            differs = np.asarray(words.any(axis=1)) if words.any() else None
+        elif self._firmware is None:
             differs = random.compare_run(start, words)
+        else:
+            differs = self._differs(np.arange(start, start + count, dtype=np.int64), words)
+            if not differs.any():
+                differs = None
         if differs is None:
             # the whole run equals its baseline (a first pass of an untouched guest)
             stored = self._stored[start : start + count]
@@ -422,11 +493,7 @@ class GuestMemory:
             idx = uniq
             words = np.ascontiguousarray(words[keep])
             data = words.astype(_U64, copy=False).tobytes()
-        if self._random is None:
-            differs: npt.NDArray[np.bool_] = np.asarray(words.any(axis=1))
-        else:
-            differs = self._random.differs_list(idx, words)
-        self._apply(idx, differs, data)
+        self._apply(idx, self._differs(idx, words), data)
 
     def _apply(
         self,
@@ -450,6 +517,10 @@ class GuestMemory:
         self._check_run(start, count)
         if self._random is None and not self._stored[start : start + count].any():
             return  # already the baseline
+        if self._firmware is not None and not (
+            self._stored[start : start + count].any() or self._firmware[start : start + count].any()
+        ):
+            return
         self._load_zero(np.arange(start, start + count, dtype=np.int64))
 
     def load_zero_page_list(self, indexes: npt.ArrayLike) -> None:
@@ -459,15 +530,16 @@ class GuestMemory:
         self._load_zero(idx)
 
     def _load_zero(self, idx: npt.NDArray[np.int64]) -> None:
-        if self._random is None:
-            # Zero is the baseline: drop whatever was stored.
-            for i in np.flatnonzero(self._stored[idx]).tolist():
-                self._pages.pop(int(idx[i]), None)
-            self._stored[idx] = 0
-            return
-        for i in idx.tolist():
+        base_zero = self._baseline_zero(idx)
+        # Where zero is the baseline: drop whatever was stored.
+        same = idx[base_zero]
+        for i in same[self._stored[same] == 1].tolist():
+            self._pages.pop(i, None)
+        self._stored[same] = 0
+        other = idx[~base_zero]
+        for i in other.tolist():
             self._pages[i] = _ZERO_PAGE
-        self._stored[idx] = 1
+        self._stored[other] = 1
 
     # ---- dirty log -----------------------------------------------------------------------
 
@@ -495,8 +567,10 @@ class GuestMemory:
     # ---- digests -------------------------------------------------------------------------
 
     def digest_header(self) -> bytes:
-        return b"qmp-server-ram-digest-v1\0" + struct.pack(
-            "<QIBQ", self.size_bytes, PAGE_SIZE, FILL_CODES[self.fill], self.seed
+        return (
+            b"qmp-server-ram-digest-v1\0"
+            + struct.pack("<QIBQ", self.size_bytes, PAGE_SIZE, FILL_CODES[self.fill], self.seed)
+            + self._firmware_digest
         )
 
     def digest(self) -> str:
