@@ -1,0 +1,303 @@
+"""What QEMU's own migration stream would cost: the bytes behind every counter and the rate limit.
+
+qmp-server sends its own format (``docs/stream-format.md``: runs of pages, cheap zero runs).
+What a management tool sees must still be QEMU's: ``transferred``, ``precopy-bytes``,
+``downtime-bytes``, ``mbps``, the time a bandwidth-limited migration takes.  So the source
+keeps a :class:`QemuStream`: the bytes QEMU's stream would hold for the same pages, as QEMU
+queues and flushes them, and the counters derive from it.  Facts (read in QEMU 7.2 and 10.0's
+``migration/``, checked against their streams recorded here, ``docs/migration-engine.md`` §7):
+
+1. **Records.**  A page header is 8 bytes; when the page's RAM block is not the block of the
+   previous page sent (in the whole migration, not per section), the block name follows (one
+   length byte and the name).  A zero page adds 1 byte, a normal page its 4096 bytes.  Every
+   RAM section ends with an 8-byte ``EOS``; QEMU wraps each in a section header (5 bytes; 17
+   for the first, which names ``ram``) and a footer (5 bytes).  Before the RAM come the file
+   header (8 bytes), the configuration section (machine type name), the return-path commands
+   (open: 5 bytes, ping: 9); at the switchover, 10.0 sends a 5-byte switchover-start command;
+   after the RAM, the device state, ``EOF`` and the JSON description (recorded per machine).
+2. **RAM bytes** (``ram_transferred_add``): pages and the ``EOS`` of iterations (not of the
+   setup or of the final section).  They go to ``precopy-bytes`` while the guest runs, else to
+   ``downtime-bytes``.  In 7.2, 8.0 and 8.1 ``transferred`` is their sum; from 8.2 (the 10.0
+   profile) it is every byte flushed to the channel.
+3. **Rate limit bytes.**  7.2/8.0 count every byte as it is queued; 8.1+ count only what was
+   flushed.  QEMU's file buffer flushes when 64 iovecs are queued (a normal page takes two,
+   its header and its data; a run of small records shares one) or 32 KiB of small records
+   are buffered, and at the end of every section.  So 10.0 overshoots a low ``max-bandwidth``
+   (live: 500 kB/s sends ~70 kB per period).
+4. **Bandwidth** (``migration_update_counters``) counts every stream byte: 7.2 flushes before
+   it looks, 10.0 counts what was flushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.profiles import Profile
+
+__all__ = [
+    "EOS_BYTES",
+    "NORMAL_PAGE_BYTES",
+    "ZERO_PAGE_BYTES",
+    "BlockMap",
+    "QemuStream",
+]
+
+PAGE_HEADER_BYTES = 8
+ZERO_PAGE_BYTES = PAGE_HEADER_BYTES + 1
+NORMAL_PAGE_BYTES = PAGE_HEADER_BYTES + PAGE_SIZE
+EOS_BYTES = 8
+FILE_HEADER_BYTES = 8
+SECTION_HEADER_BYTES = 1 + 4
+SECTION_FOOTER_BYTES = 1 + 4
+#: The first RAM section's header: type, section id, ``ram`` (length byte), instance, version.
+SECTION_START_BYTES = 1 + 4 + 1 + len(b"ram") + 4 + 4
+OPEN_RETURN_PATH_BYTES = 1 + 2 + 2
+PING_BYTES = 1 + 2 + 2 + 4
+SWITCHOVER_START_BYTES = 1 + 2 + 2
+#: QEMUFile: buffered small records and queued iovecs before a flush (rule 3).
+_IO_BUF_SIZE = 32768
+_MAX_IOV = 64
+
+
+class BlockMap:
+    """The RAM blocks laid end to end in one page space, in QEMU's order."""
+
+    def __init__(self, blocks: Sequence[tuple[str, int]]) -> None:
+        self.names = tuple(name for name, _ in blocks)
+        pages = [used // PAGE_SIZE for _, used in blocks]
+        self.starts = (
+            np.cumsum([0, *pages[:-1]], dtype=np.int64) if pages else np.zeros(0, np.int64)
+        )
+        self.page_count = int(sum(pages))
+        #: what a block name costs after a page header (length byte + name)
+        self.name_bytes = np.array([1 + len(n.encode()) for n in self.names], dtype=np.int64)
+
+    def block_of(self, pages: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return np.searchsorted(self.starts, pages, side="right").astype(np.int64) - 1
+
+    def setup_body_bytes(self) -> int:
+        """The setup record: total size, then each block's name and size, then ``EOS``."""
+        return 8 + int(sum(int(n) + 8 for n in self.name_bytes)) + EOS_BYTES
+
+
+@dataclass(frozen=True)
+class PagesCost:
+    """QEMU's bytes for pages about to be sent: per page, and what each needs of the buffer."""
+
+    bytes: npt.NDArray[np.int64]
+    normal: npt.NDArray[np.bool_]
+    last_block: int
+
+
+class QemuStream:
+    """QEMU's stream for one outgoing migration: what was queued, flushed, counted (rules)."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        blocks: BlockMap,
+        *,
+        configuration_bytes: int,
+        device_state_bytes: int,
+    ) -> None:
+        self.blocks = blocks
+        self.configuration_bytes = configuration_bytes
+        self.device_state_bytes = device_state_bytes
+        #: 8.2+: ``transferred`` is every flushed byte (rule 2)
+        self.transferred_is_stream = profile.since(8, 2)
+        #: 8.1+: the rate limit sees flushed bytes only (rule 3)
+        self.rate_counts_flushed = profile.since(8, 1)
+        self.switchover_start = profile.since(10, 0)
+        self.queued = 0  # every byte written so far
+        self.flushed = 0
+        self.precopy_bytes = 0
+        self.downtime_bytes = 0
+        self.normal_pages = 0
+        self.zero_pages = 0
+        self._last_block = -1
+        self._buf = 0  # small-record bytes in the file buffer
+        self._iov = 0  # iovecs queued
+        self._last_small = False  # the last iovec is the buffer's (a small record extends it)
+
+    # -- counters ------------------------------------------------------------------------
+    @property
+    def transferred(self) -> int:
+        """``ram.transferred`` (rule 2)."""
+        if self.transferred_is_stream:
+            return self.flushed
+        return self.precopy_bytes + self.downtime_bytes
+
+    @property
+    def rate_bytes(self) -> int:
+        """What the rate limit and the bandwidth measure see (rules 3 and 4)."""
+        return self.flushed if self.rate_counts_flushed else self.queued
+
+    # -- the file buffer ------------------------------------------------------------------
+    def _small(self, nbytes: int) -> None:
+        self.queued += nbytes
+        if not self._last_small:
+            self._iov += 1
+            self._last_small = True
+        self._buf += nbytes
+        if self._buf >= _IO_BUF_SIZE or self._iov >= _MAX_IOV:
+            self.flush()
+
+    def _page_data(self) -> None:
+        self.queued += PAGE_SIZE
+        self._iov += 1
+        self._last_small = False
+        if self._iov >= _MAX_IOV:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flushed = self.queued
+        self._buf = self._iov = 0
+        self._last_small = False
+
+    # -- the stream's parts ----------------------------------------------------------------
+    def setup(self, *, return_path: bool) -> None:
+        """Everything before the first iteration (QEMU's header, commands, RAM setup)."""
+        self._small(FILE_HEADER_BYTES + self.configuration_bytes)
+        if return_path:
+            self._small(OPEN_RETURN_PATH_BYTES + PING_BYTES)
+        self._small(SECTION_START_BYTES + self.blocks.setup_body_bytes() + SECTION_FOOTER_BYTES)
+        self.flush()
+
+    def begin_section(self) -> None:
+        self._small(SECTION_HEADER_BYTES)
+
+    def end_section(self, *, downtime: bool, final: bool = False) -> None:
+        """``EOS`` and the footer; QEMU flushes after each section."""
+        if not final:
+            self._count_ram(EOS_BYTES, downtime)
+        self._small(EOS_BYTES + SECTION_FOOTER_BYTES)
+        self.flush()
+
+    def switchover(self) -> None:
+        """The switchover's command (10.0) and the final RAM section's header."""
+        if self.switchover_start:
+            self._small(SWITCHOVER_START_BYTES)
+        self.begin_section()
+
+    def complete(self, device_bytes: int = 0) -> None:
+        """After the final RAM section: device state, ``EOF``, the description; flushed."""
+        self.queued += self.device_state_bytes + device_bytes
+        self.flush()
+
+    def device_data(self, nbytes: int) -> None:
+        """Device data sent during precopy (``vfio-sim``): payload as one buffer."""
+        self.queued += nbytes
+        self.flush()
+
+    # -- pages --------------------------------------------------------------------------------
+    def cost(self, pages: npt.NDArray[np.int64], zero: npt.NDArray[np.bool_]) -> PagesCost:
+        """What sending ``pages`` (in order, after what was sent) would add (rule 1)."""
+        normal = ~zero
+        nbytes = np.where(normal, NORMAL_PAGE_BYTES, ZERO_PAGE_BYTES).astype(np.int64)
+        last = self._last_block
+        if pages.size:
+            block = self.blocks.block_of(pages)
+            prev = np.empty_like(block)
+            prev[0] = last
+            prev[1:] = block[:-1]
+            changed = block != prev
+            nbytes[changed] += self.blocks.name_bytes[block[changed]]
+            last = int(block[-1])
+        return PagesCost(nbytes, normal, last)
+
+    def fit(self, cost: PagesCost, allowance: int) -> int:
+        """How many of the costed pages QEMU sends before its rate limit is exceeded.
+
+        QEMU tests the limit before each page: a page goes while the bytes counted so far
+        (rule 3) are not above ``allowance``.
+        """
+        n = cost.bytes.size
+        if n == 0:
+            return 0
+        if not self.rate_counts_flushed:
+            before = self.queued + np.concatenate(([0], np.cumsum(cost.bytes)[:-1]))
+            return int(np.searchsorted(before, allowance, side="right"))
+        if self.flushed > allowance:
+            return 0
+        # replay the buffer on a copy: only flushes move the counted bytes
+        probe = _BufferProbe(self.queued, self.flushed, self._buf, self._iov, self._last_small)
+        for k in range(n):
+            if probe.flushed > allowance:
+                return k
+            probe.page(int(cost.bytes[k]), bool(cost.normal[k]))
+        return n
+
+    def add_pages(self, pages: npt.NDArray[np.int64], cost: PagesCost, *, downtime: bool) -> None:
+        """The costed pages were sent (``cost`` from :meth:`cost` of the same pages)."""
+        n = int(cost.bytes.size)
+        if n == 0:
+            return
+        normal_count = int(np.count_nonzero(cost.normal))
+        self.normal_pages += normal_count
+        self.zero_pages += n - normal_count
+        total = int(cost.bytes.sum())
+        self._count_ram(total, downtime)
+        self._last_block = int(self.blocks.block_of(pages[-1:])[0])
+        if not self.rate_counts_flushed:
+            self.queued += total  # the buffer state matters only where flushes count
+            return
+        probe = _BufferProbe(self.queued, self.flushed, self._buf, self._iov, self._last_small)
+        if n > 4 * _MAX_IOV:
+            # a long run: only the last flush matters; replay the tail exactly
+            head = n - 4 * _MAX_IOV
+            probe.queued += int(cost.bytes[:head].sum())
+            probe.flushed = probe.queued
+            probe.buf = probe.iov = 0
+            probe.last_small = False
+            start = head
+        else:
+            start = 0
+        for k in range(start, n):
+            probe.page(int(cost.bytes[k]), bool(cost.normal[k]))
+        self.queued, self.flushed = probe.queued, probe.flushed
+        self._buf, self._iov, self._last_small = probe.buf, probe.iov, probe.last_small
+
+    def _count_ram(self, nbytes: int, downtime: bool) -> None:
+        if downtime:
+            self.downtime_bytes += nbytes
+        else:
+            self.precopy_bytes += nbytes
+
+
+class _BufferProbe:
+    """QEMUFile's buffer, page by page (rule 3); used to find where the limit is crossed."""
+
+    __slots__ = ("buf", "flushed", "iov", "last_small", "queued")
+
+    def __init__(self, queued: int, flushed: int, buf: int, iov: int, last_small: bool) -> None:
+        self.queued = queued
+        self.flushed = flushed
+        self.buf = buf
+        self.iov = iov
+        self.last_small = last_small
+
+    def page(self, nbytes: int, normal: bool) -> None:
+        header = nbytes - PAGE_SIZE if normal else nbytes
+        self.queued += header
+        if not self.last_small:
+            self.iov += 1
+            self.last_small = True
+        self.buf += header
+        if self.buf >= _IO_BUF_SIZE or self.iov >= _MAX_IOV:
+            self._flush()
+        if normal:
+            self.queued += PAGE_SIZE
+            self.iov += 1
+            self.last_small = False
+            if self.iov >= _MAX_IOV:
+                self._flush()
+
+    def _flush(self) -> None:
+        self.flushed = self.queued
+        self.buf = self.iov = 0
+        self.last_small = False
