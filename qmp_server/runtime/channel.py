@@ -1,0 +1,322 @@
+"""Migration transports: a URI's address, and the connection a migration stream runs over.
+
+Why a module of its own: the source and the destination speak the same byte format over the
+same kinds of connection, and neither should know how a socket is tuned, a file synced or an
+``exec:`` command reaped.  Contract: :func:`parse_uri` turns a URI into an :class:`Address`
+(pure; :class:`ValueError` carries QEMU's text for a bad address, :class:`LookupError` means an
+unknown transport); :func:`connect` opens the source's end, :func:`listen` /
+:func:`open_for_read` / :func:`exec_channel` the destination's; every end is a
+:class:`Channel`, whose owner calls :meth:`Channel.finish` (source, all sent) or
+:meth:`Channel.abort` (anything else) exactly once.  Only tcp/unix channels carry a return path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import io
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from qmp_server.runtime.socket_writer import SocketWriter, recv_nowait
+
+__all__ = [
+    "Address",
+    "Buffer",
+    "Channel",
+    "connect",
+    "exec_channel",
+    "fd_not_found",
+    "listen",
+    "open_for_read",
+    "open_for_write",
+    "parse_uri",
+    "write_error",
+]
+
+#: Socket buffers (the kernel caps them at net.core.[rw]mem_max).
+_SOCK_BUF = 4 << 20
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed migration URI."""
+
+    scheme: str  # tcp | unix | exec | file | fd
+    host: str = ""
+    port: int = 0
+    path: str = ""  # unix/file: the path; fd: the descriptor's name
+    command: str = ""
+    offset: int = 0  # file: where the stream starts in the file
+
+    def describe(self) -> str:
+        if self.scheme == "tcp":
+            return f"{self.host}:{self.port}"
+        return self.path or self.command
+
+
+def parse_uri(uri: str, *, file_ok: bool) -> Address:
+    """Parse a migration URI; :class:`ValueError` carries QEMU's text for a bad address."""
+    if uri.startswith("tcp:"):
+        rest = uri[4:]
+        host, sep, port = rest.rpartition(":")
+        if not sep or not port:
+            raise ValueError(f"error parsing address '{rest}'")
+        host = host.strip("[]")
+        try:
+            number = int(port)
+        except ValueError:
+            raise ValueError(f"error parsing port in address '{rest}'") from None
+        return Address("tcp", host=host or "0.0.0.0", port=number)
+    if uri.startswith("unix:"):
+        return Address("unix", path=uri[5:])
+    if uri.startswith("exec:"):
+        return Address("exec", command=uri[5:])
+    if uri.startswith("fd:"):
+        return Address("fd", path=uri[3:])
+    if file_ok and uri.startswith("file:"):
+        path, _, option = uri[5:].partition(",")
+        offset = 0
+        if option:
+            try:
+                offset = int(option.removeprefix("offset="), 0)
+            except ValueError:
+                raise ValueError(f"file URI has bad offset {option}") from None
+        return Address("file", path=path, offset=offset)
+    raise LookupError(uri)
+
+
+def fd_not_found(address: Address) -> str:
+    """QEMU's text for an ``fd:`` URI: qmp-server has no getfd/add-fd, so no name is known."""
+    return f"File descriptor named '{address.path}' has not been found"
+
+
+def write_error(err: OSError) -> str:
+    """QEMU's error-desc for a failed write on the migration channel."""
+    number = err.errno or errno.EPIPE
+    return f"Unable to write to socket: {os.strerror(number)}"
+
+
+class Channel:
+    """One migration connection.
+
+    A socket (``tcp:``, ``unix:``, and ``exec:`` through a socketpair with the command's
+    stdin or stdout), without asyncio streams: the outgoing stream is gather writes
+    (``sendmsg``) of the encoder's buffers by a writer thread (:mod:`socket_writer`), receives
+    go straight into the decoder's buffer (``recv_into`` on the loop).  Or a file (``file:``),
+    read and written in the loop's executor.  Only a tcp/unix socket carries a return path.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket | None = None,
+        *,
+        file: io.BufferedIOBase | None = None,
+        proc: asyncio.subprocess.Process | None = None,
+        return_path: bool = False,
+    ) -> None:
+        self.sock = sock
+        self.file = file
+        self.proc = proc
+        self.has_return_path = return_path
+        self.loop = asyncio.get_running_loop()
+        self._writer: SocketWriter | None = None
+        if sock is not None:
+            sock.setblocking(False)
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCK_BUF)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def _readable(self) -> None:
+        """Wait until the socket has data, without blocking the loop (it may be blocking)."""
+        assert self.sock is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        fd = self.sock.fileno()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.loop.add_reader(fd, ready)
+        try:
+            await fut
+        finally:
+            self.loop.remove_reader(fd)
+
+    def start_writer(self) -> None:
+        """Hand the socket's writes to a thread (the source's bulk stream; see socket_writer)."""
+        if self.sock is not None and self._writer is None:
+            self._writer = SocketWriter(self.sock, self.loop)
+
+    async def send(self, parts: list[Buffer]) -> int:
+        """Write every buffer, in order; returns the byte count."""
+        views = [memoryview(p) for p in parts if len(p)]
+        total = sum(v.nbytes for v in views)
+        if self.file is not None:
+            await self.loop.run_in_executor(None, self.file.writelines, views)
+            return total
+        self.start_writer()  # a socket's outgoing stream always goes through the writer
+        assert self._writer is not None
+        await self._writer.send(views, total)
+        return total
+
+    def send_nowait(self, data: bytes) -> None:
+        """A small return-path message: written at once, or by a task if the socket is full."""
+        sock = self.sock
+        if sock is None or sock.fileno() < 0:
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return
+        if sent < len(data):
+            self.loop.create_task(self.loop.sock_sendall(sock, data[sent:]))
+
+    async def recv_into(self, view: memoryview) -> int:
+        """Receive into ``view``; 0 at the end of the stream."""
+        if self.file is not None:
+            n: int = await self.loop.run_in_executor(None, self.file.readinto, view)
+            return n
+        assert self.sock is not None
+        return await self.loop.sock_recv_into(self.sock, view)
+
+    async def recv(self, size: int) -> bytes:
+        sock = self.sock
+        assert sock is not None
+        if self._writer is None:
+            return await self.loop.sock_recv(sock, size)
+        while True:  # the writer made the socket blocking: never block the loop
+            try:
+                return recv_nowait(sock, size)
+            except (BlockingIOError, InterruptedError):
+                await self._readable()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def finish(self) -> None:
+        """The source sent everything: flush, close its direction, reap an exec command."""
+        if self.file is not None:
+            file = self.file
+            await self.loop.run_in_executor(None, _flush_and_sync, file)
+            file.close()
+            return
+        if self._writer is not None:
+            await self._writer.drain()
+            self._writer.stop()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
+        if self.proc is not None:
+            await self.proc.wait()
+            if self.sock is not None:
+                self.sock.close()
+
+
+def _flush_and_sync(file: io.BufferedIOBase) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+
+
+async def connect(address: Address, file: io.BufferedIOBase | None = None) -> Channel:
+    """The source's end of a tcp/unix/exec/file address (``file``: already opened for it).
+
+    A socket's writes go through the writer thread from the start.
+    """
+    loop = asyncio.get_running_loop()
+    if address.scheme in ("tcp", "unix"):
+        sockaddr: Any
+        if address.scheme == "tcp":
+            infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, sockaddr = infos[0]
+            sock = socket.socket(family, kind, proto)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sockaddr = address.path
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        channel = Channel(sock, return_path=True)
+        channel.start_writer()
+        return channel
+    if address.scheme == "exec":
+        channel = await exec_channel(address.command, outgoing=True)
+        channel.start_writer()
+        return channel
+    return Channel(file=file or open_for_write(address.path, address.offset))
+
+
+async def exec_channel(command: str, *, outgoing: bool) -> Channel:
+    """``exec:``: ``/bin/sh -c command`` with a socketpair as its stdin (the source's stream,
+    ``outgoing``) or its stdout (the destination's); the channel reaps or kills it."""
+    ours, theirs = socket.socketpair()
+    fd = theirs.fileno()
+    stdin, stdout = (fd, None) if outgoing else (None, fd)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, stdin=stdin, stdout=stdout
+        )
+    finally:
+        theirs.close()
+    return Channel(ours, proc=proc)
+
+
+def listen(address: Address) -> socket.socket:
+    """A non-blocking tcp/unix listener (a stale unix socket file is replaced)."""
+    sockaddr: Any
+    if address.scheme == "tcp":
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sockaddr = address.path
+    try:
+        sock.bind(sockaddr)
+        sock.listen(1)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def open_for_write(path: str, offset: int = 0) -> io.BufferedIOBase:
+    file = open(path, "wb")  # noqa: SIM115 (the channel owns and closes it)
+    if offset:
+        file.seek(offset)  # file: migration with an offset (QEMU truncates, then seeks)
+    return file
+
+
+def open_for_read(path: str, offset: int = 0) -> io.BufferedIOBase:
+    file = open(path, "rb")  # noqa: SIM115 (the channel owns and closes it)
+    if offset:
+        file.seek(offset)
+    return file

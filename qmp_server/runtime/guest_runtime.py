@@ -1,0 +1,74 @@
+"""The modelled guest as it runs in this process: the workload clock, and the allocator tuning.
+
+Why a module of its own: the guest runs (and dirties its RAM and device state) whether or not
+it migrates, on either side.  Contract: :class:`WorkloadTicker` advances the context's
+workload and devices every 20 ms while the VM's runstate says so, and reports each batch of
+dirtied pages to ``on_dirtied`` (the source's ``dirty-pages`` counters); :func:`tune_malloc` is
+called once per process before the engine allocates its step arrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import time
+from collections.abc import Callable
+
+from qmp_server.runtime.migration_context import MigrationContext
+
+__all__ = ["WorkloadTicker", "tune_malloc"]
+
+#: How often the workload advances.
+_TICK = 0.02
+
+
+def tune_malloc() -> None:
+    """Keep freed blocks in glibc's heap: the engine allocates and frees 8 MiB arrays per
+    step, and first-touch page faults of fresh mmaps cost more than the work itself."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's maximum on 64-bit)
+
+
+class WorkloadTicker:
+    """The task that lets the guest's workload and devices dirty memory as time passes."""
+
+    def __init__(self, ctx: MigrationContext, on_dirtied: Callable[[int], None]) -> None:
+        self.ctx = ctx
+        self.on_dirtied = on_dirtied
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> bool:
+        """Start ticking; False if it already ticks."""
+        if self._task is not None:
+            return False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return True
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def set_rate(self, rate: int) -> None:
+        self.ctx.workload.set_rate(rate, time.monotonic())
+
+    async def _run(self) -> None:
+        ctx = self.ctx
+        while True:
+            await asyncio.sleep(_TICK)
+            now = time.monotonic()
+            running = ctx.vm.running
+            workload = ctx.workload
+            if workload.rate or any(d.config.dirty_rate for d in ctx.devices):
+                workload.set_running(running, now)
+                dirtied = workload.advance(now)
+                if dirtied:
+                    self.on_dirtied(dirtied)
+                for dev in ctx.devices:
+                    dev.set_running(running, now)

@@ -1,0 +1,64 @@
+"""What the source, the destination and the workload ticker of one process share.
+
+Why a module of its own: the three run side by side on one event loop and must see the same
+VM, guest and workload, and none of them may reach into another.  Contract: one
+:class:`MigrationContext` per process, built by the façade
+(:class:`~qmp_server.runtime.migration_io.MigrationController`) and handed to each part.
+``guest`` and ``workload`` are replaced by the destination when a load completes (the process
+then runs the guest it received): read them from the context each time, never keep them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from qmp_server.engine.devices import VfioSimConfig, VfioSimDevice
+from qmp_server.engine.guest import GuestMemory, Workload
+from qmp_server.profiles import Profile
+
+if TYPE_CHECKING:
+    from qmp_server.engine.vm import VirtualMachine
+
+__all__ = ["MigrationContext", "error_report"]
+
+
+@dataclass
+class MigrationContext:
+    """The VM, its guest RAM and workload, and its ``vfio-sim`` devices."""
+
+    vm: VirtualMachine
+    guest: GuestMemory
+    workload: Workload
+    #: the devices this process saves as a source
+    devices: list[VfioSimDevice]
+    #: what the destination builds its loaders from
+    device_configs: list[VfioSimConfig]
+
+    @property
+    def profile(self) -> Profile:
+        return self.vm.profile
+
+    def events_on(self) -> bool:
+        """The ``events`` capability: MIGRATION / MIGRATION_PASS events are emitted."""
+        return self.vm.config.enabled("events")
+
+    @property
+    def ack_capability(self) -> str | None:
+        return self.profile.ack_capability
+
+    def ack_enabled(self) -> bool:
+        """The switchover-ACK capability of the profile is on."""
+        cap = self.ack_capability
+        return cap is not None and self.vm.config.enabled(cap)
+
+    def param(self, name: str) -> Any:
+        return self.vm.config.parameter(name)
+
+
+def error_report(message: str) -> None:
+    """QEMU's error_report(): the program name, then the message, on stderr."""
+    with contextlib.suppress(OSError, ValueError):  # stderr may be a closed pipe
+        sys.stderr.write(f"qmp-server: {message}\n")

@@ -1,0 +1,316 @@
+"""The incoming migration: ``-incoming`` / ``migrate-incoming``, the loader, the resume.
+
+Why a module of its own: the destination is QEMU's incoming coroutine, with its own state
+(``mis->state``), its own device loaders and its own failure rule (the process exits); it
+shares nothing with the source but the process's guest (:mod:`migration_context`).
+Contract: one :class:`DestinationDriver` per process; :meth:`~DestinationDriver.start_incoming`
+listens (or opens) before it returns, as QEMU does, and a task loads one stream.  On success
+the context's ``guest`` and ``workload`` are replaced by the received guest and the VM runs
+(or stays paused); on failure ``state`` is ``failed`` and, unless ``exit-on-error`` was false,
+``exit_process(1, desc)`` is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from qmp_server.engine.devices import DeviceLoadError, SwitchoverAckGate, VfioSimLoader
+from qmp_server.engine.guest import GuestMemory, Workload
+from qmp_server.engine.migration import IncomingMigration
+from qmp_server.engine.stream import (
+    Complete,
+    DeviceData,
+    EndOfPrecopy,
+    EndOfStream,
+    NeedData,
+    OpenReturnPath,
+    ReturnPathEncoder,
+    StreamDecoder,
+    StreamError,
+    StreamHeader,
+    apply_ram_event,
+    guest_for_header,
+)
+from qmp_server.errors import CommandError
+from qmp_server.runtime.channel import (
+    Address,
+    Channel,
+    exec_channel,
+    fd_not_found,
+    listen,
+    open_for_read,
+    parse_uri,
+)
+from qmp_server.runtime.migration_context import MigrationContext, error_report
+
+__all__ = ["DestinationDriver"]
+
+#: Receive size asked of the kernel per call on the destination.
+_READ_SIZE = 8 << 20
+#: The destination yields to the event loop (QMP) at least once per this many bytes.
+_YIELD_BYTES = 32 << 20
+
+
+class DestinationDriver:
+    """The incoming side of one VM, as QEMU's incoming migration drives it."""
+
+    def __init__(self, ctx: MigrationContext, exit_process: Callable[[int, str], None]) -> None:
+        self.ctx = ctx
+        self.exit_process = exit_process
+        self.state = IncomingMigration(ctx.profile, ctx.vm.emit, ctx.events_on)
+        #: the device loaders of the last load (empty before one started)
+        self.loaders: list[VfioSimLoader] = []
+        self._task: asyncio.Task[None] | None = None
+        self._listener: socket.socket | None = None
+        self._channel: Channel | None = None
+        self._armed: set[VfioSimLoader] = set()
+        #: migrate-incoming exit-on-error (9.1+): a failed load ends the process
+        self._exit_on_error = True
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._channel is not None:
+            self._channel.abort()
+        if self._listener is not None:
+            self._listener.close()
+
+    def start_incoming(
+        self, uri: str, *, at_startup: bool = False, exit_on_error: bool = True
+    ) -> None:
+        """``-incoming URI`` or ``migrate-incoming``: listen (or read) and load a guest.
+
+        Synchronous like QEMU's: the socket listens before the command returns.
+        ``exit_on_error`` (``migrate-incoming`` ``exit-on-error``, 9.1+): whether a failed
+        load ends the process (QEMU's only behaviour before 9.1) or leaves it in ``failed``.
+        """
+        cfg = self.ctx.vm.config
+        profile = self.ctx.profile
+        inc = self.state
+        self._exit_on_error = exit_on_error
+        # QEMU 10.0 parses the URI before it enters ``setup``; 7.2 announced setup first
+        parse_first = profile.since(10, 0)
+        if not at_startup and not parse_first:
+            inc.announce_setup()
+        try:
+            address = parse_uri(uri, file_ok=profile.since(8, 2))
+        except LookupError:
+            cfg.note_incoming(uri, started=False)
+            raise CommandError(f"unknown migration protocol: {uri}") from None
+        except ValueError as err:
+            cfg.note_incoming(uri, started=False)
+            raise CommandError(str(err)) from None
+        if inc.status != "none":
+            # a transport that failed to start left ``setup`` behind (QEMU 10.0, live)
+            raise CommandError(f"Illegal migration incoming state: {inc.status}")
+        if not at_startup and parse_first:
+            inc.announce_setup()
+        loop = asyncio.get_running_loop()
+        if address.scheme in ("tcp", "unix"):
+            try:
+                sock = listen(address)
+            except OSError as err:
+                cfg.note_incoming(uri, started=False)
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                where = f" to {address.path}" if address.scheme == "unix" else ""
+                raise CommandError(f"Failed to bind socket{where}: {reason}") from None
+            if address.scheme == "tcp":
+                host, port = sock.getsockname()[:2]
+                inc.socket_address = [
+                    {"type": "inet", "host": host, "port": str(port), "ipv4": True}
+                ]
+            else:
+                inc.socket_address = [{"type": "unix", "path": address.path}]
+            cfg.note_incoming(uri, started=True)
+            inc.started = True
+            self._listener = sock
+            self._task = loop.create_task(self._accept(sock))
+            return
+        if address.scheme == "fd":
+            cfg.note_incoming(uri, started=False)
+            raise CommandError(fd_not_found(address))
+        opened: io.BufferedIOBase | None = None
+        if address.scheme == "file":
+            try:  # QEMU opens the file before the command returns (or start-up goes on)
+                opened = open_for_read(address.path, address.offset)
+            except OSError as err:
+                cfg.note_incoming(uri, started=False)
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                raise CommandError(f"Could not open '{address.path}': {reason}") from None
+        cfg.note_incoming(uri, started=True)
+        inc.started = True
+        self._task = loop.create_task(self._load_from(address, opened))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """One migration per listener (QEMU closes it once the source connected)."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _ = await loop.sock_accept(listener)
+        finally:
+            listener.close()
+            self._listener = None
+        await self._load(Channel(conn, return_path=True))
+
+    async def _load_from(self, address: Address, file: io.BufferedIOBase | None = None) -> None:
+        if address.scheme == "file":
+            if file is None:
+                try:
+                    file = open_for_read(address.path, address.offset)
+                except OSError as err:
+                    self._fail(f"{address.path}: {os.strerror(err.errno or 0)}")
+                    return
+            await self._load(Channel(file=file))
+            return
+        await self._load(await exec_channel(address.command, outgoing=False))
+
+    async def _load(self, channel: Channel) -> None:
+        inc = self.state
+        inc.set_status("active")
+        self._channel = channel
+        decoder = StreamDecoder(zero_copy=True)
+        rp = ReturnPathEncoder()
+        gate = SwitchoverAckGate(self.ctx.ack_enabled())
+        loaders = {cfg.id: VfioSimLoader(cfg, gate) for cfg in self.ctx.device_configs}
+        self.loaders = list(loaders.values())
+        guest: GuestMemory | None = None
+        complete: Complete | None = None
+        source_running = True
+
+        def send_rp(data: bytes) -> None:
+            if channel.has_return_path:
+                channel.send_nowait(data)
+
+        def send_ack() -> None:
+            send_rp(rp.switchover_ack())
+
+        unyielded = 0
+        try:
+            while True:
+                view = decoder.get_buffer(_READ_SIZE)
+                n = await channel.recv_into(view)
+                del view
+                decoder.buffer_updated(n)
+                unyielded += n
+                if loaders:
+                    now = time.monotonic()
+                    for loader in loaders.values():
+                        if loader.poll(now):
+                            send_ack()
+                while True:
+                    event = decoder.next_event()
+                    if isinstance(event, NeedData):
+                        break
+                    if guest is not None and apply_ram_event(guest, event):
+                        continue
+                    if isinstance(event, StreamHeader):
+                        size = self.ctx.guest.size_bytes
+                        if event.ram_size != size:
+                            raise StreamError(
+                                f"Length mismatch: pc.ram: {event.ram_size:#x} in != "
+                                f"{size:#x}: Invalid argument"
+                            )
+                        guest = guest_for_header(event)
+                    elif isinstance(event, DeviceData):
+                        found = loaders.get(event.chunk.device_id)
+                        if found is None:
+                            raise StreamError(
+                                f"Unknown savevm section or instance '{event.chunk.device_id}' 0. "
+                                "Make sure that your current VM setup matches your saved VM setup, "
+                                "including any hotplugged devices"
+                            )
+                        if found.receive(event.chunk, time.monotonic()):
+                            send_ack()
+                        self._arm_loader_timer(found, send_ack)
+                    elif isinstance(event, OpenReturnPath):
+                        send_rp(rp.open())
+                        if gate.open_return_path():
+                            send_ack()
+                    elif isinstance(event, EndOfPrecopy):
+                        source_running = event.running
+                    elif isinstance(event, Complete):
+                        complete = event
+                    elif isinstance(event, EndOfStream):
+                        assert guest is not None and complete is not None
+                        await self._finish_load(
+                            guest, complete, loaders, send_rp, rp, source_running
+                        )
+                        return
+                if n == 0:
+                    raise StreamError("Unexpected end of migration stream")
+                if unyielded >= _YIELD_BYTES:
+                    unyielded = 0
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except (StreamError, DeviceLoadError, OSError) as err:
+            self._fail(str(err) or type(err).__name__)
+        finally:
+            channel.abort()
+            self._channel = None
+
+    def _arm_loader_timer(self, loader: VfioSimLoader, send_ack: Callable[[], None]) -> None:
+        """Poll a device again when its resource allocation (``load-ms``) is due to end."""
+        deadline = loader.next_deadline()
+        if deadline is None or loader in self._armed:
+            return
+        self._armed.add(loader)
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            if loader.poll(time.monotonic()):
+                send_ack()
+
+        loop.call_later(max(0.0, deadline - time.monotonic()), fire)
+
+    async def _finish_load(
+        self,
+        guest: GuestMemory,
+        complete: Complete,
+        loaders: dict[str, VfioSimLoader],
+        send_rp: Callable[[bytes], None],
+        rp: ReturnPathEncoder,
+        source_running: bool,
+    ) -> None:
+        if guest.digest() != complete.ram_digest:
+            raise StreamError("RAM digest mismatch after loading the migration stream")
+        # devices still allocating resources delay the resume (downtime without the ACK)
+        for loader in loaders.values():
+            deadline = loader.next_deadline()
+            if deadline is not None:
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                loader.poll(time.monotonic())
+        for device_id, digest in complete.device_digests:
+            target = loaders.get(device_id)
+            if target is None or target.digest() != digest:
+                raise StreamError(f"{device_id}: device state digest mismatch")
+        ctx = self.ctx
+        ctx.guest = guest
+        ctx.workload = Workload(guest, ctx.workload.rate, seed=11, now=time.monotonic())
+        vm = ctx.vm
+        # QEMU: autostart only if the source's guest was running (its global state)
+        if vm.autostart and source_running:
+            vm.start()
+        else:
+            vm.runstate = "paused"
+        send_rp(rp.resumed(time.monotonic()) + rp.shut(0))
+        self.state.set_status("completed")
+
+    def _fail(self, reason: str) -> None:
+        # A stream cut short (the source cancelled or died) reads as QEMU reports it (recorded
+        # live).
+        truncated = "truncated" in reason or "Unexpected end" in reason
+        desc = "load of migration failed: " + ("Invalid argument" if truncated else reason)
+        self.state.error_desc = desc
+        self.state.set_status("failed")
+        if truncated:
+            error_report("check_section_footer: Read section footer failed: -5")
+        if self._exit_on_error:
+            # QEMU ends the destination process when an incoming migration fails (always
+            # before 9.1; since then unless migrate-incoming had exit-on-error false, when
+            # the error is only kept for query-migrate: nothing more on stderr, live 10.0).
+            self.exit_process(1, desc)

@@ -1,0 +1,494 @@
+"""The outgoing migration: ``migrate``, the precopy loop, stop-and-copy, cancel.
+
+Why a module of its own: the source is QEMU's migration thread and return-path thread; the
+destination shares nothing with it but the process's guest (:mod:`migration_context`).
+Contract: one :class:`SourceDriver` per process; :meth:`~SourceDriver.migrate` makes QEMU's
+synchronous checks and starts a task, which ends in ``completed``, ``failed`` or
+``cancelled`` (``state``, a :class:`~qmp_server.engine.migration.SourceMigration`) and never
+raises: an asynchronous failure is reported on stderr as QEMU's error_report does, and a
+guest stopped for the switchover runs again.
+
+The loop is QEMU's precopy loop: counters per 100 ms period, threshold = bandwidth ×
+downtime-limit, a dirty sync (MIGRATION_PASS) whenever the pending data drops below it, and
+switchover only when it is below the threshold *and* the switchover ACK gate is open (the
+capability is off, the guest is stopped, or the destination sent the ACK).  Without the ACK the
+source keeps iterating for ever, ``active``, until cancelled or the guest is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import io
+import logging
+import os
+import time
+
+import numpy as np
+
+from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.engine.migration import BUFFER_DELAY, SourceMigration
+from qmp_server.engine.stream import (
+    NeedData,
+    ReturnPathDecoder,
+    RpClosed,
+    RpResumed,
+    RpShut,
+    RpSwitchoverAck,
+    StreamEncoder,
+    StreamError,
+)
+from qmp_server.errors import CommandError
+from qmp_server.runtime.channel import (
+    Address,
+    Channel,
+    connect,
+    fd_not_found,
+    open_for_write,
+    parse_uri,
+    write_error,
+)
+from qmp_server.runtime.migration_context import MigrationContext, error_report
+from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
+
+__all__ = ["IN_PROGRESS", "SourceDriver"]
+
+logger = logging.getLogger(__name__)
+
+IN_PROGRESS = "There's a migration process in progress"
+#: How long a waiting source sleeps between dirty syncs while the ACK is missing.
+_ACK_WAIT_SYNC = 0.1
+#: How long the source waits for the destination's RESUMED after the last byte.
+_RESUME_TIMEOUT = 60.0
+_UNLIMITED = 1 << 62
+#: What QEMU 10.0's return-path thread reports when migrate_cancel shuts its channel down.
+_RP_CHANNEL_ERROR = "Channel error: Input/output error"
+
+
+class SourceDriver:
+    """The outgoing side of one VM, as QEMU's migration thread drives it."""
+
+    def __init__(self, ctx: MigrationContext) -> None:
+        self.ctx = ctx
+        self.state = SourceMigration(ctx.profile, ctx.vm.emit, ctx.events_on)
+        #: "not-needed" | "pending" | "received" while/after a run with the ACK capability
+        self.ack_state: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._channel: Channel | None = None
+        self._continue = asyncio.Event()
+        self._resumed = asyncio.Event()
+        #: set when something may open the switchover gate (the ACK arrived)
+        self._gate = asyncio.Event()
+        self._cancelled = False
+        self._rp_lost = False
+        self._resumed_received = False
+        self._vm_was_running = True
+        self._last_sync = 0.0
+        self._high_count = 0
+        #: migrate_cancel found an open return path (10.0 reports its channel error)
+        self._cancel_rp_error = False
+
+    def prepare(self) -> None:
+        """Warm the devices' digest caches, off the loop.
+
+        The source's device digest hashes the whole initial data (hundreds of MB); it is
+        cached by the device, so compute it now, not inside the downtime.
+        """
+        loop = asyncio.get_running_loop()
+        for dev in self.ctx.devices:
+            loop.run_in_executor(None, dev.digest)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._channel is not None:
+            self._channel.abort()
+
+    # -- commands -------------------------------------------------------------------------
+    def migrate(self, uri: str) -> None:
+        """``migrate``: QEMU's synchronous checks; the transfer continues in a task."""
+        ctx = self.ctx
+        vm = ctx.vm
+        src = self.state
+        if ctx.profile.since(10, 0):
+            # QEMU 10.0 qmp_migrate(): migrate_uri_parse() comes first and fails
+            # synchronously, before migrate_prepare() and without any state change.
+            try:
+                parse_uri(uri, file_ok=True)
+            except LookupError:
+                raise CommandError(f"unknown migration protocol: {uri}") from None
+            except ValueError as err:
+                raise CommandError(str(err)) from None
+        if src.status in ("setup", "active", "pre-switchover", "device", "cancelling"):
+            raise CommandError(IN_PROGRESS)
+        if vm.runstate == "inmigrate":
+            raise CommandError("Guest is waiting for an incoming migration")
+        if vm.runstate == "postmigrate":
+            raise CommandError("Can't migrate the vm that was paused due to previous migration")
+        now = time.monotonic()
+        try:
+            address = parse_uri(uri, file_ok=ctx.profile.since(8, 2))
+        except LookupError:
+            self._begin(now)
+            src.fail(None, now)
+            raise CommandError("Parameter 'uri' expects a valid migration protocol") from None
+        except ValueError as err:
+            self._begin(now)
+            src.fail(str(err), now)
+            raise CommandError(str(err)) from None
+        self._cancelled = False
+        self._rp_lost = False
+        self._resumed_received = False
+        self._high_count = 0
+        self._continue.clear()
+        self._resumed.clear()
+        self._gate.clear()
+        self._begin(now)
+        if address.scheme == "fd":
+            # QEMU looks the name up synchronously: setup, failed, and the error returned
+            desc = fd_not_found(address)
+            src.fail(desc, now)
+            raise CommandError(desc)
+        file: io.BufferedIOBase | None = None
+        if address.scheme == "file":
+            # QEMU 10.0 creates the file before it answers (recorded live): setup, failed,
+            # and the error returned by the command
+            try:
+                file = open_for_write(address.path, address.offset)
+            except OSError as err:
+                desc = f"Could not create '{address.path}': {os.strerror(err.errno or errno.EIO)}"
+                src.fail(desc, now)
+                raise CommandError(desc) from None
+        self.ack_state = "pending" if ctx.ack_enabled() else "not-needed"
+        self._task = asyncio.get_running_loop().create_task(self._run(address, file))
+
+    def _begin(self, now: float) -> None:
+        """``setup`` (QEMU's migrate_init: counters reset, the ACK flag back to false)."""
+        self.state.begin(now, self.ctx.guest.size_bytes, int(self.ctx.param("downtime-limit")))
+
+    def continue_migration(self) -> None:
+        self._continue.set()
+
+    def cancel(self) -> None:
+        if self.state.status not in ("setup", "active", "pre-switchover", "device"):
+            return
+        self._cancelled = True
+        self.state.set_status("cancelling")
+        channel = self._channel
+        # QEMU 10.0: a return path open on the aborted channel fails with an I/O error, which
+        # becomes the cancelled migration's error-desc (live: with return-path only)
+        self._cancel_rp_error = (
+            self.ctx.profile.since(10, 0)
+            and channel is not None
+            and channel.has_return_path
+            and self.ctx.vm.config.enabled("return-path")
+        )
+        if channel is not None:
+            channel.abort()
+        if self._task is not None:
+            self._task.cancel()
+        self._continue.set()
+        # QEMU answers migrate_cancel between "cancelling" and "cancelled" (recorded live):
+        # the cleanup that reports "cancelled" runs after the command returns.
+        asyncio.get_running_loop().call_soon(self._finish_cancel)
+
+    def _finish_cancel(self) -> None:
+        if self._cancel_rp_error:
+            self.state.error_desc = _RP_CHANNEL_ERROR
+            error_report(_RP_CHANNEL_ERROR)
+        self.state.set_status("cancelled")
+        self._restart_after_failure()
+
+    # -- the task ---------------------------------------------------------------------------
+    def _return_path_on(self, channel: Channel) -> bool:
+        return channel.has_return_path and self.ctx.vm.config.enabled("return-path")
+
+    async def _run(self, address: Address, file: io.BufferedIOBase | None = None) -> None:
+        src = self.state
+        rp_task: asyncio.Task[None] | None = None
+        try:
+            try:
+                channel = await connect(address, file)
+            except OSError as err:
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                desc = f"Failed to connect to '{address.describe()}': {reason}"
+                src.fail(desc, time.monotonic())
+                error_report(desc)  # QEMU's error_report of an asynchronous failure
+                return
+            self._channel = channel
+            if self._return_path_on(channel):
+                rp_task = asyncio.get_running_loop().create_task(self._read_return_path(channel))
+            await self._precopy(channel)
+        except asyncio.CancelledError:
+            if not self._cancelled:
+                raise
+        except OSError as err:
+            if self.ctx.profile.since(10, 0) and src.status == "active":
+                # QEMU 10.0 qemu_savevm_state_iterate(): the RAM section's save
+                # handler fails (-EIO) before the channel error is reported.
+                error_report("failed to save SaveStateEntry with id(name): 1(ram): -5")
+            self._fail(write_error(err))
+        except (EOFError, StreamError) as err:
+            self._fail(str(err) or type(err).__name__)
+        except Exception as err:  # a bug must end the migration visibly, not leave it hanging
+            logger.exception("outgoing migration failed")
+            self._fail(f"internal error: {err!r}")
+        finally:
+            if rp_task is not None:
+                rp_task.cancel()
+            if self._channel is not None and src.status != "completed":
+                self._channel.abort()
+            self._channel = None
+            for dev in self.ctx.devices:
+                dev.set_running(self.ctx.vm.running, time.monotonic())
+
+    def _restart_after_failure(self) -> None:
+        """A failed or cancelled switchover: the guest runs again if it ran before (QEMU)."""
+        vm = self.ctx.vm
+        if vm.runstate == "finish-migrate":
+            if self._vm_was_running:
+                vm.start()
+            else:
+                vm.runstate = "paused"
+        self.ctx.workload.set_running(vm.running, time.monotonic())
+
+    def _fail(self, desc: str) -> None:
+        if self.state.status in ("cancelling", "cancelled", "completed", "failed"):
+            return
+        self.state.fail(desc, time.monotonic())
+        error_report(desc)
+        self._restart_after_failure()
+
+    async def _read_return_path(self, channel: Channel) -> None:
+        decoder = ReturnPathDecoder()
+        try:
+            while True:
+                data = await channel.recv(65536)
+                decoder.receive_data(data)
+                while True:
+                    event = decoder.next_event()
+                    if isinstance(event, NeedData):
+                        break
+                    if isinstance(event, RpSwitchoverAck):
+                        self.state.switchover_acked = True
+                        self.ack_state = "received"
+                        self._gate.set()
+                    elif isinstance(event, RpResumed):
+                        self._resumed_received = True
+                        self._resumed.set()
+                    elif isinstance(event, RpShut) and event.status != 0:
+                        self._fail("Detected IO failure for postcopy. Migration paused.")
+                    elif isinstance(event, RpClosed) and not event.clean:
+                        self._rp_lost = True
+                        self._resumed.set()
+                if not data:
+                    return
+        except (OSError, StreamError):
+            self._rp_lost = True
+            self._resumed.set()
+
+    # -- precopy ----------------------------------------------------------------------------
+    def _can_switchover(self) -> bool:
+        if not self.ctx.ack_enabled():
+            return True
+        if not self.ctx.vm.running:
+            return True  # no reason to wait for the ACK when the guest is stopped
+        return self.state.switchover_acked
+
+    async def _precopy(self, channel: Channel) -> None:
+        ctx = self.ctx
+        src = self.state
+        enc = StreamEncoder()
+        guest = ctx.guest
+        ack = ctx.ack_enabled()
+        return_path = self._return_path_on(channel)
+        head = enc.header(
+            ram_size=guest.size_bytes,
+            fill=guest.fill,
+            seed=guest.seed,
+            profile=ctx.profile.name,
+            switchover_ack=ack,
+            return_path=return_path,
+        )
+        if return_path:
+            head += enc.open_return_path()
+        for dev in ctx.devices:
+            dev.save_setup(switchover_ack=ack)
+        # setup: the first bitmap sync covers all of RAM (MIGRATION_PASS 1, before active)
+        guest.mark_all_dirty()
+        to_send = guest.sync_dirty()
+        self._last_sync = time.monotonic()
+        head += enc.sync(self._emit_pass())
+        n = await channel.send([head])
+        src.count_sent(n, 0, 0, downtime=False)
+        src.ram.remaining = int(to_send.size) * PAGE_SIZE
+        src.activate(time.monotonic())
+        sender = PageSender(enc, guest, to_send)
+        allowance = self._period_allowance()
+        budget = allowance
+        while True:
+            now = time.monotonic()
+            if src.period_due(now):
+                src.ram.remaining = sender.remaining * PAGE_SIZE
+                src.update_period(now, int(ctx.param("downtime-limit")))
+                allowance = self._period_allowance()
+                budget = min(budget, 0) + allowance  # an overshoot is paid back
+            device_pending = self._device_pending()
+            pending = sender.remaining * PAGE_SIZE + device_pending
+            converged = pending == 0 or pending < src.threshold
+            waiting = converged and not self._can_switchover()
+            if pending == 0 and src.threshold == 0 and not waiting:
+                # QEMU syncs exactly only when pending < threshold; before the first period
+                # set a threshold, nothing pending completes without that extra pass (live
+                # 10.0, -machine none: PASS 1, active, STOP, device, PASS 2, completed)
+                await self._complete(channel, enc, sender)
+                return
+            if converged and not (waiting and now - self._last_sync < _ACK_WAIT_SYNC):
+                # exact pending: a dirty sync (a pass)
+                sender.resync(self._resync())
+                src.ram.remaining = sender.remaining * PAGE_SIZE
+                n = await channel.send([enc.sync(src.ram.dirty_sync_count)])
+                src.count_sent(n, 0, 0, downtime=False)
+                device_pending = self._device_pending()
+                pending = sender.remaining * PAGE_SIZE + device_pending
+                if (pending == 0 or pending < src.threshold) and self._can_switchover():
+                    await self._complete(channel, enc, sender)
+                    return
+                self._throttle_check()
+            if pending == 0:
+                # nothing to send: the ACK is missing; wait for it, a stop or a cancel
+                await self._wait_gate(_ACK_WAIT_SYNC)
+                if ctx.profile.since(10, 0) and self._can_switchover():
+                    # QEMU 10.0 tests the gate after the pass's exact sync, so a wait that
+                    # ends (the ACK, or `stop`) switches over on that pass: after `stop`,
+                    # STOP, device, the final PASS, completed (live).  8.1 computed the gate
+                    # at the top of the iteration: one more pass comes first (the loop above).
+                    await self._complete(channel, enc, sender)
+                    return
+                continue
+            if budget <= 0:
+                await asyncio.sleep(src.period_left(now))
+                continue
+            sent = 0
+            for dev in ctx.devices:
+                chunks = dev.save_iterate(min(budget, 4 << 20))
+                if chunks:
+                    n = await channel.send([p for c in chunks for p in enc.device_parts(c)])
+                    src.count_device_bytes(n, downtime=False)
+                    sent += n
+            if sender.remaining:
+                pages = STEP_PAGES if allowance >= _UNLIMITED else budget // PAGE_SIZE
+                encoded = sender.step(max(16, min(STEP_PAGES, pages)))
+                n = await channel.send(encoded.parts)
+                src.count_sent(n, encoded.zero_pages, encoded.normal_pages, downtime=False)
+                src.ram.remaining = sender.remaining * PAGE_SIZE
+                sent += n
+            budget -= sent
+            await asyncio.sleep(0)  # QMP, the return path and the workload run between steps
+
+    async def _wait_gate(self, seconds: float) -> None:
+        self._gate.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gate.wait(), seconds)
+
+    def _period_allowance(self) -> int:
+        bandwidth = int(self.ctx.param("max-bandwidth"))
+        if bandwidth == 0:
+            return _UNLIMITED
+        return max(int(bandwidth * BUFFER_DELAY), PAGE_SIZE)
+
+    def _device_pending(self) -> int:
+        return sum(dev.pending_bytes() for dev in self.ctx.devices)
+
+    def _emit_pass(self, dirty_pages: int | None = None) -> int:
+        number = self.state.note_sync(self.state.ram.dirty_pages_rate, dirty_pages)
+        if self.ctx.events_on():
+            self.ctx.vm.emit("MIGRATION_PASS", {"pass": number})
+        return number
+
+    def _resync(self) -> np.ndarray:
+        """A dirty-bitmap sync: the pages dirtied since the last one (MIGRATION_PASS)."""
+        now = time.monotonic()
+        self.ctx.workload.advance(now)
+        fresh = self.ctx.guest.sync_dirty()
+        period = max(now - self._last_sync, 1e-3)
+        self._last_sync = now
+        self.state.ram.dirty_pages_rate = int(fresh.size / period)
+        self._emit_pass(int(fresh.size))
+        return fresh
+
+    def _throttle_check(self) -> None:
+        """Auto-converge: throttle the guest when it dirties faster than we send."""
+        ctx = self.ctx
+        if not ctx.vm.config.enabled("auto-converge"):
+            return
+        src = self.state
+        dirty_bytes_s = src.ram.dirty_pages_rate * PAGE_SIZE
+        sent_bytes_s = src.bandwidth * 1000
+        threshold = int(ctx.param("throttle-trigger-threshold"))
+        if dirty_bytes_s * 100 <= sent_bytes_s * threshold:
+            return
+        self._high_count += 1
+        if self._high_count < 2:
+            return
+        self._high_count = 0
+        if src.throttle_percentage == 0:
+            pct = int(ctx.param("cpu-throttle-initial"))
+        else:
+            pct = src.throttle_percentage + int(ctx.param("cpu-throttle-increment"))
+        pct = min(pct, int(ctx.param("max-cpu-throttle")))
+        src.throttle_percentage = pct
+        ctx.workload.set_throttle(pct, time.monotonic())
+
+    # -- stop-and-copy ----------------------------------------------------------------------
+    async def _complete(self, channel: Channel, enc: StreamEncoder, sender: PageSender) -> None:
+        ctx = self.ctx
+        src = self.state
+        vm = ctx.vm
+        downtime_start = time.monotonic()
+        # QEMU's vm_stop_force_state(FINISH_MIGRATE): STOP only if the guest was running
+        self._vm_was_running = vm.running
+        if not vm.stop("finish-migrate"):
+            vm.runstate = "finish-migrate"
+        ctx.workload.set_running(False, downtime_start)
+        for dev in ctx.devices:
+            dev.set_running(False, downtime_start)
+        if vm.config.enabled("pause-before-switchover"):
+            src.set_status("pre-switchover")
+            await self._continue.wait()
+            if self._cancelled:
+                return
+            src.set_status("device")
+        elif ctx.profile.since(10, 0):
+            src.set_status("device")
+        # the final sync, then everything that is left, without rate limit
+        sender.resync(self._resync())
+        n = await channel.send(
+            [enc.sync(src.ram.dirty_sync_count), enc.end_of_precopy(self._vm_was_running)]
+        )
+        src.count_sent(n, 0, 0, downtime=True)
+        while sender.remaining:
+            encoded = sender.step(STEP_PAGES)
+            n = await channel.send(encoded.parts)
+            src.count_sent(n, encoded.zero_pages, encoded.normal_pages, downtime=True)
+        for dev in ctx.devices:
+            chunks = dev.save_complete()
+            n = await channel.send([p for c in chunks for p in enc.device_parts(c)])
+            src.count_device_bytes(n, downtime=True)
+        digests = [(dev.id, dev.digest()) for dev in ctx.devices]
+        ram_digest = ctx.guest.digest()
+        tail = enc.complete(ram_digest, digests)
+        n = await channel.send([tail])
+        src.count_sent(n, 0, 0, downtime=True)
+        if self._return_path_on(channel):
+            try:
+                await asyncio.wait_for(self._resumed.wait(), _RESUME_TIMEOUT)
+            except TimeoutError:
+                logger.warning("destination did not report its resume; downtime is the source's")
+            if not self._resumed_received and self._rp_lost:
+                raise EOFError("the destination closed the return path before resuming")
+        await channel.finish()
+        vm.runstate = "postmigrate"
+        src.ram.remaining = 0
+        src.complete(time.monotonic(), downtime_start)
