@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from qmp_server import __version__
-from qmp_server.engine.sizes import DEFAULT_RAM_SIZE, SIZE_HINT, parse_memory_size, parse_size
+from qmp_server.engine.sizes import SIZE_HINT, parse_memory_size, parse_size
 from qmp_server.engine.uri import uri_scheme_known
 from qmp_server.errors import UsageError
 from qmp_server.profiles import PROFILES, Profile, resolve_profile
@@ -58,7 +58,7 @@ QEMU-style options:
   -chardev socket,id=ID,path=PATH|host=H,port=P,server=on,wait=off
   -mon chardev=ID,mode=control          a monitor on a -chardev
   -machine/-M none|pc|q35|...           accepted (the machine is modelled, not emulated)
-  -m SIZE                               guest RAM size (default 128M)
+  -m SIZE                               guest RAM size (default 128M; -M none: no RAM)
   -S                                    start paused (runstate prelaunch)
   -incoming defer|URI                   wait for an incoming migration
   -global migration.PROP=VALUE          migration property (capability or parameter)
@@ -74,7 +74,8 @@ qmp-server options:
   --http [HOST:]PORT serve the REST mirror and dashboard (HOST defaults to 127.0.0.1)
   --http-token-file PATH   allow REST mutations with "Authorization: Bearer <token>"
   --http-cors ORIGIN[,ORIGIN...]   allow these browser origins (no CORS otherwise)
-  --guest-fill zero|random  initial guest RAM content (default zero)
+  --guest-fill idle|zero|random  guest RAM content at start (default idle: what an idle
+                     SeaBIOS guest of the machine holds, as recorded from QEMU)
   --dirty-rate SIZE  bytes per second the guest workload dirties (default 0)
   --poll-us N        busy-poll sockets up to N microseconds after activity (default 0)
   --version          print the version and exit
@@ -91,7 +92,10 @@ class Options:
     start_paused: bool = False
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
-    memory: int = DEFAULT_RAM_SIZE
+    #: ``-m``: None when not given (the machine's default: 128 MiB, none for ``-M none``)
+    memory: int | None = None
+    #: ``-nodefaults``: no default devices (their RAM blocks and ROMs are not registered)
+    nodefaults: bool = False
     name: str | None = None
     machine: str | None = None
     devices: list[str] = field(default_factory=list)
@@ -102,7 +106,7 @@ class Options:
     http_cors: list[str] = field(default_factory=list)
     #: ``--poll-us N``: busy-poll sockets for up to N microseconds after activity (latency).
     poll_us: int = 0
-    guest_fill: Literal["zero", "random"] = "zero"
+    guest_fill: Literal["zero", "random", "idle"] = "idle"
     guest_seed: int = 1
     dirty_rate: int = 0
 
@@ -277,12 +281,14 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             fields = dict(p.partition("=")[::2] for p in value.split(","))
             cid = fields.get("chardev")
             if cid is None or cid not in chardevs:
-                raise UsageError(f"-mon {value}: chardev \"{cid}\" not found")
+                raise UsageError(f'-mon {value}: chardev "{cid}" not found')
             if fields.get("mode", "readline") != "control":
                 continue  # an HMP monitor: not served
             opts.monitors.append(chardevs[cid])
         elif name == "S":
             opts.start_paused = True
+        elif name == "nodefaults":
+            opts.nodefaults = True
         elif name == "incoming":
             assert value is not None
             if value != "defer" and not uri_scheme_known(profile, value):
@@ -316,9 +322,11 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             assert value is not None
             opts.poll_us = _parse_int_option("--poll-us", value, 0, 1_000_000)
         elif name == "guest-fill":
-            if value not in ("zero", "random"):
-                raise UsageError(f"--guest-fill {value}: expected 'zero' or 'random'")
-            opts.guest_fill = "zero" if value == "zero" else "random"
+            if value not in ("zero", "random", "idle"):
+                raise UsageError(f"--guest-fill {value}: expected 'idle', 'zero' or 'random'")
+            opts.guest_fill = (
+                "zero" if value == "zero" else "random" if value == "random" else "idle"
+            )
         elif name == "dirty-rate":
             assert value is not None
             try:

@@ -232,7 +232,7 @@ def _as_words(data: bytes | bytearray | memoryview, count: int) -> npt.NDArray[n
 class GuestMemory:
     """Sparse guest RAM of ``size_bytes`` (a multiple of 4 KiB), see the module rules.
 
-    :param size_bytes: RAM size; must be a positive multiple of :data:`PAGE_SIZE`.
+    :param size_bytes: RAM size; a multiple of :data:`PAGE_SIZE` (0: a machine without RAM).
     :param fill: ``"zero"``, ``"random"`` or ``"idle"``: the boot content (the baseline).
     :param seed: seed of the ``random`` baseline and of the idle firmware pages' content.
     :param firmware_pages: sorted page indexes that are non-zero at boot (``idle`` only).
@@ -247,8 +247,8 @@ class GuestMemory:
         *,
         firmware_pages: npt.ArrayLike | None = None,
     ) -> None:
-        if size_bytes <= 0 or size_bytes % PAGE_SIZE:
-            raise ValueError(f"RAM size {size_bytes} is not a positive multiple of {PAGE_SIZE}")
+        if size_bytes < 0 or size_bytes % PAGE_SIZE:
+            raise ValueError(f"RAM size {size_bytes} is not a multiple of {PAGE_SIZE}")
         if fill not in FILL_CODES:
             raise ValueError(f"unknown guest fill {fill!r} (expected 'zero', 'random' or 'idle')")
         self.size_bytes = size_bytes
@@ -308,7 +308,7 @@ class GuestMemory:
         """How many pages the ``idle`` baseline has non-zero (0 for the other fills)."""
         return 0 if self._firmware is None else int(np.count_nonzero(self._firmware))
 
-    def _gather_baseline(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    def baseline_of(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
         """The baseline of the listed pages (any order), ``(n, 512)`` words."""
         if self._random is None:
             return np.zeros((idx.size, WORDS_PER_PAGE), dtype=np.uint64)
@@ -325,7 +325,7 @@ class GuestMemory:
             return np.zeros((count, WORDS_PER_PAGE), dtype=np.uint64)
         if self._firmware is None:
             return self._random.run(start, count)
-        return self._gather_baseline(np.arange(start, start + count, dtype=np.int64))
+        return self.baseline_of(np.arange(start, start + count, dtype=np.int64))
 
     def _baseline_page(self, index: int) -> bytes:
         if self._random is None or (self._firmware is not None and not self._firmware[index]):
@@ -390,7 +390,7 @@ class GuestMemory:
                 pages[i] if s else _ZERO_PAGE
                 for i, s in zip(idx.tolist(), stored.tolist(), strict=True)
             )
-        words = self._gather_baseline(idx)
+        words = self.baseline_of(idx)
         touched = np.flatnonzero(stored)
         if touched.size:
             buf = words.view(np.uint8).reshape(idx.size, PAGE_SIZE)
@@ -605,6 +605,9 @@ class Workload:
     :param now: the time origin.
     :param max_pages_per_advance: cap of pages written by one :meth:`advance` (the rest of the
         debt is dropped, as a descheduled guest would not catch up).
+    :param hot_pages: pages an idle guest rewrites at every timer tick while it runs (the BIOS
+        data area's tick count, the stack: :mod:`qmp_server.engine.machine`), whatever the rate.
+    :param hot_interval: the tick (SeaBIOS programs the PIT to 18.2 Hz).
     """
 
     def __init__(
@@ -615,10 +618,16 @@ class Workload:
         *,
         now: float = 0.0,
         max_pages_per_advance: int = 1 << 16,
+        hot_pages: npt.ArrayLike | None = None,
+        hot_interval: float = 1 / 18.2,
     ) -> None:
         if rate_bytes_per_s < 0:
             raise ValueError("the dirty rate must be non-negative")
         self.guest = guest
+        self.hot_pages = np.asarray(hot_pages if hot_pages is not None else [], dtype=np.int64)
+        self.hot_interval = hot_interval
+        self._ticks = 0
+        self._next_tick = now + hot_interval
         self.rate = rate_bytes_per_s
         self.throttle_percent = 0
         self.running = True
@@ -627,6 +636,11 @@ class Workload:
         self._rng = np.random.Generator(np.random.PCG64(seed & _MASK64))
         self._last = now
         self._debt = 0.0  # bytes owed, < PAGE_SIZE after each advance
+
+    @property
+    def active(self) -> bool:
+        """Whether :meth:`advance` can write anything (a rate or hot pages)."""
+        return bool(self.rate) or bool(self.hot_pages.size)
 
     @property
     def effective_rate(self) -> float:
@@ -659,12 +673,27 @@ class Workload:
         self._accrue(now)
         self.running = running
 
+    def _tick_hot_pages(self, now: float) -> int:
+        """Timer ticks since the last call rewrite the hot pages (once, however many ticks)."""
+        if now < self._next_tick:
+            return 0
+        missed = int((now - self._next_tick) // self.hot_interval) + 1
+        self._next_tick += missed * self.hot_interval
+        if not self.running or not self.hot_pages.size:
+            return 0
+        self._ticks += missed
+        words = self.guest.baseline_of(self.hot_pages)
+        words[:, 0] ^= np.uint64(self._ticks)  # the tick count, as the BIOS data area holds it
+        self.guest.write_page_list(self.hot_pages, words.astype(_U64, copy=False).tobytes())
+        return int(self.hot_pages.size)
+
     def advance(self, now: float) -> int:
         """Write the pages owed up to ``now``; return how many pages were written."""
+        hot = self._tick_hot_pages(now)
         self._accrue(now)
         count = int(self._debt // PAGE_SIZE)
         if count <= 0:
-            return 0
+            return hot
         self._debt -= count * PAGE_SIZE
         count = min(count, self.max_pages_per_advance)
         # Batches of 1 MiB: big temporaries are fresh mmaps, and first-touch page faults cost
@@ -677,4 +706,4 @@ class Workload:
             )
             self.guest.write_page_list(indexes, content.astype(_U64, copy=False).tobytes())
         self.pages_written += count
-        return count
+        return count + hot

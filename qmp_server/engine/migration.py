@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.engine.wire_cost import QemuStream
 from qmp_server.profiles import Profile
 
 __all__ = [
@@ -37,6 +38,13 @@ __all__ = [
 
 #: QEMU's counter period (BUFFER_DELAY, 100 ms), in seconds.
 BUFFER_DELAY = 0.1
+_BUFFER_MS = round(BUFFER_DELAY * 1000)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
 #: States of the outgoing side in which the rate/period statistics are reported.
 _ACTIVE_LIKE = frozenset(
     {"active", "cancelling", "postcopy-active", "postcopy-paused", "postcopy-recover",
@@ -95,8 +103,9 @@ class RamCounters:
 @dataclass
 class _Period:
     start: float
-    transferred: int = 0
-    pages: int = 0
+    #: stream bytes and pages sent when the period began
+    base_bytes: int = 0
+    base_pages: int = 0
     dirty_pages: int = 0
 
 
@@ -122,8 +131,13 @@ class SourceMigration:
     threshold: int = 0
     switchover_acked: bool = False
     dirty_bytes_last_sync: int = 0
+    #: the bytes QEMU's stream holds so far, as its bandwidth measure sees them
+    stream_bytes: int = 0
     _period: _Period | None = None
     _pages_sent: int = 0
+    #: when the dirty-page rate was last computed (QEMU: at most once a second)
+    _rate_since: float | None = None
+    _rate_pages: int = 0
 
     # -- status -------------------------------------------------------------------------
     def set_status(self, new: str) -> None:
@@ -146,8 +160,11 @@ class SourceMigration:
         self.expected_downtime_ms = downtime_limit_ms
         self.switchover_acked = False
         self.dirty_bytes_last_sync = 0
+        self.stream_bytes = 0
         self._period = _Period(now)
         self._pages_sent = 0
+        self._rate_since = None
+        self._rate_pages = 0
         self.set_status("setup")
 
     def activate(self, now: float) -> None:
@@ -160,9 +177,21 @@ class SourceMigration:
         self.set_status("failed")
 
     # -- counters -------------------------------------------------------------------------
+    def account(self, stream: QemuStream) -> None:
+        """Take the byte and page counters from QEMU's stream as the source built it."""
+        ram = self.ram
+        ram.transferred = stream.transferred
+        ram.precopy_bytes = stream.precopy_bytes
+        ram.downtime_bytes = stream.downtime_bytes
+        ram.normal = stream.normal_pages
+        ram.duplicate = stream.zero_pages
+        self.stream_bytes = stream.rate_bytes
+        self._pages_sent = stream.normal_pages + stream.zero_pages
+
     def count_sent(
         self, nbytes: int, zero_pages: int, normal_pages: int, *, downtime: bool
     ) -> None:
+        """Count bytes without a stream model (every byte is a RAM byte)."""
         ram = self.ram
         ram.transferred += nbytes
         if downtime:
@@ -172,33 +201,38 @@ class SourceMigration:
         ram.duplicate += zero_pages
         ram.normal += normal_pages
         self._pages_sent += zero_pages + normal_pages
-        if self._period is not None:
-            self._period.transferred += nbytes
-            self._period.pages += zero_pages + normal_pages
+        self.stream_bytes += nbytes
 
-    def count_device_bytes(self, nbytes: int, *, downtime: bool) -> None:
+    def count_device_bytes(self, nbytes: int) -> None:
+        """``vfio.transferred``: the device data's payload."""
         self.vfio_transferred = (self.vfio_transferred or 0) + nbytes
-        self.ram.transferred += nbytes
-        if downtime:
-            self.ram.downtime_bytes += nbytes
-        else:
-            self.ram.precopy_bytes += nbytes
-        if self._period is not None:
-            self._period.transferred += nbytes
 
     def count_dirtied(self, pages: int) -> None:
         if self._period is not None:
             self._period.dirty_pages += pages
 
-    def note_sync(self, dirty_pages_rate: int, dirty_pages: int | None = None) -> int:
+    def note_sync(self, now: float, dirty_pages: int = 0, remaining_bytes: int = 0) -> int:
         """A dirty-bitmap sync (a pass): returns the pass number for MIGRATION_PASS.
 
-        ``dirty_pages``: how many pages the sync found dirty (8.1+ expected downtime).
+        ``dirty_pages``: how many pages the sync found newly dirty; ``remaining_bytes``: what
+        is left to send after it.  QEMU recomputes ``dirty-pages-rate`` (pages per second)
+        only when a second has passed since it last did (the first sync starts the clock).
         """
         self.ram.dirty_sync_count += 1
-        self.ram.dirty_pages_rate = dirty_pages_rate
-        if dirty_pages is not None:
+        if self._rate_since is None:
+            self._rate_since = now
+        else:
+            self._rate_pages += dirty_pages
+            elapsed = now - self._rate_since
+            if elapsed >= 1.0:
+                self.ram.dirty_pages_rate = int(self._rate_pages / elapsed)
+                self._rate_pages = 0
+                self._rate_since = now
+        # 7.2 estimates the downtime from what remains; 8.1+ from what the sync found dirty
+        if self.profile.since(8, 1):
             self.dirty_bytes_last_sync = dirty_pages * PAGE_SIZE
+        else:
+            self.dirty_bytes_last_sync = remaining_bytes
         return self.ram.dirty_sync_count
 
     def period_left(self, now: float) -> float:
@@ -208,29 +242,32 @@ class SourceMigration:
         return max(0.0, self._period.start + BUFFER_DELAY - now)
 
     def period_due(self, now: float) -> bool:
-        return self._period is not None and now - self._period.start >= BUFFER_DELAY
+        """QEMU reads a millisecond clock: the period ends when 100 whole ms have passed."""
+        return self._period is not None and _ms(now) - _ms(self._period.start) >= _BUFFER_MS
 
     def update_period(self, now: float, downtime_limit_ms: int) -> None:
         """QEMU's migration_update_counters: bandwidth, threshold, mbps, expected downtime."""
         period = self._period
         if period is None:
             return
-        elapsed_ms = max((now - period.start) * 1000.0, 1e-3)
-        self.bandwidth = period.transferred / elapsed_ms
+        # whole milliseconds, as QEMU's clock gives them (a bandwidth over 100 ms, not 100.7)
+        elapsed_ms = max(_ms(now) - _ms(period.start), 1)
+        transferred = self.stream_bytes - period.base_bytes
+        pages = self._pages_sent - period.base_pages
+        self.bandwidth = transferred / elapsed_ms
         self.threshold = int(self.bandwidth * downtime_limit_ms)
-        self.ram.mbps = period.transferred * 8 / (elapsed_ms / 1000.0) / 1e6
-        self.ram.pages_per_second = int(period.pages / (elapsed_ms / 1000.0))
-        if self.ram.dirty_pages_rate and period.transferred > 10000 and self.bandwidth > 0:
-            # 7.2: what remains / bandwidth; 8.1+: what the last sync found dirty / bandwidth
-            pending = self.dirty_bytes_last_sync if self.profile.since(8, 1) else self.ram.remaining
-            self.expected_downtime_ms = int(pending / self.bandwidth)
-        self._period = _Period(now)
+        self.ram.mbps = transferred * 8 / (elapsed_ms / 1000.0) / 1e6
+        self.ram.pages_per_second = int(pages / (elapsed_ms / 1000.0))
+        if self.ram.dirty_pages_rate and transferred > 10000 and self.bandwidth > 0:
+            self.expected_downtime_ms = int(self.dirty_bytes_last_sync / self.bandwidth)
+        self._period = _Period(now, self.stream_bytes, self._pages_sent)
 
     def complete(self, now: float, downtime_start: float) -> None:
         self.downtime_ms = max(int((now - downtime_start) * 1000), 0)
         self.total_time_ms = int((now - self.start_time) * 1000)
-        seconds = max(now - self.start_time, 1e-6)
-        self.ram.mbps = self.ram.transferred * 8 / seconds / 1e6
+        # QEMU: every stream byte over the time after setup (ms), in megabits per second
+        transfer_ms = max(self.total_time_ms - (self.setup_time_ms or 0), 1)
+        self.ram.mbps = self.stream_bytes * 8 / transfer_ms / 1000
         self.ram.remaining = 0
         self.set_status("completed")
 

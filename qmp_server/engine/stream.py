@@ -133,7 +133,7 @@ _RUN = struct.Struct("<QI")  # start, count
 _ZRUN = struct.Struct("<QQ")  # start, count
 _DEV = struct.Struct("<BBB")  # kind, flags, id length
 _TAGS = {int(t) for t in Tag}
-_CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random"}
+_CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random", 2: "idle"}
 _LE64 = np.dtype("<u8")
 
 
@@ -346,7 +346,11 @@ class StreamEncoder:
         self._hash.update(prefix)
         self.bytes_encoded += len(prefix)
         payload = _HEADER.pack(
-            flags, page_size, ram_size, FILL_CODES[fill], seed & (2**64 - 1),
+            flags,
+            page_size,
+            ram_size,
+            FILL_CODES[fill],
+            seed & (2**64 - 1),
             self._checksum,
         )
         return prefix + self._record(Tag.HEADER, payload, bytes([len(name)]), name)
@@ -721,7 +725,7 @@ class StreamDecoder:
             raise self._fail(f"unknown header flags 0x{flags:04x}")
         if page_size != PAGE_SIZE:
             raise self._fail(f"unsupported page size {page_size}")
-        if ram_size == 0 or ram_size % page_size:
+        if ram_size % page_size:
             raise self._fail(f"bad RAM size {ram_size}")
         if fill not in _CODE_FILLS:
             raise self._fail(f"unknown guest fill code {fill}")
@@ -794,8 +798,16 @@ class StreamDecoder:
 # ---- glue with the guest ---------------------------------------------------------------------
 
 
-def guest_for_header(header: StreamHeader) -> GuestMemory:
-    """A destination RAM with the source's size and baseline (needed for equal digests)."""
+def guest_for_header(header: StreamHeader, firmware_pages: npt.ArrayLike = ()) -> GuestMemory:
+    """A destination RAM with the source's size and baseline (needed for equal digests).
+
+    ``firmware_pages``: the destination machine's idle layout, used when the source's guest
+    started ``idle`` (both sides must run the same machine, as QEMU requires).
+    """
+    if header.fill == "idle":
+        return GuestMemory(
+            header.ram_size, fill="idle", seed=header.seed, firmware_pages=firmware_pages
+        )
     return GuestMemory(header.ram_size, fill=header.fill, seed=header.seed)
 
 

@@ -91,7 +91,10 @@ class PagesCost:
 
     bytes: npt.NDArray[np.int64]
     normal: npt.NDArray[np.bool_]
-    last_block: int
+
+    def head(self, n: int) -> PagesCost:
+        """The cost of the first ``n`` pages only."""
+        return PagesCost(self.bytes[:n], self.normal[:n])
 
 
 class QemuStream:
@@ -199,16 +202,14 @@ class QemuStream:
         """What sending ``pages`` (in order, after what was sent) would add (rule 1)."""
         normal = ~zero
         nbytes = np.where(normal, NORMAL_PAGE_BYTES, ZERO_PAGE_BYTES).astype(np.int64)
-        last = self._last_block
         if pages.size:
             block = self.blocks.block_of(pages)
             prev = np.empty_like(block)
-            prev[0] = last
+            prev[0] = self._last_block
             prev[1:] = block[:-1]
             changed = block != prev
             nbytes[changed] += self.blocks.name_bytes[block[changed]]
-            last = int(block[-1])
-        return PagesCost(nbytes, normal, last)
+        return PagesCost(nbytes, normal)
 
     def fit(self, cost: PagesCost, allowance: int) -> int:
         """How many of the costed pages QEMU sends before its rate limit is exceeded.
@@ -232,8 +233,19 @@ class QemuStream:
             probe.page(int(cost.bytes[k]), bool(cost.normal[k]))
         return n
 
-    def add_pages(self, pages: npt.NDArray[np.int64], cost: PagesCost, *, downtime: bool) -> None:
-        """The costed pages were sent (``cost`` from :meth:`cost` of the same pages)."""
+    def add_pages(
+        self,
+        pages: npt.NDArray[np.int64],
+        cost: PagesCost,
+        *,
+        downtime: bool,
+        exact_flushes: bool = True,
+    ) -> None:
+        """The costed pages were sent (``cost`` from :meth:`cost` of the same pages).
+
+        ``exact_flushes`` False (no rate limit to apply): take them as flushed at once, which
+        the end of the section makes true anyway.
+        """
         n = int(cost.bytes.size)
         if n == 0:
             return
@@ -245,6 +257,10 @@ class QemuStream:
         self._last_block = int(self.blocks.block_of(pages[-1:])[0])
         if not self.rate_counts_flushed:
             self.queued += total  # the buffer state matters only where flushes count
+            return
+        if not exact_flushes:
+            self.queued += total
+            self.flush()
             return
         probe = _BufferProbe(self.queued, self.flushed, self._buf, self._iov, self._last_small)
         if n > 4 * _MAX_IOV:

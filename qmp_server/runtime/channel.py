@@ -96,10 +96,12 @@ def fd_not_found(address: Address) -> str:
     return f"File descriptor named '{address.path}' has not been found"
 
 
-def write_error(err: OSError) -> str:
-    """QEMU's error-desc for a failed write on the migration channel."""
+def write_error(err: OSError, channel: Channel | None = None) -> str:
+    """QEMU's error-desc for a failed write on the migration channel (an ``exec:`` command's
+    pipe is a "command" to QEMU, anything else a "socket")."""
     number = err.errno or errno.EPIPE
-    return f"Unable to write to socket: {os.strerror(number)}"
+    what = "command" if channel is not None and channel.proc is not None else "socket"
+    return f"Unable to write to {what}: {os.strerror(number)}"
 
 
 class Channel:
@@ -199,6 +201,14 @@ class Channel:
                 return recv_nowait(sock, size)
             except (BlockingIOError, InterruptedError):
                 await self._readable()
+
+    async def command_exited(self, within: float) -> bool:
+        """``exec:``: whether the command has ended (waiting at most ``within`` seconds)."""
+        if self.proc is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), within)
+        return self.proc.returncode is not None
 
     def abort(self) -> None:
         if self._writer is not None:

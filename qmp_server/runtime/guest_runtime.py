@@ -16,9 +16,11 @@ import ctypes.util
 import time
 from collections.abc import Callable
 
+from qmp_server.engine.guest import GuestMemory, Workload
+from qmp_server.engine.machine import MachineLayout
 from qmp_server.runtime.migration_context import MigrationContext
 
-__all__ = ["WorkloadTicker", "tune_malloc"]
+__all__ = ["WorkloadTicker", "guest_workload", "tune_malloc"]
 
 #: How often the workload advances.
 _TICK = 0.02
@@ -34,6 +36,15 @@ def tune_malloc() -> None:
         libc = ctypes.CDLL(name)
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's maximum on 64-bit)
+
+
+def guest_workload(guest: GuestMemory, layout: MachineLayout, rate: int, *, seed: int) -> Workload:
+    """The guest's program: ``--dirty-rate`` bytes/s, and an idle guest's timer tick.
+
+    Only the ``idle`` content has firmware pages to tick in (the other fills model no firmware).
+    """
+    hot = layout.hot_pages if guest.fill == "idle" else None
+    return Workload(guest, rate, seed=seed, now=time.monotonic(), hot_pages=hot)
 
 
 class WorkloadTicker:
@@ -65,7 +76,7 @@ class WorkloadTicker:
             now = time.monotonic()
             running = ctx.vm.running
             workload = ctx.workload
-            if workload.rate or any(d.config.dirty_rate for d in ctx.devices):
+            if workload.active or any(d.config.dirty_rate for d in ctx.devices):
                 workload.set_running(running, now)
                 dirtied = workload.advance(now)
                 if dirtied:

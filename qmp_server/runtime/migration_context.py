@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from qmp_server.engine.devices import VfioSimConfig, VfioSimDevice
 from qmp_server.engine.guest import GuestMemory, Workload
+from qmp_server.engine.machine import MachineLayout
 from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class MigrationContext:
     devices: list[VfioSimDevice]
     #: what the destination builds its loaders from
     device_configs: list[VfioSimConfig]
+    #: the machine's RAM blocks and idle content (the stream's accounting and the workload)
+    layout: MachineLayout
 
     @property
     def profile(self) -> Profile:

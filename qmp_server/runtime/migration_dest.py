@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from qmp_server.engine.devices import DeviceLoadError, SwitchoverAckGate, VfioSimLoader
-from qmp_server.engine.guest import GuestMemory, Workload
+from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.migration import IncomingMigration
 from qmp_server.engine.stream import (
     Complete,
@@ -46,6 +46,7 @@ from qmp_server.runtime.channel import (
     open_for_read,
     parse_uri,
 )
+from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 
 __all__ = ["DestinationDriver"]
@@ -214,7 +215,7 @@ class DestinationDriver:
                                 f"Length mismatch: pc.ram: {event.ram_size:#x} in != "
                                 f"{size:#x}: Invalid argument"
                             )
-                        guest = guest_for_header(event)
+                        guest = guest_for_header(event, self.ctx.layout.firmware_pages)
                     elif isinstance(event, DeviceData):
                         found = loaders.get(event.chunk.device_id)
                         if found is None:
@@ -290,7 +291,7 @@ class DestinationDriver:
                 raise StreamError(f"{device_id}: device state digest mismatch")
         ctx = self.ctx
         ctx.guest = guest
-        ctx.workload = Workload(guest, ctx.workload.rate, seed=11, now=time.monotonic())
+        ctx.workload = guest_workload(guest, ctx.layout, ctx.workload.rate, seed=11)
         vm = ctx.vm
         # QEMU: autostart only if the source's guest was running (its global state)
         if vm.autostart and source_running:

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from qmp_server.engine.devices import VfioSimConfig, VfioSimDevice
 from qmp_server.engine.guest import GuestMemory, Workload
+from qmp_server.engine.machine import MachineLayout
 from qmp_server.engine.migration import IncomingMigration, SourceMigration, in_schema_order
 from qmp_server.errors import CommandError
-from qmp_server.runtime.guest_runtime import WorkloadTicker, tune_malloc
+from qmp_server.runtime.guest_runtime import WorkloadTicker, guest_workload, tune_malloc
 from qmp_server.runtime.migration_context import MigrationContext
 from qmp_server.runtime.migration_dest import DestinationDriver
 from qmp_server.runtime.migration_source import SourceDriver
@@ -49,6 +50,7 @@ class MigrationController:
         *,
         devices: list[VfioSimConfig],
         guest: GuestMemory,
+        layout: MachineLayout,
         dirty_rate: int,
         exit_process: Callable[[int, str], None],
     ) -> None:
@@ -57,8 +59,9 @@ class MigrationController:
             vm=vm,
             guest=guest,
             devices=[VfioSimDevice(cfg, seed=i + 1) for i, cfg in enumerate(devices)],
-            workload=Workload(guest, dirty_rate, seed=7, now=time.monotonic()),
+            workload=guest_workload(guest, layout, dirty_rate, seed=7),
             device_configs=devices,
+            layout=layout,
         )
         self.source_driver = SourceDriver(self.ctx)
         self.dest_driver = DestinationDriver(self.ctx, exit_process)

@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 from qmp_server.engine.guest import PAGE_SIZE
-from qmp_server.engine.migration import BUFFER_DELAY, SourceMigration
+from qmp_server.engine.migration import SourceMigration
+from qmp_server.engine.precopy import ACK_WAIT_SYNC, Decision, PrecopySchedule, RateLimit
 from qmp_server.engine.stream import (
     NeedData,
     ReturnPathDecoder,
@@ -39,6 +40,7 @@ from qmp_server.engine.stream import (
     StreamEncoder,
     StreamError,
 )
+from qmp_server.engine.wire_cost import BlockMap, QemuStream
 from qmp_server.errors import CommandError
 from qmp_server.runtime.channel import (
     Address,
@@ -57,13 +59,18 @@ __all__ = ["IN_PROGRESS", "SourceDriver"]
 logger = logging.getLogger(__name__)
 
 IN_PROGRESS = "There's a migration process in progress"
-#: How long a waiting source sleeps between dirty syncs while the ACK is missing.
-_ACK_WAIT_SYNC = 0.1
+#: How long after the setup's bytes QEMU 10.0 flushes them (an exited command fails it).
+_SETUP_FLUSH = 0.01
+#: QEMU's MAX_WAIT: a RAM section ends after 50 ms even if the rate limit allows more.
+_MAX_WAIT = 0.05
 #: How long the source waits for the destination's RESUMED after the last byte.
 _RESUME_TIMEOUT = 60.0
-_UNLIMITED = 1 << 62
 #: What QEMU 10.0's return-path thread reports when migrate_cancel shuts its channel down.
 _RP_CHANNEL_ERROR = "Channel error: Input/output error"
+
+
+class _SetupFailed(Exception):
+    """QEMU 10.0 checks the setup's result: the migration fails with this text."""
 
 
 class SourceDriver:
@@ -86,6 +93,8 @@ class SourceDriver:
         self._vm_was_running = True
         self._last_sync = 0.0
         self._high_count = 0
+        #: QEMU's stream for the running migration (the counters' and rate limit's bytes)
+        self._qemu: QemuStream | None = None
         #: migrate_cancel found an open return path (10.0 reports its channel error)
         self._cancel_rp_error = False
 
@@ -228,8 +237,8 @@ class SourceDriver:
                 # QEMU 10.0 qemu_savevm_state_iterate(): the RAM section's save
                 # handler fails (-EIO) before the channel error is reported.
                 error_report("failed to save SaveStateEntry with id(name): 1(ram): -5")
-            self._fail(write_error(err))
-        except (EOFError, StreamError) as err:
+            self._fail(write_error(err, self._channel))
+        except (EOFError, StreamError, _SetupFailed) as err:
             self._fail(str(err) or type(err).__name__)
         except Exception as err:  # a bug must end the migration visibly, not leave it hanging
             logger.exception("outgoing migration failed")
@@ -296,6 +305,15 @@ class SourceDriver:
             return True  # no reason to wait for the ACK when the guest is stopped
         return self.state.switchover_acked
 
+    def _qemu_stream(self) -> QemuStream:
+        layout = self.ctx.layout
+        return QemuStream(
+            self.ctx.profile,
+            BlockMap(layout.block_list()),
+            configuration_bytes=layout.configuration_bytes,
+            device_state_bytes=layout.device_state_bytes,
+        )
+
     async def _precopy(self, channel: Channel) -> None:
         ctx = self.ctx
         src = self.state
@@ -303,6 +321,7 @@ class SourceDriver:
         guest = ctx.guest
         ack = ctx.ack_enabled()
         return_path = self._return_path_on(channel)
+        qemu = self._qemu = self._qemu_stream()
         head = enc.header(
             ram_size=guest.size_bytes,
             fill=guest.fill,
@@ -315,94 +334,137 @@ class SourceDriver:
             head += enc.open_return_path()
         for dev in ctx.devices:
             dev.save_setup(switchover_ack=ack)
+        qemu.setup(return_path=return_path)
         # setup: the first bitmap sync covers all of RAM (MIGRATION_PASS 1, before active)
         guest.mark_all_dirty()
         to_send = guest.sync_dirty()
         self._last_sync = time.monotonic()
-        head += enc.sync(self._emit_pass())
-        n = await channel.send([head])
-        src.count_sent(n, 0, 0, downtime=False)
-        src.ram.remaining = int(to_send.size) * PAGE_SIZE
+        remaining = int(to_send.size) * PAGE_SIZE
+        head += enc.sync(self._emit_pass(self._last_sync, 0, remaining))
+        await self._send_setup(channel, head)
+        src.account(qemu)
+        src.ram.remaining = remaining
         src.activate(time.monotonic())
         sender = PageSender(enc, guest, to_send)
-        allowance = self._period_allowance()
-        budget = allowance
+        schedule = PrecopySchedule(ctx.profile)
+        limit = RateLimit(int(ctx.param("max-bandwidth")))
+        period_base = 0  # QEMU's first period starts with the stream: setup bytes count
         while True:
             now = time.monotonic()
             if src.period_due(now):
                 src.ram.remaining = sender.remaining * PAGE_SIZE
                 src.update_period(now, int(ctx.param("downtime-limit")))
-                allowance = self._period_allowance()
-                budget = min(budget, 0) + allowance  # an overshoot is paid back
-            device_pending = self._device_pending()
-            pending = sender.remaining * PAGE_SIZE + device_pending
-            converged = pending == 0 or pending < src.threshold
-            waiting = converged and not self._can_switchover()
-            if pending == 0 and src.threshold == 0 and not waiting:
-                # QEMU syncs exactly only when pending < threshold; before the first period
-                # set a threshold, nothing pending completes without that extra pass (live
-                # 10.0, -machine none: PASS 1, active, STOP, device, PASS 2, completed)
-                await self._complete(channel, enc, sender)
-                return
-            if converged and not (waiting and now - self._last_sync < _ACK_WAIT_SYNC):
-                # exact pending: a dirty sync (a pass)
-                sender.resync(self._resync())
-                src.ram.remaining = sender.remaining * PAGE_SIZE
-                n = await channel.send([enc.sync(src.ram.dirty_sync_count)])
-                src.count_sent(n, 0, 0, downtime=False)
-                device_pending = self._device_pending()
-                pending = sender.remaining * PAGE_SIZE + device_pending
-                if (pending == 0 or pending < src.threshold) and self._can_switchover():
-                    await self._complete(channel, enc, sender)
-                    return
-                self._throttle_check()
-            if pending == 0:
-                # nothing to send: the ACK is missing; wait for it, a stop or a cancel
-                await self._wait_gate(_ACK_WAIT_SYNC)
-                if ctx.profile.since(10, 0) and self._can_switchover():
-                    # QEMU 10.0 tests the gate after the pass's exact sync, so a wait that
-                    # ends (the ACK, or `stop`) switches over on that pass: after `stop`,
-                    # STOP, device, the final PASS, completed (live).  8.1 computed the gate
-                    # at the top of the iteration: one more pass comes first (the loop above).
-                    await self._complete(channel, enc, sender)
-                    return
-                continue
-            if budget <= 0:
+                limit.set_bandwidth(int(ctx.param("max-bandwidth")))
+                period_base = qemu.rate_bytes
+            if limit.exceeded(qemu.rate_bytes - period_base):
                 await asyncio.sleep(src.period_left(now))
                 continue
-            sent = 0
-            for dev in ctx.devices:
-                chunks = dev.save_iterate(min(budget, 4 << 20))
-                if chunks:
-                    n = await channel.send([p for c in chunks for p in enc.device_parts(c)])
-                    src.count_device_bytes(n, downtime=False)
-                    sent += n
-            if sender.remaining:
-                pages = STEP_PAGES if allowance >= _UNLIMITED else budget // PAGE_SIZE
-                encoded = sender.step(max(16, min(STEP_PAGES, pages)))
-                n = await channel.send(encoded.parts)
-                src.count_sent(n, encoded.zero_pages, encoded.normal_pages, downtime=False)
+            schedule.threshold = src.threshold
+            remaining = sender.remaining * PAGE_SIZE
+            decision = schedule.next(
+                remaining=remaining,
+                pending=remaining + self._device_pending(),
+                gate_open=self._can_switchover(),
+                since_last_sync=now - self._last_sync,
+            )
+            if decision is Decision.SYNC:
+                sender.resync(self._resync())
+                await channel.send([enc.sync(src.ram.dirty_sync_count)])
                 src.ram.remaining = sender.remaining * PAGE_SIZE
-                sent += n
-            budget -= sent
-            await asyncio.sleep(0)  # QMP, the return path and the workload run between steps
+                decision = schedule.after_sync(
+                    pending=sender.remaining * PAGE_SIZE + self._device_pending(),
+                    gate_open=self._can_switchover(),
+                )
+                if decision is not Decision.COMPLETE:
+                    self._throttle_check()
+            if decision is Decision.COMPLETE:
+                await self._complete(channel, enc, sender)
+                return
+            if decision is Decision.WAIT_ACK:
+                # nothing to send: the ACK is missing; wait for it, a stop or a cancel
+                await self._wait_gate(ACK_WAIT_SYNC)
+                if schedule.after_ack_wait(gate_open=self._can_switchover()):
+                    # QEMU 10.0 tests the gate after the pass's exact sync, so a wait that
+                    # ends (the ACK, or `stop`) switches over on that pass: after `stop`,
+                    # STOP, device, the final PASS, completed (live).
+                    await self._complete(channel, enc, sender)
+                    return
+                continue
+            await self._iterate(channel, enc, sender, limit, period_base)
+            await asyncio.sleep(0)  # QMP, the return path and the workload run between sections
+
+    async def _send_setup(self, channel: Channel, head: bytes) -> None:
+        """The setup's bytes.  A channel that fails here fails after ``active``, as in QEMU:
+        7.2 ignores the setup's error and fails at its first write after it; 10.0 checks it
+        ("ram_save_setup failed", its flush got -EIO from an ``exec:`` command that already
+        exited -- a command that exits at once, as ``exec:true``, always has by then)."""
+        try:
+            await channel.send([head])
+            gone = self.ctx.profile.since(10, 0) and await channel.command_exited(_SETUP_FLUSH)
+        except OSError as err:
+            if not self.ctx.profile.since(10, 0):
+                self.state.activate(time.monotonic())
+                raise
+            gone = True
+            del err
+        if gone:
+            self.state.activate(time.monotonic())
+            raise _SetupFailed("ram_save_setup failed: Input/output error")
+
+    async def _iterate(
+        self,
+        channel: Channel,
+        enc: StreamEncoder,
+        sender: PageSender,
+        limit: RateLimit,
+        period_base: int,
+    ) -> None:
+        """One RAM section of QEMU's loop: device data, then pages until the rate limit is
+        exceeded, nothing is left or 50 ms passed (QEMU's MAX_WAIT)."""
+        ctx = self.ctx
+        src = self.state
+        qemu = self._qemu
+        assert qemu is not None
+        downtime = not ctx.vm.running  # QEMU counts bytes sent while paused as downtime bytes
+        deadline = time.monotonic() + _MAX_WAIT
+        for dev in ctx.devices:
+            chunks = dev.save_iterate(4 << 20)
+            if chunks:
+                await channel.send([p for c in chunks for p in enc.device_parts(c)])
+                payload = sum(len(c.data) for c in chunks)
+                src.count_device_bytes(payload)
+                qemu.device_data(payload)
+        qemu.begin_section()
+        while sender.remaining:
+            pages, zero = sender.peek(STEP_PAGES)
+            cost = qemu.cost(pages, zero)
+            count = pages.size
+            if not limit.unlimited:
+                count = qemu.fit(cost, period_base + limit.allowance)
+                if count < pages.size:
+                    pages, zero, cost = pages[:count], zero[:count], cost.head(count)
+            if count:
+                encoded = sender.take(pages, zero)
+                await channel.send(encoded.parts)
+                qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=not limit.unlimited)
+                src.account(qemu)
+                src.ram.remaining = sender.remaining * PAGE_SIZE
+            if limit.exceeded(qemu.rate_bytes - period_base) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0)
+        qemu.end_section(downtime=downtime)
+        src.account(qemu)
 
     async def _wait_gate(self, seconds: float) -> None:
         self._gate.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._gate.wait(), seconds)
 
-    def _period_allowance(self) -> int:
-        bandwidth = int(self.ctx.param("max-bandwidth"))
-        if bandwidth == 0:
-            return _UNLIMITED
-        return max(int(bandwidth * BUFFER_DELAY), PAGE_SIZE)
-
     def _device_pending(self) -> int:
         return sum(dev.pending_bytes() for dev in self.ctx.devices)
 
-    def _emit_pass(self, dirty_pages: int | None = None) -> int:
-        number = self.state.note_sync(self.state.ram.dirty_pages_rate, dirty_pages)
+    def _emit_pass(self, now: float, dirty_pages: int, remaining: int) -> int:
+        number = self.state.note_sync(now, dirty_pages, remaining)
         if self.ctx.events_on():
             self.ctx.vm.emit("MIGRATION_PASS", {"pass": number})
         return number
@@ -412,10 +474,8 @@ class SourceDriver:
         now = time.monotonic()
         self.ctx.workload.advance(now)
         fresh = self.ctx.guest.sync_dirty()
-        period = max(now - self._last_sync, 1e-3)
         self._last_sync = now
-        self.state.ram.dirty_pages_rate = int(fresh.size / period)
-        self._emit_pass(int(fresh.size))
+        self._emit_pass(now, int(fresh.size), self.state.ram.remaining)
         return fresh
 
     def _throttle_check(self) -> None:
@@ -463,24 +523,31 @@ class SourceDriver:
         elif ctx.profile.since(10, 0):
             src.set_status("device")
         # the final sync, then everything that is left, without rate limit
+        qemu = self._qemu
+        assert qemu is not None
         sender.resync(self._resync())
-        n = await channel.send(
+        qemu.switchover()
+        await channel.send(
             [enc.sync(src.ram.dirty_sync_count), enc.end_of_precopy(self._vm_was_running)]
         )
-        src.count_sent(n, 0, 0, downtime=True)
         while sender.remaining:
-            encoded = sender.step(STEP_PAGES)
-            n = await channel.send(encoded.parts)
-            src.count_sent(n, encoded.zero_pages, encoded.normal_pages, downtime=True)
+            pages, zero = sender.peek(STEP_PAGES)
+            encoded = sender.take(pages, zero)
+            await channel.send(encoded.parts)
+            qemu.add_pages(pages, qemu.cost(pages, zero), downtime=True, exact_flushes=False)
+        qemu.end_section(downtime=True, final=True)
+        device_bytes = 0
         for dev in ctx.devices:
             chunks = dev.save_complete()
-            n = await channel.send([p for c in chunks for p in enc.device_parts(c)])
-            src.count_device_bytes(n, downtime=True)
+            await channel.send([p for c in chunks for p in enc.device_parts(c)])
+            payload = sum(len(c.data) for c in chunks)
+            src.count_device_bytes(payload)
+            device_bytes += payload
         digests = [(dev.id, dev.digest()) for dev in ctx.devices]
         ram_digest = ctx.guest.digest()
-        tail = enc.complete(ram_digest, digests)
-        n = await channel.send([tail])
-        src.count_sent(n, 0, 0, downtime=True)
+        await channel.send([enc.complete(ram_digest, digests)])
+        qemu.complete(device_bytes)
+        src.account(qemu)
         if self._return_path_on(channel):
             try:
                 await asyncio.wait_for(self._resumed.wait(), _RESUME_TIMEOUT)

@@ -182,6 +182,12 @@ class QMPConnection(asyncio.Protocol):
         logger.warning("%s: client does not read its replies; disconnecting", self.monitor)
         transport.abort()
 
+    def freeze(self) -> None:
+        """Read and answer nothing more; what is queued still goes out (process exit)."""
+        self.active = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -278,6 +284,12 @@ class QMPMonitor:
         else:
             with contextlib.suppress(ValueError):
                 self.waiting.remove(conn)
+
+    def freeze(self) -> None:
+        """The process is exiting: no command is answered from now on (QEMU's exit() leaves
+        no window in which a client could still be served), queued output is flushed."""
+        for conn in self.connections():
+            conn.freeze()
 
     def broadcast(self, line: bytes) -> None:
         if self.current is not None:

@@ -3,8 +3,9 @@
 Why a module of its own: how a pass is cut into steps (zero-page windows, the non-zero page
 budget of one gather write) is independent of when the precopy loop sends a step, and the
 multifd work will cut the same walk across channels.  Contract: :class:`PageSender` owns the
-sorted page indexes of the current pass; :meth:`PageSender.step` encodes the next step and
-advances, :meth:`PageSender.resync` merges a dirty sync into what is left.  No I/O.
+sorted page indexes of the current pass; :meth:`PageSender.peek` offers the next step,
+:meth:`PageSender.take` encodes (a prefix of) it and advances, :meth:`PageSender.resync`
+merges a dirty sync into what is left.  No I/O.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class PageSender:
         self.guest = guest
         self.pages = pages
         self.cursor = 0
+        #: the last page taken (-1: none yet); the walk goes on from there after a sync
+        self.last_page = -1
         self._win_start = 0
         self._win_zero: np.ndarray | None = None
 
@@ -44,21 +47,33 @@ class PageSender:
         return int(self.pages.size - self.cursor)
 
     def resync(self, fresh: np.ndarray) -> None:
-        """Add the pages of a dirty sync to what is left of this pass."""
+        """Add the pages of a dirty sync to what is left of this pass.
+
+        QEMU's walk does not restart at a sync: it goes on from the last page it sent and
+        wraps around at the end of RAM, so the merged pages are rotated to start after it
+        (the order decides where QEMU's stream names a block, hence its byte counts).
+        """
         rest = self.pages[self.cursor :]
         if rest.size == 0:
-            self.pages = fresh
+            pages = fresh
         elif fresh.size:
             # the bitmap merges them: sorted, without duplicates, in linear time
             self.guest.mark_dirty(rest)
             self.guest.mark_dirty(fresh)
-            self.pages = self.guest.sync_dirty()
+            pages = self.guest.sync_dirty()
         else:
-            self.pages = rest
+            pages = np.sort(rest)
+        if self.last_page >= 0 and pages.size:
+            split = int(np.searchsorted(pages, self.last_page, side="right"))
+            if 0 < split < pages.size:
+                pages = np.concatenate((pages[split:], pages[:split]))
+        self.pages = pages
         self.cursor = 0
         self._win_zero = None
 
-    def step(self, max_normal: int) -> EncodedPages:
+    def peek(self, max_normal: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next step's candidate pages and their zero mask, without taking them: pages
+        until ``max_normal`` non-zero ones (the caller may take fewer, see :meth:`take`)."""
         cursor = self.cursor
         zero = self._win_zero
         if zero is None or cursor >= self._win_start + zero.size:
@@ -68,8 +83,17 @@ class PageSender:
         zero_part = zero[cursor - self._win_start :]
         normal = np.flatnonzero(~zero_part)
         take = int(normal[max_normal]) if normal.size > max_normal else int(zero_part.size)
-        idx = self.pages[cursor : cursor + take]
-        self.cursor = cursor + take
+        return self.pages[cursor : cursor + take], zero_part[:take]
+
+    def take(self, pages: np.ndarray, zero: np.ndarray) -> EncodedPages:
+        """Encode the first pages of the last :meth:`peek` (``pages``/``zero`` its prefixes)."""
+        self.cursor += int(pages.size)
+        if pages.size:
+            self.last_page = int(pages[-1])
         return encode_guest_pages_parts(
-            self.enc, self.guest, idx, zero=zero_part[:take], max_pages=STEP_PAGES
+            self.enc, self.guest, pages, zero=zero, max_pages=STEP_PAGES
         )
+
+    def step(self, max_normal: int) -> EncodedPages:
+        """:meth:`peek` and :meth:`take` everything it offered."""
+        return self.take(*self.peek(max_normal))

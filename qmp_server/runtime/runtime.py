@@ -28,6 +28,7 @@ from qmp_server.engine.config import MigrationConfig
 from qmp_server.engine.devices import DeviceLoadError, check_unique_ids, parse_device
 from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
+from qmp_server.engine.machine import layout_for
 from qmp_server.engine.vm import VirtualMachine
 from qmp_server.errors import CommandError, UsageError
 from qmp_server.qapi import ArgumentValidator, load_schema
@@ -93,11 +94,20 @@ class Runtime:
             check_unique_ids(configs)
         except (ValueError, DeviceLoadError) as err:
             raise UsageError(str(err)) from None
-        guest = GuestMemory(options.memory, fill=options.guest_fill, seed=options.guest_seed)
+        layout = layout_for(
+            options.profile, options.machine, options.memory, defaults=not options.nodefaults
+        )
+        guest = GuestMemory(
+            layout.total,
+            fill=options.guest_fill,
+            seed=options.guest_seed,
+            firmware_pages=layout.firmware_pages if options.guest_fill == "idle" else None,
+        )
         self.migration = MigrationController(
             self.vm,
             devices=configs,
             guest=guest,
+            layout=layout,
             dirty_rate=options.dirty_rate,
             exit_process=self._exit,
         )
@@ -141,6 +151,8 @@ class Runtime:
         """End the process (an incoming migration failed: QEMU 7.2 exits with status 1)."""
         _stderr(f"qmp-server: {message}\n")
         self.exit_code = code
+        for monitor in self.monitors:
+            monitor.freeze()
         if self._stopping is not None:
             self._stopping.set()
 

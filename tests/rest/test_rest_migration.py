@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from qemu.qmp import QMPClient
 from server_process import ServerProcess, free_port
 
+#: ``-m 128M`` with default devices: pc.ram, VGA memory and the ROMs (QEMU 7.2 blocks)
+PC_128M_TOTAL = 151855104
 MiB = 1 << 20
 IN_PROGRESS = "There's a migration process in progress"
 
@@ -86,7 +88,7 @@ async def test_migration_seen_over_rest_sse_and_metrics(
                         continue
                     info = rest["info"]
                     assert info["status"] == "active"
-                    assert q1["ram"]["total"] == info["ram"]["total"] == 128 * MiB
+                    assert q1["ram"]["total"] == info["ram"]["total"] == PC_128M_TOTAL
                     assert (q1["ram"]["transferred"] <= info["ram"]["transferred"]
                             <= q2["ram"]["transferred"])  # fmt: skip
                     derived = rest["derived"]
@@ -130,7 +132,7 @@ async def test_migration_seen_over_rest_sse_and_metrics(
     families = {f.name: f.samples for f in text_string_to_metric_families(metrics)}
     status = {s.labels["status"]: s.value for s in families["qmpmig_migration_status"]}
     assert status["completed"] == 1
-    assert families["qmpmig_migration_data_total_bytes"][0].value == 128 * MiB
+    assert families["qmpmig_migration_data_total_bytes"][0].value == PC_128M_TOTAL
     assert families["qmpmig_migration_data_remaining_bytes"][0].value == 0
     assert families["qmpmig_migration_downtime_seconds"][0].value > 0
     assert families["qmpmig_migration_iterations"][0].value == d["iteration"]
