@@ -394,22 +394,23 @@ class SourceDriver:
             await asyncio.sleep(0)  # QMP, the return path and the workload run between sections
 
     async def _send_setup(self, channel: Channel, head: bytes) -> None:
-        """The setup's bytes.  A channel that fails here fails after ``active``, as in QEMU:
-        7.2 ignores the setup's error and fails at its first write after it; 10.0 checks it
-        ("ram_save_setup failed", its flush got -EIO from an ``exec:`` command that already
-        exited -- a command that exits at once, as ``exec:true``, always has by then)."""
+        """The setup's bytes.  A channel that fails here fails after ``active``, as in QEMU,
+        whose setup writes into a 64 KiB pipe and flushes it: an ``exec:`` command that
+        already exited (``exec:true``) fails the flush.  7.2 ignores the setup's result and
+        fails at its next write ("Unable to write to command: Broken pipe"); 10.0 checks it
+        ("ram_save_setup failed: Input/output error").  qmp-server's socket buffers are
+        larger than a pipe, so the command's end is looked for, not only write errors."""
         try:
             await channel.send([head])
-            gone = self.ctx.profile.since(10, 0) and await channel.command_exited(_SETUP_FLUSH)
-        except OSError as err:
-            if not self.ctx.profile.since(10, 0):
-                self.state.activate(time.monotonic())
-                raise
+            gone = await channel.command_exited(_SETUP_FLUSH)
+        except OSError:
             gone = True
-            del err
-        if gone:
-            self.state.activate(time.monotonic())
+        if not gone:
+            return
+        self.state.activate(time.monotonic())
+        if self.ctx.profile.since(10, 0):
             raise _SetupFailed("ram_save_setup failed: Input/output error")
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     async def _iterate(
         self,
