@@ -203,6 +203,12 @@ class QemuStream:
         normal = ~zero
         nbytes = np.where(normal, NORMAL_PAGE_BYTES, ZERO_PAGE_BYTES).astype(np.int64)
         if pages.size:
+            ends = self.blocks.block_of(pages[[0, -1]])
+            if ends[0] == ends[1] and pages[-1] >= pages[0]:
+                # one block, no wrap (the common step): only the first page may name it
+                if ends[0] != self._last_block:
+                    nbytes[0] += self.blocks.name_bytes[ends[0]]
+                return PagesCost(nbytes, normal)
             block = self.blocks.block_of(pages)
             prev = np.empty_like(block)
             prev[0] = self._last_block
