@@ -626,7 +626,6 @@ class Workload:
         self.guest = guest
         self.hot_pages = np.asarray(hot_pages if hot_pages is not None else [], dtype=np.int64)
         self.hot_interval = hot_interval
-        self._ticks = 0
         self._next_tick = now + hot_interval
         self.rate = rate_bytes_per_s
         self.throttle_percent = 0
@@ -674,17 +673,19 @@ class Workload:
         self.running = running
 
     def _tick_hot_pages(self, now: float) -> int:
-        """Timer ticks since the last call rewrite the hot pages (once, however many ticks)."""
+        """Timer ticks since the last call write the hot pages (once, however many ticks).
+
+        The write dirties them (what QEMU's migration sees) but keeps their bytes: a guest's
+        digest then depends on its history, not on when it was read, so a destination that
+        runs on still has the digest of the source's last state.
+        """
         if now < self._next_tick:
             return 0
         missed = int((now - self._next_tick) // self.hot_interval) + 1
         self._next_tick += missed * self.hot_interval
         if not self.running or not self.hot_pages.size:
             return 0
-        self._ticks += missed
-        words = self.guest.baseline_of(self.hot_pages)
-        words[:, 0] ^= np.uint64(self._ticks)  # the tick count, as the BIOS data area holds it
-        self.guest.write_page_list(self.hot_pages, words.astype(_U64, copy=False).tobytes())
+        self.guest.mark_dirty(self.hot_pages)
         return int(self.hot_pages.size)
 
     def advance(self, now: float) -> int:

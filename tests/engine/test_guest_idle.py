@@ -87,3 +87,17 @@ def test_any_writes_migrate_to_an_equal_digest(writes: list[tuple[int, str]]) ->
     dst.load_page_list(normal, src.read_page_list(normal))
     assert dst.digest() == src.digest()
     assert dst.content_digest() == src.content_digest()
+
+
+def test_hot_pages_are_dirtied_at_each_tick_while_running_and_keep_their_bytes() -> None:
+    from qmp_server.engine.guest import Workload
+
+    ram = idle()
+    before = ram.digest()
+    work = Workload(ram, 0, now=0.0, hot_pages=[0, 9], hot_interval=0.05)
+    assert work.active and work.advance(0.01) == 0  # no tick yet
+    assert work.advance(0.2) == 2  # three ticks missed: written once
+    assert ram.sync_dirty().tolist() == [0, 9]
+    work.set_running(False, 0.2)
+    assert work.advance(1.0) == 0 and ram.sync_dirty().size == 0
+    assert ram.digest() == before
