@@ -116,18 +116,24 @@ class QemuStream:
         #: 8.1+: the rate limit sees flushed bytes only (rule 3)
         self.rate_counts_flushed = profile.since(8, 1)
         self.switchover_start = profile.since(10, 0)
-        self.queued = 0  # every byte written so far
-        self.flushed = 0
+        self._file = _FileBuffer()
         self.precopy_bytes = 0
         self.downtime_bytes = 0
         self.normal_pages = 0
         self.zero_pages = 0
         self._last_block = -1
-        self._buf = 0  # small-record bytes in the file buffer
-        self._iov = 0  # iovecs queued
-        self._last_small = False  # the last iovec is the buffer's (a small record extends it)
 
     # -- counters ------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        """Every byte QEMU has written so far."""
+        return self._file.queued
+
+    @property
+    def flushed(self) -> int:
+        """The bytes QEMU's file buffer has flushed to the channel."""
+        return self._file.flushed
+
     @property
     def transferred(self) -> int:
         """``ram.transferred`` (rule 2)."""
@@ -140,27 +146,11 @@ class QemuStream:
         """What the rate limit and the bandwidth measure see (rules 3 and 4)."""
         return self.flushed if self.rate_counts_flushed else self.queued
 
-    # -- the file buffer ------------------------------------------------------------------
     def _small(self, nbytes: int) -> None:
-        self.queued += nbytes
-        if not self._last_small:
-            self._iov += 1
-            self._last_small = True
-        self._buf += nbytes
-        if self._buf >= _IO_BUF_SIZE or self._iov >= _MAX_IOV:
-            self.flush()
-
-    def _page_data(self) -> None:
-        self.queued += PAGE_SIZE
-        self._iov += 1
-        self._last_small = False
-        if self._iov >= _MAX_IOV:
-            self.flush()
+        self._file.small(nbytes)
 
     def flush(self) -> None:
-        self.flushed = self.queued
-        self._buf = self._iov = 0
-        self._last_small = False
+        self._file.flush()
 
     # -- the stream's parts ----------------------------------------------------------------
     def setup(self, *, return_path: bool) -> None:
@@ -189,13 +179,11 @@ class QemuStream:
 
     def complete(self, device_bytes: int = 0) -> None:
         """After the final RAM section: device state, ``EOF``, the description; flushed."""
-        self.queued += self.device_state_bytes + device_bytes
-        self.flush()
+        self._file.unbuffered(self.device_state_bytes + device_bytes)
 
     def device_data(self, nbytes: int) -> None:
         """Device data sent during precopy (``vfio-sim``): payload as one buffer."""
-        self.queued += nbytes
-        self.flush()
+        self._file.unbuffered(nbytes)
 
     # -- pages --------------------------------------------------------------------------------
     def cost(self, pages: npt.NDArray[np.int64], zero: npt.NDArray[np.bool_]) -> PagesCost:
@@ -232,7 +220,7 @@ class QemuStream:
         if self.flushed > allowance:
             return 0
         # replay the buffer on a copy: only flushes move the counted bytes
-        probe = _BufferProbe(self.queued, self.flushed, self._buf, self._iov, self._last_small)
+        probe = self._file.copy()
         for k in range(n):
             if probe.flushed > allowance:
                 return k
@@ -261,28 +249,18 @@ class QemuStream:
         total = int(cost.bytes.sum())
         self._count_ram(total, downtime)
         self._last_block = int(self.blocks.block_of(pages[-1:])[0])
-        if not self.rate_counts_flushed:
-            self.queued += total  # the buffer state matters only where flushes count
+        if not self.rate_counts_flushed or not exact_flushes:
+            # only where the rate limit sees flushes does the buffer's state matter
+            self._file.unbuffered(total)
             return
-        if not exact_flushes:
-            self.queued += total
-            self.flush()
-            return
-        probe = _BufferProbe(self.queued, self.flushed, self._buf, self._iov, self._last_small)
+        file = self._file
+        start = 0
         if n > 4 * _MAX_IOV:
-            # a long run: only the last flush matters; replay the tail exactly
-            head = n - 4 * _MAX_IOV
-            probe.queued += int(cost.bytes[:head].sum())
-            probe.flushed = probe.queued
-            probe.buf = probe.iov = 0
-            probe.last_small = False
-            start = head
-        else:
-            start = 0
+            # a long run: only the last flushes matter; replay the tail exactly
+            start = n - 4 * _MAX_IOV
+            file.unbuffered(int(cost.bytes[:start].sum()))
         for k in range(start, n):
-            probe.page(int(cost.bytes[k]), bool(cost.normal[k]))
-        self.queued, self.flushed = probe.queued, probe.flushed
-        self._buf, self._iov, self._last_small = probe.buf, probe.iov, probe.last_small
+            file.page(int(cost.bytes[k]), bool(cost.normal[k]))
 
     def _count_ram(self, nbytes: int, downtime: bool) -> None:
         if downtime:
@@ -291,35 +269,50 @@ class QemuStream:
             self.precopy_bytes += nbytes
 
 
-class _BufferProbe:
-    """QEMUFile's buffer, page by page (rule 3); used to find where the limit is crossed."""
+class _FileBuffer:
+    """QEMUFile's buffer (rule 3): what is queued, what was flushed, and when it flushes."""
 
     __slots__ = ("buf", "flushed", "iov", "last_small", "queued")
 
-    def __init__(self, queued: int, flushed: int, buf: int, iov: int, last_small: bool) -> None:
-        self.queued = queued
-        self.flushed = flushed
-        self.buf = buf
-        self.iov = iov
-        self.last_small = last_small
+    def __init__(self) -> None:
+        self.queued = 0  # every byte written so far
+        self.flushed = 0
+        self.buf = 0  # small-record bytes in the buffer
+        self.iov = 0  # iovecs queued
+        self.last_small = False  # the last iovec is the buffer's (a small record extends it)
 
-    def page(self, nbytes: int, normal: bool) -> None:
-        header = nbytes - PAGE_SIZE if normal else nbytes
-        self.queued += header
+    def copy(self) -> _FileBuffer:
+        twin = _FileBuffer()
+        twin.queued, twin.flushed, twin.buf = self.queued, self.flushed, self.buf
+        twin.iov, twin.last_small = self.iov, self.last_small
+        return twin
+
+    def small(self, nbytes: int) -> None:
+        """A small record: copied into the buffer, sharing the buffer's last iovec."""
+        self.queued += nbytes
         if not self.last_small:
             self.iov += 1
             self.last_small = True
-        self.buf += header
+        self.buf += nbytes
         if self.buf >= _IO_BUF_SIZE or self.iov >= _MAX_IOV:
-            self._flush()
+            self.flush()
+
+    def page(self, nbytes: int, normal: bool) -> None:
+        """A page record: its header is small; a normal page's data is an iovec of its own."""
+        self.small(nbytes - PAGE_SIZE if normal else nbytes)
         if normal:
             self.queued += PAGE_SIZE
             self.iov += 1
             self.last_small = False
             if self.iov >= _MAX_IOV:
-                self._flush()
+                self.flush()
 
-    def _flush(self) -> None:
+    def unbuffered(self, nbytes: int) -> None:
+        """Bytes written and flushed at once (device state, or when flushes do not matter)."""
+        self.queued += nbytes
+        self.flush()
+
+    def flush(self) -> None:
         self.flushed = self.queued
         self.buf = self.iov = 0
         self.last_small = False
