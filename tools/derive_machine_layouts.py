@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from qmp_server.engine.machine import low_ram_pages  # noqa: E402
+
 RECORDINGS = REPO / "tests" / "engine" / "fixtures" / "guest_layout"
 OUT = REPO / "qmp_server" / "data" / "machine_layouts.json"
 #: The RAM below 1 MiB: runs there are counted from the start of the main RAM block.
@@ -37,18 +41,6 @@ FAMILIES = {
     "microvm-64": "microvm/nodefaults",
     "none-64": "none/nodefaults",
 }
-PAGE = 4096
-
-
-def low_ram_pages(machine: str, ram_bytes: int) -> int:
-    """Pages of the main RAM block mapped below 4 GiB (the firmware works at its top)."""
-    if machine == "pc" and ram_bytes >= 0xE0000000:
-        return 0xC0000000 // PAGE
-    if machine == "q35" and ram_bytes >= 0xB0000000:
-        return 0x80000000 // PAGE
-    if machine == "microvm" and ram_bytes > 0xC0000000:
-        return 0xC0000000 // PAGE
-    return ram_bytes // PAGE
 
 
 def _ram_mib(argv: str) -> int:

@@ -42,7 +42,7 @@ import numpy.typing as npt
 from qmp_server.engine.guest import PAGE_SIZE
 from qmp_server.profiles import Profile
 
-__all__ = ["MachineLayout", "RamBlock", "layout_for", "machine_family"]
+__all__ = ["MachineLayout", "RamBlock", "layout_for", "low_ram_pages", "machine_family"]
 
 _LOW_PAGES = 256
 
@@ -118,7 +118,8 @@ def _version_key(profile: Profile) -> str:
     return "10.0" if profile.since(10, 0) else "7.2"
 
 
-def _low_pages(family: str, ram_bytes: int) -> int:
+def low_ram_pages(family: str, ram_bytes: int) -> int:
+    """Pages of the main RAM block below 4 GiB, where the firmware works (rule 3)."""
     if family == "pc" and ram_bytes >= 0xE0000000:
         return 0xC0000000 // PAGE_SIZE
     if family == "q35" and ram_bytes >= 0xB0000000:
@@ -170,7 +171,7 @@ def layout_for(
     hot: list[int] = []
     for block in blocks:
         if block.name == rec["main_block"]:
-            low = _low_pages(family, block.used)
+            low = low_ram_pages(family, block.used)
             firmware += _runs_to_pages(rec["main_start_runs"], block.first_page, block.pages)
             ends = [[low - back, count] for back, count in rec["main_end_runs"]]
             firmware += _runs_to_pages(ends, block.first_page, block.pages)
