@@ -10,7 +10,9 @@ against two real QEMU processes and writes ``<out>/<name>.json`` with the raw
 per-side transcript and its normalised view.  Fixtures are never edited by
 hand.  ``--check`` records every scenario twice and reports any whose
 normalised views differ between the two runs (i.e. anything the normaliser
-does not absorb); it writes nothing.  A control step that times out while
+does not absorb) and, for ``exact_counters`` scenarios, prints every member of
+the source's final query-migrate that differed and fails on what the exact
+comparison would not accept; it writes nothing.  A control step that times out while
 recording is an error.  See docs/conformance.md ("Two-party migration
 transcripts").
 """
@@ -41,6 +43,17 @@ def record(target: Any, name: str, qemu: str, argv0: list[str]) -> dict[str, Any
     }
 
 
+def _counter_check(first: dict[str, Any], again: dict[str, Any], version: str) -> str:
+    """For an exact_counters scenario: print how the source's final query-migrate differed
+    between the two recordings; return what breaks the exact comparison ("" if nothing)."""
+    a, b = (tp.final_query_migrate(x["run"]) or {} for x in (first, again))
+    for path, x, y in tp.counter_differences(a, b):
+        print(f"    {path}: {x!r} / {y!r}", file=sys.stderr)
+    spread = tp.counter_spread(first["scenario"], version)
+    bad = tp.exact_counter_diffs(first["run"], again["run"], spread, "second recording")
+    return "\n\nexact counters:\n" + "\n".join(bad) if bad else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", action="append", help="scenario to record (repeatable)")
@@ -66,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             again = record(target, name, args.qemu, cmdline)
             diff = tp.diff_views(data["view"], again["view"], "second recording")
+            if data["scenario"].get("exact_counters"):
+                diff += _counter_check(data, again, version)
             if diff:
                 rc = 1
                 print(f"UNSTABLE: {name}\n{diff}", file=sys.stderr)

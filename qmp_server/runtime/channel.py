@@ -18,6 +18,7 @@ import errno
 import io
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +158,7 @@ class Channel:
         if self.sock is not None and self._writer is None:
             self._writer = SocketWriter(self.sock, self.loop)
 
-    async def send(self, parts: list[Buffer]) -> int:
+    async def send(self, parts: Sequence[Buffer]) -> int:
         """Write every buffer, in order; returns the byte count."""
         views = [memoryview(p) for p in parts if len(p)]
         total = sum(v.nbytes for v in views)

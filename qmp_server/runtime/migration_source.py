@@ -367,19 +367,23 @@ class SourceDriver:
                 gate_open=self._can_switchover(),
                 since_last_sync=now - self._last_sync,
             )
+            synced: list[bytes] = []
             if decision is Decision.SYNC:
                 sender.resync(self._resync())
-                await channel.send([enc.sync(src.ram.dirty_sync_count)])
+                synced.append(enc.sync(src.ram.dirty_sync_count))
                 src.ram.remaining = sender.remaining * PAGE_SIZE
                 decision = schedule.after_sync(
                     pending=sender.remaining * PAGE_SIZE + self._device_pending(),
                     gate_open=self._can_switchover(),
                 )
-                if decision is not Decision.COMPLETE:
-                    self._throttle_check()
             if decision is Decision.COMPLETE:
-                await self._complete(channel, enc, sender)
+                # no await between the sync and the stop: the guest must not run in between
+                # (QEMU stops it within a fraction of a millisecond of its decision)
+                await self._complete(channel, enc, sender, synced)
                 return
+            if synced:
+                await channel.send(synced)
+                self._throttle_check()
             if decision is Decision.WAIT_ACK:
                 # nothing to send: the ACK is missing; wait for it, a stop or a cancel
                 await self._wait_gate(ACK_WAIT_SYNC)
@@ -503,7 +507,14 @@ class SourceDriver:
         ctx.workload.set_throttle(pct, time.monotonic())
 
     # -- stop-and-copy ----------------------------------------------------------------------
-    async def _complete(self, channel: Channel, enc: StreamEncoder, sender: PageSender) -> None:
+    async def _complete(
+        self,
+        channel: Channel,
+        enc: StreamEncoder,
+        sender: PageSender,
+        unsent: list[bytes] | None = None,
+    ) -> None:
+        """Stop-and-copy; ``unsent``: records of the deciding sync, sent once the guest stopped."""
         ctx = self.ctx
         src = self.state
         vm = ctx.vm
@@ -515,6 +526,8 @@ class SourceDriver:
         ctx.workload.set_running(False, downtime_start)
         for dev in ctx.devices:
             dev.set_running(False, downtime_start)
+        if unsent:
+            await channel.send(unsent)
         if vm.config.enabled("pause-before-switchover"):
             src.set_status("pre-switchover")
             await self._continue.wait()

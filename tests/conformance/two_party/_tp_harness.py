@@ -279,10 +279,8 @@ def _run_once(target: h.Target, scenario: dict[str, Any], strict: bool) -> dict[
     results: list[dict[str, Any]] = []
     try:
         for name in SIDES:
+            # the very same command line for QEMU and for qmp-server
             argv = list(scenario[name]["argv"])
-            if target.kind == "qmp-server":
-                # guest-model knobs with no QEMU spelling (see docs/conformance.md)
-                argv += list(scenario[name].get("qmp_server_args", []))
             sides[name] = _start_side(target, name, argv, host_tmp)
         for i, step in enumerate(scenario["steps"]):
             res = _run_step(sides, i, step, tmp)
@@ -520,6 +518,131 @@ def view(run: dict[str, Any], scenario: dict[str, Any]) -> dict[str, list[str]]:
 
 
 # --------------------------------------------------------------------------
+# Exact counters (scenarios with "exact_counters": true)
+# --------------------------------------------------------------------------
+
+#: query-migrate members that derive from wall-clock time, and how close they must be:
+#: ``(absolute, relative)`` means ``|actual - recorded| <= absolute + relative * |recorded|``;
+#: ``None`` means only "present, with the same JSON type".  Every other member of the
+#: source's final query-migrate must be equal (docs/conformance.md, "Exact counters").
+TIME_TOLERANCE: dict[str, tuple[float, float] | None] = {
+    "total-time": (100.0, 0.10),  # one rate-limit period (100 ms) plus 10 %
+    "setup-time": (100.0, 0.0),
+    "downtime": (100.0, 0.0),
+    "expected-downtime": (100.0, 0.0),
+    "mbps": (0.0, 0.15),
+    "pages-per-second": None,
+    "dirty-pages-rate": None,
+}
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+MISSING: Any = _Missing()
+
+
+def final_query_migrate(run: dict[str, Any], side: str = "src") -> dict[str, Any] | None:
+    """The ``return`` of the side's last query-migrate command (intermediate polls excluded)."""
+    last: dict[str, Any] | None = None
+    pending: dict[str, Any] | None = None
+    for e in run["sides"][side]["stream"]:
+        if "sent" in e:
+            pending = e
+        elif pending is not None and "line" in e and is_reply(e["line"]):
+            if command_name(pending["sent"]) == QUERY_MIGRATE and pending.get("poll") is not True:
+                ret = (parse_line(e["line"]) or {}).get("return")
+                last = ret if isinstance(ret, dict) else None
+            pending = None
+    return last
+
+
+def migration_events(run: dict[str, Any], side: str) -> list[str]:
+    """The side's MIGRATION statuses and MIGRATION_PASS numbers, in order (nothing masked)."""
+    out: list[str] = []
+    for e in run["sides"][side]["stream"]:
+        obj = parse_line(e["line"]) if "line" in e else None
+        if obj and obj.get("event") in ("MIGRATION", "MIGRATION_PASS"):
+            data = obj.get("data") or {}
+            out.append(str(data.get("status", data.get("pass"))))
+    return out
+
+
+def counter_differences(expected: Any, actual: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Every member that differs (value or JSON type) between two query-migrate returns.
+
+    Paths are dotted (``ram.normal``); a member present on one side only is ``MISSING`` on
+    the other.
+    """
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in [*expected, *(k for k in actual if k not in expected)]:
+            sub = f"{path}.{k}" if path else k
+            out += counter_differences(expected.get(k, MISSING), actual.get(k, MISSING), sub)
+        return out
+    if type(expected) is not type(actual) or expected != actual:
+        return [(path, expected, actual)]
+    return []
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def counter_spread(scenario: dict[str, Any], version: str) -> dict[str, int]:
+    """``counter_spread`` of an exact_counters scenario for QEMU ``version``: member path ->
+    the largest difference between two runs of that QEMU (absent: QEMU was stable)."""
+    spread: dict[str, int] = scenario.get("counter_spread", {}).get(version, {})
+    return spread
+
+
+def exact_counter_diffs(
+    expected_run: dict[str, Any],
+    actual_run: dict[str, Any],
+    spread: dict[str, int],
+    who: str = "qmp-server",
+) -> list[str]:
+    """What breaks the exact comparison of the source's final query-migrate (empty: none).
+
+    Every member must be present with the same JSON type; counters must be equal, or differ
+    by at most ``spread[path]`` (what QEMU showed between its own runs, the scenario's
+    ``counter_spread``); the time-derived members (``TIME_TOLERANCE``) within their tolerance.
+    Unless QEMU's ``dirty-sync-count`` varies (is in ``spread``), the MIGRATION statuses and
+    MIGRATION_PASS numbers of each side must also be the same, in order, unmasked.
+    """
+    expected = final_query_migrate(expected_run)
+    actual = final_query_migrate(actual_run)
+    if expected is None:
+        return ["the recording has no source query-migrate reply"]
+    if actual is None:
+        return [f"{who}: no source query-migrate reply"]
+    out: list[str] = []
+    for path, ev, av in counter_differences(expected, actual):
+        what = f"{path}: QEMU {ev!r}, {who} {av!r}"
+        member = path.rsplit(".", 1)[-1]
+        if ev is MISSING or av is MISSING or type(ev) is not type(av):
+            out.append(what + " (member or JSON type differs)")
+        elif not _is_number(ev):
+            out.append(what)
+        elif member not in TIME_TOLERANCE:
+            if abs(av - ev) > spread.get(path, 0):
+                out.append(what + f" ({av - ev:+})")
+        elif (rule := TIME_TOLERANCE[member]) is not None:
+            allowed = rule[0] + rule[1] * abs(ev)
+            if abs(av - ev) > allowed:
+                out.append(what + f" (tolerance +-{allowed:g})")
+    if "ram.dirty-sync-count" not in spread:
+        for side in SIDES:
+            ev, av = migration_events(expected_run, side), migration_events(actual_run, side)
+            if ev != av:
+                out.append(f"{side} MIGRATION statuses / passes: QEMU {' '.join(ev)}, "
+                           f"{who} {' '.join(av)}")  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------
 # Diffs
 # --------------------------------------------------------------------------
 
@@ -549,10 +672,16 @@ def qemu_version_line(qemu: str) -> str:
 
 __all__ = [
     "SIDES",
+    "TIME_TOLERANCE",
     "StepFailed",
+    "counter_differences",
+    "counter_spread",
     "diff_views",
+    "exact_counter_diffs",
+    "final_query_migrate",
     "load_fixture",
     "load_scenario",
+    "migration_events",
     "run_scenario",
     "scenario_names",
     "view",

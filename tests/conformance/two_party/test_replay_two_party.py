@@ -7,7 +7,8 @@ QEMU gave: ``fixtures/qemu-7.2/`` from QEMU 7.2 (``tools/record_two_party.py``),
 two ``python -m qmp_server --compat VERSION`` processes and compares the normalised views (see
 ``_tp_harness.view`` and docs/conformance.md, "Two-party migration transcripts"): per side, the
 same events in the same order, the same replies (query-migrate counters masked), the same exit
-behaviour.
+behaviour.  Scenarios with ``"exact_counters": true`` also compare the source's final
+query-migrate member by member (``_tp_harness.exact_counter_diffs``).
 
 With ``QMP_SERVER_REPLAY_TARGET=qemu`` the very same run goes against the real QEMU
 (``QMP_SERVER_QEMU`` / ``QMP_SERVER_QEMU10_CHROOT``); that run must pass: it proves the
@@ -56,6 +57,11 @@ def test_replay_two_party(version: str, name: str) -> None:
         pytest.fail(f"{target.kind} did not start: {e}", pytrace=False)
     actual = tp.view(run, scenario)
     diff = tp.diff_views(expected, actual, target.kind, f"QEMU {version}")
+    if scenario.get("exact_counters"):
+        spread = tp.counter_spread(scenario, version)
+        counters = tp.exact_counter_diffs(fixture["run"], run, spread, target.kind)
+        if counters:
+            diff += "\n\nsource's final query-migrate, exact counters:\n" + "\n".join(counters)
     if diff:
         pytest.fail(
             f"two-party/{name}: {target.kind} differs from QEMU {version} "
