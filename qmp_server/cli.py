@@ -3,16 +3,22 @@
 QEMU options that shape what a QMP client sees are honoured (``-qmp``, ``-chardev``/``-mon``,
 ``-S``, ``-incoming``, ``-global migration.*``, ``-m``, ``-name``, ``-machine``); options that
 mean nothing here are accepted and ignored (``-nodefaults``, ``-display``, ``-accel`` ...).
+What launchers need to start a QEMU is there too: ``-M help``/``-cpu help``/``-version`` print
+the emulated QEMU's texts, ``-chardev socket,fd=N`` takes over an inherited socket,
+``-daemonize`` and ``-pidfile`` behave as in QEMU (issue 13).
 Errors are printed the way QEMU prints them, prefixed ``qmp-server:``, with exit status 1.
 Options of our own use GNU long form: ``--compat``, ``--host``, ``--version``, ``--help``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Literal
 
 from qmp_server import __version__
@@ -32,19 +38,19 @@ _IGNORED_WITH_ARG = frozenset(
         "display", "vga", "accel", "serial", "parallel", "cpu", "smp", "object", "nic", "net",
         "drive", "bios", "boot", "rtc", "k", "L", "uuid", "msg", "d", "D", "trace", "sandbox",
         "overcommit", "audiodev", "vnc", "spice", "usbdevice", "blockdev", "netdev", "numa",
-        "monitor", "chroot", "runas", "watchdog-action", "action", "pidfile",
+        "monitor", "chroot", "runas", "watchdog-action", "action",
     }
 )  # fmt: skip
 _IGNORED_FLAGS = frozenset(
     {
         "nodefaults", "enable-kvm", "no-shutdown", "no-reboot", "nographic", "snapshot",
-        "no-user-config", "no-hpet", "no-acpi", "enable-fips", "full-screen", "s",
+        "no-user-config", "no-hpet", "no-acpi", "enable-fips", "full-screen", "s", "daemonize",
     }
 )  # fmt: skip
 _WITH_ARG = frozenset(
     {"qmp", "qmp-pretty", "chardev", "mon", "machine", "M", "m", "incoming", "global", "name",
      "device", "compat", "host", "http", "http-token-file", "http-cors", "poll-us",
-     "guest-fill", "dirty-rate"}
+     "guest-fill", "dirty-rate", "pidfile"}
 ) | _IGNORED_WITH_ARG  # fmt: skip
 
 USAGE = f"""\
@@ -56,8 +62,15 @@ QEMU-style options:
                                         without server=on it connects out (qmp-shell-wrap)
   -qmp tcp:HOST:PORT[,server=on,wait=off]
   -chardev socket,id=ID,path=PATH|host=H,port=P,server=on,wait=off
+  -chardev socket,id=ID,fd=N[,server=on]  an inherited socket: a connected one is the
+                                        monitor's client, a listening one (server=on)
+                                        is listened on
   -mon chardev=ID,mode=control          a monitor on a -chardev
   -machine/-M none|pc|q35|...           accepted (the machine is modelled, not emulated)
+  -machine help, -cpu help              the emulated QEMU's lists, then exit
+  -daemonize                            run in the background; return once monitors listen
+  -pidfile PATH                         write the process id to PATH (locked, removed at exit)
+  -version                              the emulated QEMU's version text, then exit
   -m SIZE                               guest RAM size (default 128M; -M none: no RAM)
   -S                                    start paused (runstate prelaunch)
   -incoming defer|URI                   wait for an incoming migration
@@ -109,6 +122,42 @@ class Options:
     guest_fill: Literal["zero", "random", "idle"] = "idle"
     guest_seed: int = 1
     dirty_rate: int = 0
+    #: ``-daemonize``: fork; the parent returns once the monitors listen
+    daemonize: bool = False
+    #: ``-pidfile PATH``
+    pidfile: str | None = None
+
+
+def help_text(profile: Profile, name: str) -> str:
+    """A text recorded from the emulated QEMU (``tools/record_help_texts.py``).
+
+    ``name`` is ``machine``, ``cpu`` or ``version``; profiles without recordings of their own
+    (the default 8.0.50 and 8.1) print QEMU 7.2's.
+    """
+    folder = "qemu-10.0" if profile.since(10, 0) else "qemu-7.2"
+    data = resources.files("qmp_server.data").joinpath("help", folder, f"{name}.txt")
+    return data.read_text(encoding="utf-8")
+
+
+def version_text(profile: Profile) -> str:
+    """``-version``: QEMU's two lines, the first naming the emulated version (launchers parse
+    it), the package in parentheses; the copyright line is the recorded QEMU's."""
+    major, minor, micro = profile.version
+    copyright_line = help_text(profile, "version").splitlines()[1]
+    first = f"QEMU emulator version {major}.{minor}.{micro} ({PROG} {__version__})"
+    return f"{first}\n{copyright_line}\n"
+
+
+def _is_help(value: str) -> bool:
+    return any(part in ("help", "?") for part in value.split(","))
+
+
+def _machine_type_given(value: str) -> bool:
+    """Whether a ``-machine`` value names the type (its first part, or ``type=``)."""
+    parts = value.split(",")
+    return (parts[0] not in ("help", "?") and "=" not in parts[0]) or any(
+        part.startswith("type=") for part in parts
+    )
 
 
 def _parse_onoff(key: str, value: str | None) -> bool:
@@ -131,7 +180,10 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
         path = kv.pop("path", None)
         host = kv.pop("host", None)
         port = kv.pop("port", None)
-        if path:
+        fd = kv.pop("fd", None)
+        if fd is not None:
+            kind = "fd"
+        elif path:
             kind = "unix"
         elif port:
             kind = "tcp"
@@ -157,6 +209,11 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
         kv.pop(ignored, None)
     if kv:
         raise UsageError(f"Invalid parameter '{next(iter(kv))}'")
+    if kind == "fd":
+        assert fd is not None
+        return chardev_id, ChardevSpec(
+            "fd", fd=_inherited_socket(text, fd), server=server, wait=wait, option=text
+        )
     if kind == "unix":
         if not path:
             raise UsageError("chardev: socket: 'path' required")
@@ -168,6 +225,23 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
     return chardev_id, ChardevSpec(
         "tcp", host=host or "0.0.0.0", port=port_number, server=server, wait=wait
     )
+
+
+def _inherited_socket(text: str, value: str) -> int:
+    """``fd=N`` of a socket chardev: N must be an open socket (QEMU's checks and texts)."""
+    try:
+        fd = int(value, 10)
+    except ValueError:
+        fd = -1
+    if fd < 0:
+        raise UsageError(f"-chardev {text}: Unable to parse FD number {value}")
+    try:
+        is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        raise UsageError(f"-chardev {text}: File descriptor '{fd}' is not a socket")
+    return fd
 
 
 def _parse_global(text: str) -> tuple[str, str, str]:
@@ -228,9 +302,37 @@ def _parse_memory(value: str) -> int:
         raise UsageError(f"-m {value}: {err}{hint}") from None
 
 
+def _compat_profile(argv: Sequence[str]) -> Profile:
+    """The profile named by ``--compat`` anywhere on the line (for ``-version``)."""
+    name = None
+    for i, arg in enumerate(argv):
+        if arg == "--compat" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--compat="):
+            name = arg.partition("=")[2]
+    try:
+        return resolve_profile(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _check_daemonize(raw: list[tuple[str, str | None]]) -> None:
+    """QEMU's start-up refusals of ``-daemonize`` with output that needs the terminal."""
+    if not any(n == "daemonize" for n, _ in raw):
+        return
+    for name, value in raw:
+        if name in ("chardev", "qmp", "qmp-pretty") and value and value.startswith("stdio"):
+            raise UsageError(f"-{name} {value}: cannot use stdio with -daemonize")
+    # -nographic would put a monitor on stdio unless another monitor (or none) is asked for
+    monitors = {"qmp", "qmp-pretty", "mon", "monitor", "nodefaults"}
+    if any(n == "nographic" for n, _ in raw) and not any(n in monitors for n, _ in raw):
+        raise UsageError("-nographic cannot be used with -daemonize")
+
+
 def parse_args(argv: Sequence[str]) -> Options | None:
-    """Parse a QEMU-style command line; None means "--help/--version was printed"."""
+    """Parse a QEMU-style command line; None means a help or version text was printed."""
     raw: list[tuple[str, str | None]] = []
+    machine_type = False
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -244,6 +346,9 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         if name in ("help", "h"):
             sys.stdout.write(USAGE)
             return None
+        if name == "version" and arg == "-version":  # QEMU's: the emulated version
+            sys.stdout.write(version_text(_compat_profile(argv)))
+            return None
         if name == "version":
             sys.stdout.write(f"{PROG} {__version__}\n")
             return None
@@ -254,6 +359,15 @@ def parse_args(argv: Sequence[str]) -> Options | None:
                 value = argv[i]
                 i += 1
             raw.append((name, value))
+            if name in ("machine", "M"):
+                # QEMU acts on -M help as it reads it: the machine list while no type is
+                # known yet; with a type, that machine's properties (not recorded here).
+                if _is_help(value) and (machine_type or _machine_type_given(value)):
+                    raise UsageError(f"-{name} {value}: machine property help is not available")
+                if _is_help(value):
+                    sys.stdout.write(help_text(_compat_profile(argv), "machine"))
+                    return None
+                machine_type = machine_type or _machine_type_given(value)
         elif name in _IGNORED_FLAGS or name == "S":
             raw.append((name, None))
         else:
@@ -263,6 +377,10 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         profile = resolve_profile(compat[-1] if compat else None)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if any(n == "cpu" and v in ("help", "?") for n, v in raw):
+        sys.stdout.write(help_text(profile, "cpu"))
+        return None
+    _check_daemonize(raw)
     opts = Options(profile=profile)
     chardevs: dict[str, ChardevSpec] = {}
     for name, value in raw:
@@ -287,6 +405,10 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             opts.monitors.append(chardevs[cid])
         elif name == "S":
             opts.start_paused = True
+        elif name == "daemonize":
+            opts.daemonize = True
+        elif name == "pidfile":
+            opts.pidfile = value
         elif name == "nodefaults":
             opts.nodefaults = True
         elif name == "incoming":

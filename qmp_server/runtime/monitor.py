@@ -20,7 +20,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qmp_server.commands.dispatch import Dispatcher, MonitorState
@@ -89,16 +89,23 @@ def _listening_unix_socket(path: str) -> socket.socket:
 
 @dataclass(frozen=True, slots=True)
 class ChardevSpec:
-    """Where a monitor lives: ``unix`` path or ``tcp`` host/port, listening or connecting out."""
+    """Where a monitor lives: ``unix`` path or ``tcp`` host/port, listening or connecting out,
+    or an inherited socket (``fd``: connected, the client itself; or listening with ``server``).
+    """
 
-    kind: str  # "unix" | "tcp"
+    kind: str  # "unix" | "tcp" | "fd"
     path: str = ""
     host: str = ""
     port: int = 0
     server: bool = True
     wait: bool = False
+    fd: int = -1
+    #: the ``-chardev`` text, for QEMU's error messages that quote it
+    option: str = field(default="", compare=False)
 
     def describe(self) -> str:
+        if self.kind == "fd":
+            return f"fd:{self.fd}"
         return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
 
 
@@ -229,6 +236,9 @@ class QMPMonitor:
         except OSError as err:
             reason = os.strerror(err.errno) if err.errno else str(err)
             spec = self.spec
+            if spec.kind == "fd":
+                what = f"-chardev {spec.option}: Failed to listen on fd socket"
+                raise OSError(f"{what}: {reason}") from None
             where = spec.path if spec.kind == "unix" else f"{spec.host}:{spec.port}"
             verb = "bind socket to" if spec.server else "connect to"
             raise OSError(f"Failed to {verb} '{where}': {reason}") from None
@@ -236,7 +246,9 @@ class QMPMonitor:
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         spec = self.spec
-        if spec.server:
+        if spec.kind == "fd":
+            await self._start_inherited(loop)
+        elif spec.server:
             if spec.kind == "unix":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(spec.path)
@@ -262,6 +274,21 @@ class QMPMonitor:
         else:
             await loop.create_connection(lambda: QMPConnection(self), spec.host, spec.port)
             self.address = (spec.host, spec.port)
+
+    async def _start_inherited(self, loop: asyncio.AbstractEventLoop) -> None:
+        """An inherited socket: listen on it (``server=on``) or serve it as the client."""
+        sock = socket.socket(fileno=self.spec.fd)
+        try:
+            if self.spec.server:
+                sock.listen(100)
+                self.server = await loop.create_server(lambda: QMPConnection(self), sock=sock)
+                self.address = sock.getsockname()
+            else:
+                await loop.connect_accepted_socket(lambda: QMPConnection(self), sock)
+                self.address = self.spec.describe()
+        except BaseException:
+            sock.close()
+            raise
 
     def attach(self, conn: QMPConnection) -> None:
         assert conn.transport is not None

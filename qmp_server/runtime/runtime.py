@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 import sys
 import time
@@ -37,7 +39,7 @@ from qmp_server.runtime.migration_io import MigrationController
 from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.wire.encoder import encode_line
 
-__all__ = ["SCHEMA_PATH", "Runtime", "build_vm"]
+__all__ = ["SCHEMA_PATH", "Runtime", "build_vm", "write_pidfile"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,38 @@ def _stderr(text: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(text)
         sys.stderr.flush()
+
+
+def write_pidfile(path: str) -> int:
+    """Create ``path`` (0600), lock it and write this process's pid; returns the open fd,
+    which keeps the lock for the life of the process.
+
+    :raise UsageError: QEMU's texts for a file that cannot be created or is locked.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise UsageError(f"cannot create PID file: Could not create '{path}': {reason}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise UsageError(f"cannot create PID file: Cannot lock pid file: {reason}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _wait_for_daemon(ready: int, pid: int) -> int:
+    """The parent of ``-daemonize``: 0 once the daemon reports ready, else its exit status."""
+    with os.fdopen(ready, "rb") as pipe:
+        if pipe.read(1):
+            return 0
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code if code > 0 else 1
 
 
 class Runtime:
@@ -123,6 +157,8 @@ class Runtime:
         #: event stream and metrics subscribe here.
         self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.http: Any = None
+        #: ``-daemonize``: the pipe end that tells the waiting parent the monitors listen
+        self._ready_fd: int | None = None
 
     # -- events -------------------------------------------------------------------------
     def emit(self, name: str, data: dict[str, Any] | None) -> None:
@@ -183,6 +219,7 @@ class Runtime:
                 from qmp_server.rest.server import start_http  # FastAPI loads only here
 
                 self.http = await start_http(self)
+            self._detach()
             await self._stopping.wait()
             await asyncio.sleep(0)  # let transports flush what is queued
         finally:
@@ -192,11 +229,45 @@ class Runtime:
             for monitor in self.monitors:
                 await monitor.close()
 
+    def _detach(self) -> None:
+        """Start-up is complete: release a ``-daemonize`` parent, leave the terminal."""
+        if self._ready_fd is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
+        os.write(self._ready_fd, b"\0")
+        os.close(self._ready_fd)
+        self._ready_fd = None
+
     def run(self) -> int:
+        if self.options.daemonize:
+            ready, self._ready_fd = os.pipe()
+            pid = os.fork()
+            if pid:
+                os.close(self._ready_fd)
+                self._ready_fd = None
+                return _wait_for_daemon(ready, pid)
+            os.close(ready)
+            os.setsid()
+        pidfile_fd = None
+        pidfile = self.options.pidfile
         try:
+            if pidfile is not None:
+                pidfile_fd = write_pidfile(pidfile)
             with asyncio.Runner(loop_factory=lambda: new_event_loop(self.options.poll_us)) as r:
                 r.run(self.serve())
-        except OSError as err:
-            sys.stderr.write(f"qmp-server: {err}\n")
+        except (OSError, UsageError) as err:
+            _stderr(f"qmp-server: {err}\n")
             return 1
+        finally:
+            if pidfile_fd is not None:
+                assert pidfile is not None
+                with contextlib.suppress(OSError):
+                    os.unlink(pidfile)
+                os.close(pidfile_fd)
         return self.exit_code
