@@ -50,6 +50,30 @@ def test_replay_two_party(version: str, name: str) -> None:
         pytest.skip(why)
     fixture = tp.load_fixture(name, FIXTURES[version])
     scenario = fixture["scenario"]
+    # An exact-counter comparison depends on time (QEMU's bandwidth measure decides the
+    # switchover point); a stall of this VM (seen: one period of 700 ms under the full suite)
+    # moves it as a stalled QEMU would move.  Such a scenario gets up to two more runs; the
+    # views and counters of one run must then all match.
+    attempts = _EXACT_ATTEMPTS if scenario.get("exact_counters") else 1
+    diff = ""
+    for _ in range(attempts):
+        diff = _replay_once(target, fixture, version)
+        if not diff:
+            return
+    pytest.fail(
+        f"two-party/{name}: {target.kind} differs from QEMU {version} "
+        f"(normalised views; see docs/conformance.md)\n{diff}",
+        pytrace=False,
+    )
+
+
+#: runs of an exact-counter scenario before it fails (see above)
+_EXACT_ATTEMPTS = 3
+
+
+def _replay_once(target: Any, fixture: dict[str, Any], version: str) -> str:
+    """Run the fixture's scenario once; the differences from QEMU's run ("" if none)."""
+    scenario = fixture["scenario"]
     expected = tp.view(fixture["run"], scenario)
     try:
         run = tp.run_scenario(target, scenario)
@@ -62,9 +86,4 @@ def test_replay_two_party(version: str, name: str) -> None:
         counters = tp.exact_counter_diffs(fixture["run"], run, spread, target.kind)
         if counters:
             diff += "\n\nsource's final query-migrate, exact counters:\n" + "\n".join(counters)
-    if diff:
-        pytest.fail(
-            f"two-party/{name}: {target.kind} differs from QEMU {version} "
-            f"(normalised views; see docs/conformance.md)\n{diff}",
-            pytrace=False,
-        )
+    return diff
