@@ -6,12 +6,16 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: qemu-system-x86 is the live QEMU 7.2 oracle (differential
 # tests and the benchmark's reference; its recorded answers are in tests/conformance/fixtures),
-# chromium renders the dashboard in the browser test.
+# chromium renders the dashboard in the browser test, libvirt drives qmp-server as an emulator.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
   command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
   # Chromium drives the dashboard test (playwright uses it; it never downloads a browser).
   command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-liberation)
+  # libvirt 9.0 drives qmp-server in tests/libvirt (its daemons run in private namespaces
+  # the tests create; nothing is started at install time without systemd).
+  command -v libvirtd >/dev/null 2>&1 || need+=(libvirt-daemon-system libvirt-clients)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
