@@ -207,7 +207,7 @@ def _check_line(line: bytes, stats: dict[str, int]) -> None:
 def campaign(count: int, seed: int, compat: str | None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="qmp-fuzz-"))
     sock = str(tmp / "qmp.sock")
-    argv = [sys.executable, "-m", "qmp_server", "-M", "pc", "-m", "64", "-no-shutdown",
+    argv = [sys.executable, "-m", "qmp_server", "-M", "pc", "-m", "16", "-no-shutdown",
             "-nodefaults", "-qmp", f"unix:{sock},server=on,wait=off",
             "-qmp", f"unix:{sock}.2,server=on,wait=off"]  # fmt: skip
     if compat:

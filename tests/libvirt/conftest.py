@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _host import LibvirtHost, libvirt_unavailable
+from _host import LibvirtHost, libvirt_unavailable, link_hosts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,3 +55,14 @@ def emulators(libvirt_root: Path) -> dict[str, Path]:
     bindir = libvirt_root / "bin"
     bindir.mkdir(exist_ok=True)
     return {c: emulator_wrapper(bindir, c) for c in ("7.2", "10.0")}
+
+
+@pytest.fixture(scope="session")
+def libvirt_pair(libvirt_host: LibvirtHost, libvirt_root: Path
+                 ) -> Iterator[tuple[LibvirtHost, LibvirtHost, str]]:  # fmt: skip
+    """A second host joined to the first by a veth pair: (source, destination, its address)."""
+    other = LibvirtHost(libvirt_root / "b", "qsl-host-b")
+    other.start()
+    _, address = link_hosts(libvirt_host, other)
+    yield libvirt_host, other, address
+    other.stop()

@@ -119,3 +119,27 @@ def test_save_and_restore(libvirt_host: LibvirtHost, emulators: dict[str, Path],
     finally:
         v("destroy", name, check=False)
         v("undefine", name, check=False)
+
+
+@pytest.mark.parametrize("compat", ["7.2", "10.0"])
+def test_virsh_migrate_live_between_two_hosts(
+    libvirt_pair: tuple[LibvirtHost, LibvirtHost, str], emulators: dict[str, Path],
+    libvirt_root: Path, compat: str,
+) -> None:  # fmt: skip
+    source, dest, address = libvirt_pair
+    name = f"mig-{compat.replace('.', '')}"
+    xml = libvirt_root / f"{name}.xml"
+    xml.write_text(DOMAIN_XML.format(name=name, emulator=emulators[compat]))
+    source.virsh("define", str(xml))
+    try:
+        source.virsh("start", name)
+        source.virsh("migrate", "--live", "--verbose", name, dest.uri,
+                     "--migrateuri", f"tcp://{address}")  # fmt: skip
+        assert _wait_state(dest, name, "running") == "running"
+        assert source.virsh("domstate", name).stdout.strip() == "shut off"
+        status = dest.virsh("qemu-monitor-command", name, '{"execute":"query-migrate"}').stdout
+        assert '"status":"completed"' in status.replace(" ", "")
+    finally:
+        dest.virsh("destroy", name, check=False)
+        source.virsh("destroy", name, check=False)
+        source.virsh("undefine", name, check=False)
