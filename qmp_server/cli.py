@@ -126,6 +126,9 @@ class Options:
     daemonize: bool = False
     #: ``-pidfile PATH``
     pidfile: str | None = None
+    #: accelerators in the order QEMU tries them (``-accel``, ``-enable-kvm``,
+    #: ``-machine accel=A:B``); empty: QEMU's default (TCG)
+    accel: list[str] = field(default_factory=list)
 
 
 def help_text(profile: Profile, name: str) -> str:
@@ -427,6 +430,14 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         elif name in ("machine", "M"):
             assert value is not None
             opts.machine = _check_machine(value, profile)
+            for part in value.split(","):
+                if part.startswith("accel="):
+                    opts.accel = part[len("accel="):].split(":")
+        elif name == "accel":
+            assert value is not None
+            opts.accel.append(value.split(",", 1)[0])
+        elif name == "enable-kvm":
+            opts.accel = ["kvm"]
         elif name == "device":
             assert value is not None
             opts.devices.append(value)

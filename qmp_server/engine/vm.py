@@ -81,6 +81,8 @@ class VirtualMachine:
         self.shutdown_reason: str | None = None
         #: The migration driver, attached by the runtime (None in pure unit tests).
         self.migration_hooks: MigrationDriver | None = None
+        #: Accelerators the command line asked for, in the order QEMU tries them.
+        self.accel: tuple[str, ...] = ("tcg",)
 
     @property
     def source_migration_status(self) -> str:

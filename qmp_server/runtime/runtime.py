@@ -24,6 +24,7 @@ from qmp_server.cli import Options
 from qmp_server.commands import control as _control  # noqa: F401
 from qmp_server.commands import migration as _migration  # noqa: F401
 from qmp_server.commands import migration_config as _migration_config  # noqa: F401
+from qmp_server.commands import object_model as _object_model  # noqa: F401
 from qmp_server.commands.control import version_info
 from qmp_server.commands.dispatch import Dispatcher
 from qmp_server.engine.config import MigrationConfig
@@ -65,7 +66,7 @@ def build_vm(options: Options, emit: Any) -> VirtualMachine:
     config = MigrationConfig.from_globals(
         options.profile, host, options.globals, incoming=options.incoming
     )
-    return VirtualMachine(
+    vm = VirtualMachine(
         options.profile,
         schema,
         emit,
@@ -74,6 +75,9 @@ def build_vm(options: Options, emit: Any) -> VirtualMachine:
         start_paused=options.start_paused,
         incoming=options.incoming,
     )
+    if options.accel:
+        vm.accel = tuple(options.accel)
+    return vm
 
 
 def _stderr(text: str) -> None:
