@@ -9,17 +9,19 @@ Starts the QEMU with the command line libvirt probes with (``-S -no-user-config 
 more generously than libvirt does (every type, every CPU model), so that any request a client
 makes can be answered from the recording:
 
-* ``qom-list-types`` with ``abstract: true`` (the full list in QEMU's order) and, for every
-  type T, ``implements: T`` (stored inverted: per type, the types it implements);
-* ``device-list-properties`` and ``qom-list-properties`` for every type, and for a name no
-  type has (its error text, the name to be substituted);
+* ``qom-list-types`` with ``abstract: true`` (the full list in QEMU's order, as a fresh QEMU
+  answers), the same once the devices of loadable modules were looked up (``qxl`` ...), and,
+  for every type T, ``implements: T`` (stored inverted: per type, the types it implements);
+* ``device-list-properties`` and ``qom-list-properties`` for every type (module devices
+  included), and for a name no type has (its error text, the name to be substituted);
 * ``query-machines`` (and its argument variants where the version has arguments),
   ``query-cpu-definitions``, ``query-cpu-model-expansion`` for every expansion type and CPU
-  model (plus a few with ``props`` and the error cases), ``query-command-line-options``
-  (all, each option, unknown), ``query-target``, ``query-kvm``, ``query-tpm-*``,
-  ``query-sev-capabilities``, ``query-sgx-capabilities``;
+  model (plus a few with ``props``, libvirt's static-then-full sequence and the error
+  cases), ``query-command-line-options`` (all, each option, unknown), ``query-target``,
+  ``query-kvm``, ``query-tpm-*``, ``query-sev-capabilities``, ``query-sgx-capabilities``;
 * a few derived answers (``checks``) that tests compare our derivations with;
-* the text of ``-device help`` (from a separate run).
+* the text of ``-device help`` and of ``-device DRIVER,help`` for a few drivers (separate
+  runs; the latter to check the text the engine builds).
 
 Replies are stored raw (``{"return": ...}`` or ``{"error": ...}``), so member order is QEMU's.
 The engine loads a file on first use (about 0.1 s), not at start-up.
@@ -167,13 +169,22 @@ def record(mon: Monitor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     types = _ok(mon.call("qom-list-types", {"abstract": True}))
     names = [t["name"] for t in types]
-    implements: dict[str, list[str]] = {n: [] for n in names}
-    for parent in names:
-        for t in _ok(mon.call("qom-list-types", {"implements": parent, "abstract": True})):
-            implements[t["name"]].append(parent)
     print(f"  {len(names)} types", file=sys.stderr)
     device_props = {n: (mon.call("device-list-properties", {"typename": n})) for n in names}
     qom_props = {n: (mon.call("qom-list-properties", {"typename": n})) for n in names}
+    # Types of loadable modules (qxl, usb-host ...) are not listed until a request names
+    # them; -device help names the devices among them.  Asking loads their module.
+    module_devices = sorted(_listed(device_help(mon.target)) - set(names))
+    for n in module_devices:
+        device_props[n] = mon.call("device-list-properties", {"typename": n})
+        qom_props[n] = mon.call("qom-list-properties", {"typename": n})
+    loaded = _ok(mon.call("qom-list-types", {"abstract": True}))
+    implements = {t["name"]: [] for t in loaded}
+    for parent in implements:
+        for t in _ok(mon.call("qom-list-types", {"implements": parent, "abstract": True})):
+            implements[t["name"]].append(parent)
+    print(f"  {len(module_devices)} module devices, {len(loaded)} types loaded", file=sys.stderr)
+
     unknown = {
         "device-list-properties": mon.call("device-list-properties", {"typename": NO_SUCH}),
         "qom-list-properties": mon.call("qom-list-properties", {"typename": NO_SUCH}),
@@ -205,6 +216,16 @@ def record(mon: Monitor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             args = {"type": kind, "model": model}
             with_props.append([args, mon.call("query-cpu-model-expansion", args)])
 
+    # libvirt's CPU probe: a static expansion, then the full expansion of its result.
+    for name in ("max", "host", "qemu64"):
+        for extra in ({}, {"migratable": False}):
+            model: dict[str, Any] = {"name": name, **({"props": extra} if extra else {})}
+            static = mon.call("query-cpu-model-expansion", {"type": "static", "model": model})
+            with_props.append([{"type": "static", "model": model}, static])
+            if "return" in static:
+                args = {"type": "full", "model": static["return"]["model"]}
+                with_props.append([args, mon.call("query-cpu-model-expansion", args)])
+
     checks: list[list[Any]] = []
     for args in (
         {},
@@ -230,6 +251,7 @@ def record(mon: Monitor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "query-machines-args": machine_args,
         "query-command-line-options": options,
         "types": types,
+        "types_with_modules": loaded,
         "implements": implements,
         "device-list-properties": device_props,
         "qom-list-properties": qom_props,
@@ -241,9 +263,22 @@ def record(mon: Monitor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return data, schema
 
 
-def device_help(target: Any) -> str:
+#: Devices whose ``-device DRIVER,help`` text is recorded, to check the text we build.
+HELP_SAMPLES = (
+    "piix3-usb-uhci", "virtio-balloon-pci", "virtio-net-pci", "e1000", "qxl",
+    "virtio-blk-pci", "scsi-hd", "usb-tablet", "vfio-pci", "ich9-usb-ehci1",
+    "pcie-root-port", "virtio-serial-pci", "isa-serial", "VGA", "nvdimm",
+)  # fmt: skip
+
+
+def _listed(help_text: str) -> set[str]:
+    return {ln.split('"', 2)[1] for ln in help_text.splitlines() if ln.startswith('name "')}
+
+
+def device_help(target: Any, driver: str = "") -> str:
+    arg = f"{driver},help" if driver else "help"
     out = subprocess.run(
-        [*target.prefix, "-device", "help"], capture_output=True, text=True, check=True
+        [*target.prefix, "-device", arg], capture_output=True, text=True, check=True
     )
     return out.stdout
 
@@ -267,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         mon.stop()
     data["device_help"] = device_help(target)
+    data["device_help_samples"] = {d: device_help(target, d) for d in HELP_SAMPLES}
     data["metadata"] = {
         "qemu_version": h.qemu_version_line(args.qemu, target),
         "qemu_binary": args.qemu,

@@ -13,7 +13,10 @@ A file is loaded on first use (about 0.1 s), never at start-up.  Rules for what 
 verbatim at recording time:
 
 * ``qom-list-types``: the full list (``abstract: true``) in QEMU's order, filtered; each type's
-  ``implements`` set was recorded (its ancestors and interfaces, itself included);
+  ``implements`` set was recorded (its ancestors and interfaces, itself included).  The list
+  is a fresh QEMU's: types of loadable modules (``qxl``, ``usb-host``) are not in it, but
+  answer ``device-list-properties`` and ``-device`` (QEMU loads their module when a request
+  names them; that the list then grows is not modelled);
 * ``device-list-properties``/``qom-list-properties``: every type's reply was recorded; a name
   QEMU does not know gets the recorded unknown-name error with the name substituted.  A few
   types make the recorded QEMU abort on the request (``crashed``): we answer an error instead;
@@ -24,8 +27,10 @@ verbatim at recording time:
   there is one; otherwise the model's expansion without props, each given property checked
   against the CPU type's properties (unknown names and non-boolean values for boolean
   properties get QEMU's errors; other value types are not checked) and overlaid on the
-  expansion under each spelling it has there.  An approximation: QEMU's feature dependencies and
-  the properties' own spellings aside.
+  expansion under each of its names (aliases derived from the recording), a ``level`` left at
+  its minimum following a given ``min-level``.  An approximation: QEMU's feature dependencies
+  are not modelled; libvirt's own requests (a static expansion, then the full expansion of
+  its result) were recorded verbatim.
 * Accelerator-dependent answers (``query-cpu-definitions``' ``unavailable-features``,
   ``query-sev-capabilities``, ``query-sgx-capabilities``) are TCG's, as recorded.
 """
@@ -76,13 +81,15 @@ class ObjectModel:
         self.version = version
         self._nosuch: str = data["no_such_name"]
         self.types: list[dict[str, Any]] = data["types"]
-        self._by_name = {t["name"]: t for t in self.types}
+        #: every type, those of loadable modules too (they load when a request names them)
+        self._by_name = {t["name"]: t for t in data["types_with_modules"]}
         self._implements: dict[str, frozenset[str]] = {
             name: frozenset(parents) for name, parents in data["implements"].items()
         }
         self._cpu_typenames = {
             d["name"]: d["typename"] for d in data["replies"]["query-cpu-definitions"]["return"]
         }
+        self._alias_cache: dict[str, str] | None = None
         #: the devices ``-device help`` lists: those a user can create
         self.user_creatable = _listed_devices(data["device_help"])
 
@@ -106,7 +113,7 @@ class ObjectModel:
         return [
             dict(t) for t in self.types
             if (abstract or not t.get("abstract"))
-            and (implements is None or implements in self._implements[t["name"]])
+            and (implements is None or implements in self._implements.get(t["name"], ()))
         ]  # fmt: skip
 
     def _per_type(self, command: str, typename: str) -> Any:
@@ -150,6 +157,8 @@ class ObjectModel:
         typename = self._cpu_typenames[name]
         known = {p["name"]: p["type"] for p in self.qom_list_properties(typename)}
         expanded = expansion["model"].setdefault("props", {})
+        before = dict(expanded)
+        aliases = self._aliases()
         for key, value in props.items():
             if key not in known:
                 desc = self.data["unknown"]["cpu-property"]["error"]["desc"]
@@ -159,11 +168,60 @@ class ObjectModel:
             if known[key] == "bool" and not isinstance(value, bool):
                 where = f"model.props.{key}" if self.version == "10.0" else key
                 raise CommandError(f"Invalid parameter type for '{where}', expected: boolean")
-            norm = _feature_key(key)
+            canonical = aliases.get(key, key)
             for other in expanded:
-                if _feature_key(other) == norm:  # the feature under each of its names
+                if aliases.get(other, other) == canonical:  # the feature under each name
                     expanded[other] = value
+        for level in ("level", "xlevel", "xlevel2", "level-func7"):
+            # a level QEMU derives from the features (left at the minimum) follows the minimum
+            low = f"min-{level}"
+            if (
+                level not in props
+                and low in props
+                and level in before
+                and before[level] == before.get(low)
+            ):
+                expanded[level] = props[low]
         return expansion
+
+    def _aliases(self) -> dict[str, str]:
+        """Other names of x86 features (``sse4_2``, ``i64``), to their canonical name.
+
+        Derived from the recording: a name a full expansion shows but the static expansion
+        never does is an alias of the one static name that has the same value in every
+        recorded full expansion (spellings differing in ``-``, ``_``, ``.`` first).
+        """
+        if self._alias_cache is not None:
+            return self._alias_cache
+        full = [
+            r["return"]["model"].get("props", {})
+            for r in self.data["cpu-model-expansion"]["full"].values()
+            if "return" in r
+        ]
+        static: set[str] = set()
+        for r in self.data["cpu-model-expansion"]["static"].values():
+            if "return" in r:
+                static.update(r["return"]["model"].get("props", {}))
+        vectors: dict[tuple[Any, ...], list[str]] = {}
+        for name in sorted(static):
+            if not all(isinstance(p.get(name, False), bool) for p in full):
+                continue  # numbers and strings (levels, model-id) are no features
+            vectors.setdefault(tuple(p.get(name) for p in full), []).append(name)
+        by_spelling = {_feature_key(n): n for n in static}
+        aliases: dict[str, str] = {}
+        for name in full[0] if full else {}:
+            if name in static:
+                continue
+            if _feature_key(name) in by_spelling:
+                aliases[name] = by_spelling[_feature_key(name)]
+                continue
+            same = vectors.get(tuple(p.get(name) for p in full), [])
+            if len(same) > 1:  # ambiguous: prefer the name that shares a prefix (pclmuldq)
+                same = [n for n in same if n[:4] == name[:4]]
+            if len(same) == 1:
+                aliases[name] = same[0]
+        self._alias_cache = aliases
+        return aliases
 
     # -- -device --------------------------------------------------------------------------
     def check_device(self, driver: str) -> DeviceCheck:
@@ -175,6 +233,36 @@ class ObjectModel:
         if driver not in self.user_creatable:
             return DeviceCheck("Parameter 'driver' expects a pluggable device type")
         return DeviceCheck(None)
+
+    def device_help(self, driver: str | None = None) -> str:
+        """``-device help`` (the recorded list) or ``-device DRIVER,help`` (its properties).
+
+        A driver's text is built from its recorded ``device-list-properties`` the way QEMU
+        prints it: lines sorted, ``name=<type>`` padded to 24 columns, `` - description``
+        and `` (default: V)`` (10.0 shows booleans as on/off and strings bare).
+
+        :raise CommandError: ``device-list-properties``' refusal of the driver, which QEMU
+            prints (and exits with status 0).
+        """
+        if driver is None:
+            text: str = self.data["device_help"]
+            return text
+        lines = []
+        for prop in self.device_list_properties(driver):
+            line = f"  {prop['name']}=<{prop['type']}>"
+            if "description" in prop or "default-value" in prop:
+                line = f"{line:<24} - {prop.get('description', '')}"
+                if "default-value" in prop:
+                    line += f" (default: {self._help_value(prop['default-value'])})"
+            lines.append(line)
+        return "\n".join([f"{driver} options:", *sorted(lines)]) + "\n"
+
+    def _help_value(self, value: Any) -> str:
+        if self.version == "10.0" and isinstance(value, bool):
+            return "on" if value else "off"
+        if self.version == "10.0" and isinstance(value, str):
+            return value
+        return json.dumps(value)
 
     def device_property_names(self, driver: str) -> frozenset[str]:
         """Properties ``-device DRIVER,...`` takes (``id`` and ``bus`` are QEMU's own)."""

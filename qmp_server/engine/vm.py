@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from qmp_server.engine.device_table import DeviceTable
 from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class VirtualMachine:
         self.migration_hooks: MigrationDriver | None = None
         #: Accelerators the command line asked for, in the order QEMU tries them.
         self.accel: tuple[str, ...] = ("tcg",)
+        #: The ``-device`` options QEMU accepted, by id (filled by the runtime).
+        self.devices = DeviceTable()
 
     @property
     def source_migration_status(self) -> str:

@@ -28,7 +28,8 @@ from qmp_server.commands import object_model as _object_model  # noqa: F401
 from qmp_server.commands.control import version_info
 from qmp_server.commands.dispatch import Dispatcher
 from qmp_server.engine.config import MigrationConfig
-from qmp_server.engine.devices import DeviceLoadError, check_unique_ids, parse_device
+from qmp_server.engine.device_table import DeviceError, load_devices
+from qmp_server.engine.devices import DeviceLoadError
 from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
 from qmp_server.engine.machine import layout_for
@@ -128,10 +129,16 @@ class Runtime:
         for warning in self.vm.config.warnings:
             sys.stderr.write(f"qmp-server: warning: {warning}\n")
         try:
-            configs = [parse_device(text) for text in options.devices]
-            check_unique_ids(configs)
+            self.vm.devices, configs = load_devices(options.devices, options.profile)
+        except DeviceError as err:
+            for warning in err.warnings:
+                sys.stderr.write(f"qmp-server: {warning}\n")
+            raise UsageError(str(err)) from None
         except (ValueError, DeviceLoadError) as err:
             raise UsageError(str(err)) from None
+        for device in self.vm.devices:
+            for warning in device.warnings:
+                sys.stderr.write(f"qmp-server: {warning}\n")
         layout = layout_for(
             options.profile, options.machine, options.memory, defaults=not options.nodefaults
         )
