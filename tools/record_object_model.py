@@ -19,6 +19,8 @@ makes can be answered from the recording:
   model (plus a few with ``props``, libvirt's static-then-full sequence and the error
   cases), ``query-command-line-options`` (all, each option, unknown), ``query-target``,
   ``query-kvm``, ``query-tpm-*``, ``query-sev-capabilities``, ``query-sgx-capabilities``;
+* with ``accel=kvm`` (when the host has /dev/kvm) the answers KVM changes: CPU definitions and
+  libvirt's CPU expansions, SEV/SGX errors (host-dependent, see :func:`record_kvm`);
 * a few derived answers (``checks``) that tests compare our derivations with;
 * the text of ``-device help`` and of ``-device DRIVER,help`` for a few drivers (separate
   runs; the latter to check the text the engine builds).
@@ -59,8 +61,9 @@ SCHEMA_FIXTURES = REPO / "tests" / "qapi" / "data"
 class Monitor:
     """One QEMU started with the probe line and a QMP connection to it (restartable)."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, accel: str = "tcg") -> None:
         self.target = target
+        self.argv = [*PROBE_ARGV[:-1], f"none,accel={accel}"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -69,7 +72,7 @@ class Monitor:
         host_sock = os.path.join(self.dir, "qmp.sock")
         argv = [
             *self.target.prefix,
-            *PROBE_ARGV,
+            *self.argv,
             "-qmp",
             f"unix:{self.target.inside(host_sock)},server=on,wait=off",
         ]
@@ -169,6 +172,11 @@ def record(mon: Monitor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
     types = _ok(mon.call("qom-list-types", {"abstract": True}))
     names = [t["name"] for t in types]
+    # qom-list-types loaded QEMU's modules (7.2: spice's, with its -spice option)
+    loaded_options: dict[str, Any] = {"all": mon.call("query-command-line-options"), "options": {}}
+    for entry in [*_ok(loaded_options["all"]), {"option": "spice"}]:
+        args = {"option": entry["option"]}
+        loaded_options["options"][entry["option"]] = mon.call("query-command-line-options", args)
     print(f"  {len(names)} types", file=sys.stderr)
     device_props = {n: (mon.call("device-list-properties", {"typename": n})) for n in names}
     qom_props = {n: (mon.call("qom-list-properties", {"typename": n})) for n in names}
@@ -250,6 +258,7 @@ def record(mon: Monitor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "replies": replies,
         "query-machines-args": machine_args,
         "query-command-line-options": options,
+        "query-command-line-options-loaded": loaded_options,
         "types": types,
         "types_with_modules": loaded,
         "implements": implements,
@@ -269,6 +278,38 @@ HELP_SAMPLES = (
     "virtio-blk-pci", "scsi-hd", "usb-tablet", "vfio-pci", "ich9-usb-ehci1",
     "pcie-root-port", "virtio-serial-pci", "isa-serial", "VGA", "nvdimm",
 )  # fmt: skip
+
+
+def record_kvm(mon: Monitor) -> dict[str, Any]:
+    """The answers that change when KVM runs the guest (libvirt's first probe round).
+
+    They depend on the recording host (its CPU, no SEV/SGX): recorded for reference and for
+    ``-accel kvm`` lines, where qmp-server has no better answer.
+    """
+    kvm: dict[str, Any] = {"replies": {}, "cpu-model-expansion-props": []}
+    for name in (
+        "query-kvm",
+        "query-cpu-definitions",
+        "query-sev-capabilities",
+        "query-sgx-capabilities",
+    ):
+        kvm["replies"][name] = mon.call(name)
+    for name in ("max", "host"):
+        for extra in ({}, {"migratable": False}):
+            model: dict[str, Any] = {"name": name, **({"props": extra} if extra else {})}
+            static = mon.call("query-cpu-model-expansion", {"type": "static", "model": model})
+            kvm["cpu-model-expansion-props"].append([{"type": "static", "model": model}, static])
+            if "return" in static:
+                args = {"type": "full", "model": static["return"]["model"]}
+                kvm["cpu-model-expansion-props"].append(
+                    [args, mon.call("query-cpu-model-expansion", args)]
+                )
+    args = {
+        "type": "full",
+        "model": {"name": "host", "props": {"migratable": False, "hv-passthrough": True}},
+    }
+    kvm["cpu-model-expansion-props"].append([args, mon.call("query-cpu-model-expansion", args)])
+    return kvm
 
 
 def _listed(help_text: str) -> set[str]:
@@ -301,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         data, schema = record(mon)
     finally:
         mon.stop()
+    if os.path.exists("/dev/kvm"):
+        mon = Monitor(target, accel="kvm")
+        try:
+            data["kvm"] = record_kvm(mon)
+        finally:
+            mon.stop()
     data["device_help"] = device_help(target)
     data["device_help_samples"] = {d: device_help(target, d) for d in HELP_SAMPLES}
     data["metadata"] = {

@@ -5,7 +5,9 @@ options, TPM models: answered from the recording of the real QEMU behind the pro
 (:mod:`qmp_server.engine.object_model`, loaded on the first of these commands).  ``query-kvm``
 is this host's: KVM is present when ``/dev/kvm`` exists and enabled when the command line
 asked for it (``-accel kvm``, ``-enable-kvm``, ``-machine accel=kvm``) ahead of TCG.
-SEV and SGX answer the errors the recorded QEMU gives under TCG.
+Answers that depend on the accelerator (SEV, SGX, CPU definitions and expansions) are the
+recorded QEMU's under TCG, or under KVM when KVM is enabled.  A ``qom-list-types`` loads
+QEMU's modules, which in QEMU 7.2 adds ``spice`` to ``query-command-line-options``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def query_target(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     return object_model(vm.profile).reply("query-target")
 
 
+def _kvm(vm: VirtualMachine) -> bool:
+    return kvm_enabled(vm.accel, os.path.exists(KVM_DEVICE))
+
+
 @command("query-kvm")
 def query_kvm(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     present = os.path.exists(KVM_DEVICE)
@@ -47,6 +53,7 @@ def query_kvm(vm: VirtualMachine, args: dict[str, Any]) -> Any:
 @command("qom-list-types")
 def qom_list_types(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     model = object_model(vm.profile)
+    vm.qom_modules_loaded = True  # QEMU loads its modules to list the types
     return model.qom_list_types(args.get("implements"), bool(args.get("abstract", False)))
 
 
@@ -67,12 +74,13 @@ def query_machines(vm: VirtualMachine, args: dict[str, Any]) -> Any:
 
 @command("query-cpu-definitions")
 def query_cpu_definitions(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    return object_model(vm.profile).reply("query-cpu-definitions")
+    return object_model(vm.profile).reply("query-cpu-definitions", kvm=_kvm(vm))
 
 
 @command("query-cpu-model-expansion")
 def query_cpu_model_expansion(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    return object_model(vm.profile).cpu_model_expansion(args["type"], args["model"])
+    model = object_model(vm.profile)
+    return model.cpu_model_expansion(args["type"], args["model"], kvm=_kvm(vm))
 
 
 @command("query-tpm-models")
@@ -87,14 +95,15 @@ def query_tpm_types(vm: VirtualMachine, args: dict[str, Any]) -> Any:
 
 @command("query-command-line-options")
 def query_command_line_options(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    return object_model(vm.profile).command_line_options(args.get("option"))
+    model = object_model(vm.profile)
+    return model.command_line_options(args.get("option"), loaded=vm.qom_modules_loaded)
 
 
 @command("query-sev-capabilities")
 def query_sev_capabilities(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    return object_model(vm.profile).reply("query-sev-capabilities")
+    return object_model(vm.profile).reply("query-sev-capabilities", kvm=_kvm(vm))
 
 
 @command("query-sgx-capabilities")
 def query_sgx_capabilities(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    return object_model(vm.profile).reply("query-sgx-capabilities")
+    return object_model(vm.profile).reply("query-sgx-capabilities", kvm=_kvm(vm))

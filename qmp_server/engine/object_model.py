@@ -32,12 +32,13 @@ verbatim at recording time:
   are not modelled; libvirt's own requests (a static expansion, then the full expansion of
   its result) were recorded verbatim.
 * Accelerator-dependent answers (``query-cpu-definitions``' ``unavailable-features``,
-  ``query-sev-capabilities``, ``query-sgx-capabilities``) are TCG's, as recorded.
+  ``query-sev-capabilities``, ``query-sgx-capabilities``, libvirt's expansions of ``max`` and
+  ``host``) are TCG's, or, when KVM is enabled (``query-kvm``), those recorded with
+  ``accel=kvm`` on the recording host (its CPU, no SEV or SGX).
 """
 
 from __future__ import annotations
 
-import copy
 import gzip
 import json
 from dataclasses import dataclass
@@ -56,13 +57,24 @@ def data_version(profile: Profile) -> str:
     return "10.0" if profile.since(10, 0) else "7.2"
 
 
+def _for_encoder(value: Any) -> Any:
+    """A copy of a recorded value whose objects come out of the wire encoder in the order
+    they were recorded: QEMU prints a QDict bucket by bucket, the key inserted last first
+    within a bucket, so inserting the recorded keys in reverse reproduces the recording."""
+    if isinstance(value, dict):
+        return {key: _for_encoder(value[key]) for key in reversed(value)}
+    if isinstance(value, list):
+        return [_for_encoder(item) for item in value]
+    return value
+
+
 def _answer(reply: dict[str, Any], version: str) -> Any:
     """The ``return`` of a recorded reply (a copy), or its error raised as QEMU's."""
     if "error" in reply:
         raise CommandError(reply["error"]["desc"], reply["error"]["class"])
     if "return" not in reply:
         raise CommandError(f"the recorded QEMU {version} aborts on this request")
-    return copy.deepcopy(reply["return"])
+    return _for_encoder(reply["return"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +110,13 @@ class ObjectModel:
         error = self.data["unknown"][what]["error"]
         return CommandError(error["desc"].replace(self._nosuch, name), error["class"])
 
-    def reply(self, command: str) -> Any:
-        """An argument-less command's recorded answer (``query-target``, ``query-tpm-*`` ...)."""
+    def reply(self, command: str, *, kvm: bool = False) -> Any:
+        """An argument-less command's recorded answer (``query-target``, ``query-tpm-*`` ...).
+
+        ``kvm``: the guest runs under KVM; answers KVM changes come from the KVM recording.
+        """
+        if kvm and command in self.data.get("kvm", {}).get("replies", {}):
+            return _answer(self.data["kvm"]["replies"][command], self.version)
         return _answer(self.data["replies"][command], self.version)
 
     def implements(self, typename: str, parent: str) -> bool:
@@ -111,7 +128,7 @@ class ObjectModel:
     # -- QMP commands ---------------------------------------------------------------------
     def qom_list_types(self, implements: str | None = None, abstract: bool = False) -> Any:
         return [
-            dict(t) for t in self.types
+            _for_encoder(t) for t in self.types
             if (abstract or not t.get("abstract"))
             and (implements is None or implements in self._implements.get(t["name"], ()))
         ]  # fmt: skip
@@ -133,14 +150,27 @@ class ObjectModel:
             return self.reply("query-machines")
         return _answer(self.data["query-machines-args"][json.dumps(args)], self.version)
 
-    def command_line_options(self, option: str | None = None) -> Any:
-        if option is None:
-            return self.reply("query-command-line-options")
-        return self._per_type("query-command-line-options", option)
+    def command_line_options(self, option: str | None = None, *, loaded: bool = False) -> Any:
+        """``loaded``: a ``qom-list-types`` has loaded QEMU's modules (7.2: ``-spice``)."""
+        if loaded:
+            if option is None:
+                return _answer(self.data["query-command-line-options-loaded"]["all"], self.version)
+            table = self.data["query-command-line-options-loaded"]["options"]
+        else:
+            table = self.data["query-command-line-options"]
+            if option is None:
+                return self.reply("query-command-line-options")
+        reply = table.get(option)
+        if reply is None:
+            raise self._unknown("query-command-line-options", option)
+        return _answer(reply, self.version)
 
-    def cpu_model_expansion(self, kind: str, model: dict[str, Any]) -> Any:
+    def cpu_model_expansion(self, kind: str, model: dict[str, Any], *, kvm: bool = False) -> Any:
         """``query-cpu-model-expansion`` (see the module docstring for ``props``)."""
-        for args, reply in self.data["cpu-model-expansion-props"]:
+        recorded = self.data["cpu-model-expansion-props"]
+        if kvm:
+            recorded = self.data.get("kvm", {}).get("cpu-model-expansion-props", []) + recorded
+        for args, reply in recorded:
             if args == {"type": kind, "model": model}:
                 return _answer(reply, self.version)
         name = model["name"]

@@ -86,6 +86,8 @@ class VirtualMachine:
         self.accel: tuple[str, ...] = ("tcg",)
         #: The ``-device`` options QEMU accepted, by id (filled by the runtime).
         self.devices = DeviceTable()
+        #: Whether QEMU would have loaded its modules (a ``qom-list-types`` does).
+        self.qom_modules_loaded = False
 
     @property
     def source_migration_status(self) -> str:
