@@ -24,7 +24,7 @@ from typing import Literal
 from qmp_server import __version__
 from qmp_server.engine.sizes import SIZE_HINT, parse_memory_size, parse_size
 from qmp_server.engine.uri import uri_scheme_known
-from qmp_server.errors import UsageError
+from qmp_server.errors import CommandError, UsageError
 from qmp_server.profiles import PROFILES, Profile, resolve_profile
 from qmp_server.runtime.monitor import ChardevSpec
 
@@ -126,6 +126,9 @@ class Options:
     daemonize: bool = False
     #: ``-pidfile PATH``
     pidfile: str | None = None
+    #: accelerators in the order QEMU tries them (``-accel``, ``-enable-kvm``,
+    #: ``-machine accel=A:B``); empty: QEMU's default (TCG)
+    accel: list[str] = field(default_factory=list)
 
 
 def help_text(profile: Profile, name: str) -> str:
@@ -146,6 +149,18 @@ def version_text(profile: Profile) -> str:
     copyright_line = help_text(profile, "version").splitlines()[1]
     first = f"QEMU emulator version {major}.{minor}.{micro} ({PROG} {__version__})"
     return f"{first}\n{copyright_line}\n"
+
+
+def _device_help(profile: Profile, value: str) -> None:
+    """``-device help`` / ``-device DRIVER,help``: the emulated QEMU's text; an unknown driver
+    is reported on stderr and, as in QEMU, the exit status is still 0."""
+    from qmp_server.engine.object_model import object_model  # loads its data on use
+
+    driver = value.split(",", 1)[0]
+    try:
+        sys.stdout.write(object_model(profile).device_help(None if _is_help(driver) else driver))
+    except CommandError as err:
+        sys.stderr.write(f"{PROG}: -device {value}: {err.desc}\n")
 
 
 def _is_help(value: str) -> bool:
@@ -380,6 +395,10 @@ def parse_args(argv: Sequence[str]) -> Options | None:
     if any(n == "cpu" and v in ("help", "?") for n, v in raw):
         sys.stdout.write(help_text(profile, "cpu"))
         return None
+    for name, value in raw:
+        if name == "device" and value and not value.startswith("{") and _is_help(value):
+            _device_help(profile, value)
+            return None
     _check_daemonize(raw)
     opts = Options(profile=profile)
     chardevs: dict[str, ChardevSpec] = {}
@@ -427,6 +446,14 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         elif name in ("machine", "M"):
             assert value is not None
             opts.machine = _check_machine(value, profile)
+            for part in value.split(","):
+                if part.startswith("accel="):
+                    opts.accel = part[len("accel="):].split(":")
+        elif name == "accel":
+            assert value is not None
+            opts.accel.append(value.split(",", 1)[0])
+        elif name == "enable-kvm":
+            opts.accel = ["kvm"]
         elif name == "device":
             assert value is not None
             opts.devices.append(value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from qmp_server.engine.device_table import DeviceTable
 from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
@@ -81,6 +82,12 @@ class VirtualMachine:
         self.shutdown_reason: str | None = None
         #: The migration driver, attached by the runtime (None in pure unit tests).
         self.migration_hooks: MigrationDriver | None = None
+        #: Accelerators the command line asked for, in the order QEMU tries them.
+        self.accel: tuple[str, ...] = ("tcg",)
+        #: The ``-device`` options QEMU accepted, by id (filled by the runtime).
+        self.devices = DeviceTable()
+        #: Whether QEMU would have loaded its modules (a ``qom-list-types`` does).
+        self.qom_modules_loaded = False
 
     @property
     def source_migration_status(self) -> str:

@@ -24,10 +24,12 @@ from qmp_server.cli import Options
 from qmp_server.commands import control as _control  # noqa: F401
 from qmp_server.commands import migration as _migration  # noqa: F401
 from qmp_server.commands import migration_config as _migration_config  # noqa: F401
+from qmp_server.commands import object_model as _object_model  # noqa: F401
 from qmp_server.commands.control import version_info
 from qmp_server.commands.dispatch import Dispatcher
 from qmp_server.engine.config import MigrationConfig
-from qmp_server.engine.devices import DeviceLoadError, check_unique_ids, parse_device
+from qmp_server.engine.device_table import DeviceError, load_devices
+from qmp_server.engine.devices import DeviceLoadError
 from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
 from qmp_server.engine.machine import layout_for
@@ -65,7 +67,7 @@ def build_vm(options: Options, emit: Any) -> VirtualMachine:
     config = MigrationConfig.from_globals(
         options.profile, host, options.globals, incoming=options.incoming
     )
-    return VirtualMachine(
+    vm = VirtualMachine(
         options.profile,
         schema,
         emit,
@@ -74,6 +76,9 @@ def build_vm(options: Options, emit: Any) -> VirtualMachine:
         start_paused=options.start_paused,
         incoming=options.incoming,
     )
+    if options.accel:
+        vm.accel = tuple(options.accel)
+    return vm
 
 
 def _stderr(text: str) -> None:
@@ -124,10 +129,16 @@ class Runtime:
         for warning in self.vm.config.warnings:
             sys.stderr.write(f"qmp-server: warning: {warning}\n")
         try:
-            configs = [parse_device(text) for text in options.devices]
-            check_unique_ids(configs)
+            self.vm.devices, configs = load_devices(options.devices, options.profile)
+        except DeviceError as err:
+            for warning in err.warnings:
+                sys.stderr.write(f"qmp-server: {warning}\n")
+            raise UsageError(str(err)) from None
         except (ValueError, DeviceLoadError) as err:
             raise UsageError(str(err)) from None
+        for device in self.vm.devices:
+            for warning in device.warnings:
+                sys.stderr.write(f"qmp-server: {warning}\n")
         layout = layout_for(
             options.profile, options.machine, options.memory, defaults=not options.nodefaults
         )
