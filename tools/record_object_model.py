@@ -27,7 +27,8 @@ makes can be answered from the recording:
 
 Replies are stored raw (``{"return": ...}`` or ``{"error": ...}``), so member order is QEMU's.
 The engine loads a file on first use (about 0.1 s), not at start-up.
-Output: ``qmp_server/data/object_model/qemu-VERSION.json.gz``; with ``--schema-fixture`` also
+Output: ``qmp_server/data/object_model/qemu-VERSION.json.gz`` and, derived from it, the small
+``qemu-VERSION.devices.json.gz`` that ``-device`` checks against; with ``--schema-fixture`` also
 the raw ``query-qmp-schema`` answer as ``tests/qapi/data/qemu-VERSION-qmp-schema.json.gz``.
 Never edit the outputs: re-record.
 """
@@ -50,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from _recording import REPO, add_target_options, h, open_target
+
+sys.path.insert(0, str(REPO))
+from qmp_server.engine.object_model import ObjectModel
 
 PROBE_ARGV = ["-S", "-no-user-config", "-nodefaults", "-nographic", "-machine", "none,accel=tcg"]
 #: A type name no QEMU has: its errors are stored with this name, which the engine substitutes.
@@ -371,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     with gzip.open(out, "wt", encoding="utf-8", compresslevel=9) as f:
         json.dump(data, f, ensure_ascii=True, separators=(",", ":"))
     print(f"wrote {out} ({out.stat().st_size} bytes)", file=sys.stderr)
+    catalog = ObjectModel(data, version).device_catalog()
+    small = out.with_name(f"qemu-{version}.devices.json.gz")
+    with gzip.open(small, "wt", encoding="utf-8", compresslevel=9) as f:
+        json.dump(catalog, f, ensure_ascii=True, separators=(",", ":"))
+    print(f"wrote {small} ({small.stat().st_size} bytes)", file=sys.stderr)
     if args.schema_fixture:
         path = SCHEMA_FIXTURES / f"qemu-{version}-qmp-schema.json.gz"
         with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as f:

@@ -25,17 +25,28 @@ of a PCI bus; we accept it), property values (only names are checked).  ``vfio-s
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from qmp_server.engine.devices import VfioSimConfig, parse_device
-from qmp_server.engine.object_model import ObjectModel, object_model
+from qmp_server.engine.object_model import data_version
 from qmp_server.profiles import Profile
 
-__all__ = ["DeviceError", "DeviceSpec", "DeviceTable", "load_devices", "parse_device_option"]
+__all__ = [
+    "DeviceCatalog",
+    "DeviceError",
+    "DeviceSpec",
+    "DeviceTable",
+    "device_catalog",
+    "load_devices",
+    "parse_device_option",
+]
 
 _ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*\Z")
 _ID_HINT = "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter."
@@ -133,6 +144,46 @@ def parse_device_option(text: str) -> DeviceSpec:
     return DeviceSpec(driver_name, dev_id, props, text, False, tuple(warnings))
 
 
+class DeviceCatalog:
+    """The device types of one recorded QEMU, as ``-device`` checks them.
+
+    Loaded from ``qemu-V.devices.json.gz``, which ``tools/record_object_model.py`` derives
+    from the recording (:meth:`.ObjectModel.device_catalog`).
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.version: str = data["version"]
+        self.devices: dict[str, dict[str, Any]] = data["devices"]
+
+    def check(self, driver: str) -> str | None:
+        """QEMU's refusal of ``-device DRIVER`` before any property is looked at, or None."""
+        entry = self.devices.get(driver)
+        if entry is None:  # no such type, or not a device
+            return f"'{driver}' is not a valid device model name"
+        if entry["abstract"]:
+            return "Parameter 'driver' expects a non-abstract device type"
+        if not entry["user_creatable"]:
+            return "Parameter 'driver' expects a pluggable device type"
+        return None
+
+    def property_names(self, driver: str) -> frozenset[str]:
+        """Properties ``-device DRIVER,...`` takes besides QEMU's own ``id``, ``bus``."""
+        return frozenset(self.devices.get(driver, {}).get("properties", ()))
+
+
+@cache
+def _catalog(version: str) -> DeviceCatalog:
+    name = f"qemu-{version}.devices.json.gz"
+    path = resources.files("qmp_server.data").joinpath("object_model", name)
+    with gzip.open(path.open("rb"), "rt", encoding="utf-8") as f:
+        return DeviceCatalog(json.load(f))
+
+
+def device_catalog(profile: Profile) -> DeviceCatalog:
+    """The (cached) device catalog of ``profile``'s recording."""
+    return _catalog(data_version(profile))
+
+
 class DeviceTable:
     """The devices of the command line, in order, and by id (``vm.devices``).
 
@@ -155,8 +206,8 @@ class DeviceTable:
     def of_driver(self, driver: str) -> list[DeviceSpec]:
         return [d for d in self.devices if d.driver == driver]
 
-    def add(self, spec: DeviceSpec, model: ObjectModel | None) -> None:
-        """Check ``spec`` as QEMU would (``model``: None for our own ``vfio-sim``) and keep it.
+    def add(self, spec: DeviceSpec, catalog: DeviceCatalog | None) -> None:
+        """Check ``spec`` as QEMU would (``catalog``: None for our ``vfio-sim``) and keep it.
 
         :raise DeviceError: QEMU's refusal.
         """
@@ -167,11 +218,11 @@ class DeviceTable:
                 culprit = spec if spec.json else other
                 raise DeviceError(f"-device {culprit.text}: Duplicate device ID '{spec.id}'")
             raise DeviceError(f"{where}Duplicate ID '{spec.id}' for device")
-        if model is not None:
-            error = model.check_device(spec.driver).error
+        if catalog is not None:
+            error = catalog.check(spec.driver)
             if error is not None:
                 raise DeviceError(where + error)
-            known = model.device_property_names(spec.driver) | _COMMON
+            known = catalog.property_names(spec.driver) | _COMMON
             for name in spec.props:
                 if name not in known:
                     raise DeviceError(f"{where}Property '{spec.driver}.{name}' not found")
@@ -183,7 +234,7 @@ class DeviceTable:
 def load_devices(texts: list[str], profile: Profile) -> tuple[DeviceTable, list[VfioSimConfig]]:
     """The table of every ``-device`` of the command line, and the ``vfio-sim`` configs.
 
-    The profile's object model is loaded only when a device other than ``vfio-sim`` is given.
+    The profile's device catalog is loaded only when a device other than ``vfio-sim`` is given.
 
     :raise DeviceError: the first option QEMU would refuse.
     """
@@ -201,7 +252,7 @@ def load_devices(texts: list[str], profile: Profile) -> tuple[DeviceTable, list[
                     raise DeviceError(f"-device {text}: {err}") from None
                 table.add(spec, None)
             else:
-                table.add(spec, object_model(profile))
+                table.add(spec, device_catalog(profile))
         except DeviceError as err:
             err.warnings = tuple(warnings)
             raise

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -49,7 +48,7 @@ from typing import Any
 from qmp_server.errors import CommandError
 from qmp_server.profiles import Profile
 
-__all__ = ["DeviceCheck", "ObjectModel", "data_version", "object_model"]
+__all__ = ["ObjectModel", "data_version", "object_model"]
 
 
 def data_version(profile: Profile) -> str:
@@ -77,13 +76,6 @@ def _answer(reply: dict[str, Any], version: str) -> Any:
     return _for_encoder(reply["return"])
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceCheck:
-    """Why QEMU refuses ``-device DRIVER`` (None: it accepts the driver)."""
-
-    error: str | None
-
-
 class ObjectModel:
     """One recorded QEMU's object model; methods answer as that QEMU's QMP commands do."""
 
@@ -102,8 +94,6 @@ class ObjectModel:
             d["name"]: d["typename"] for d in data["replies"]["query-cpu-definitions"]["return"]
         }
         self._alias_cache: dict[str, str] | None = None
-        #: the devices ``-device help`` lists: those a user can create
-        self.user_creatable = _listed_devices(data["device_help"])
 
     # -- helpers --------------------------------------------------------------------------
     def _unknown(self, what: str, name: str) -> CommandError:
@@ -254,16 +244,6 @@ class ObjectModel:
         return aliases
 
     # -- -device --------------------------------------------------------------------------
-    def check_device(self, driver: str) -> DeviceCheck:
-        """QEMU's verdict on ``-device DRIVER`` before any property is looked at."""
-        if driver not in self._by_name or not self.implements(driver, "device"):
-            return DeviceCheck(f"'{driver}' is not a valid device model name")
-        if self.is_abstract(driver):
-            return DeviceCheck("Parameter 'driver' expects a non-abstract device type")
-        if driver not in self.user_creatable:
-            return DeviceCheck("Parameter 'driver' expects a pluggable device type")
-        return DeviceCheck(None)
-
     def device_help(self, driver: str | None = None) -> str:
         """``-device help`` (the recorded list) or ``-device DRIVER,help`` (its properties).
 
@@ -294,10 +274,23 @@ class ObjectModel:
             return value
         return json.dumps(value)
 
-    def device_property_names(self, driver: str) -> frozenset[str]:
-        """Properties ``-device DRIVER,...`` takes (``id`` and ``bus`` are QEMU's own)."""
-        reply = self.data["device-list-properties"].get(driver, {})
-        return frozenset(p["name"] for p in reply.get("return", ()))
+    def device_catalog(self) -> dict[str, Any]:
+        """What ``-device`` needs, per device type (module devices included): whether it is
+        abstract, whether a user can create it (``-device help`` lists it), its property
+        names.  Written beside the recording as ``qemu-V.devices.json.gz`` (small, so a
+        command line with ``-device`` does not load the whole recording)."""
+        creatable = _listed_devices(self.data["device_help"])
+        devices: dict[str, Any] = {}
+        for name, entry in self._by_name.items():
+            if not self.implements(name, "device"):
+                continue
+            reply = self.data["device-list-properties"].get(name, {})
+            devices[name] = {
+                "abstract": bool(entry.get("abstract")),
+                "user_creatable": name in creatable,
+                "properties": [p["name"] for p in reply.get("return", ())],
+            }
+        return {"version": self.version, "devices": devices}
 
 
 def _feature_key(name: str) -> str:

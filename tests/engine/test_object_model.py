@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from qmp_server.engine.device_table import device_catalog
 from qmp_server.engine.object_model import ObjectModel, data_version, object_model
 from qmp_server.errors import CommandError
 from qmp_server.profiles import PROFILES
@@ -116,21 +117,20 @@ def test_libvirt_probe_types(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_device_checks(version: str) -> None:
-    model = _model(version)
-    assert model.check_device("piix3-usb-uhci").error is None
-    assert model.check_device("virtio-balloon-pci").error is None
-    assert model.check_device("nope").error == "'nope' is not a valid device model name"
-    assert model.check_device("memory-backend-ram").error == (
+def test_device_catalog_is_derived_from_the_recording(version: str) -> None:
+    catalog = device_catalog(VERSIONS[version])
+    assert {"version": catalog.version, "devices": catalog.devices} == (
+        _model(version).device_catalog()
+    )
+    assert catalog.check("piix3-usb-uhci") is None
+    assert catalog.check("virtio-balloon-pci") is None
+    assert catalog.check("nope") == "'nope' is not a valid device model name"
+    assert catalog.check("memory-backend-ram") == (
         "'memory-backend-ram' is not a valid device model name"
     )
-    assert model.check_device("pci-device").error == (
-        "Parameter 'driver' expects a non-abstract device type"
-    )
-    assert model.check_device("i440FX-pcihost").error == (
-        "Parameter 'driver' expects a pluggable device type"
-    )
-    assert "addr" in model.device_property_names("piix3-usb-uhci")
+    assert catalog.check("pci-device") == "Parameter 'driver' expects a non-abstract device type"
+    assert catalog.check("i440FX-pcihost") == "Parameter 'driver' expects a pluggable device type"
+    assert "addr" in catalog.property_names("piix3-usb-uhci")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
