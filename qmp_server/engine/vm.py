@@ -16,6 +16,7 @@ from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
     from qmp_server.engine.config import MigrationConfig
+    from qmp_server.engine.domain import Domain
     from qmp_server.engine.host import HostInfo
     from qmp_server.qapi.model import Schema
 
@@ -81,6 +82,8 @@ class VirtualMachine:
         self.shutdown_reason: str | None = None
         #: The migration driver, attached by the runtime (None in pure unit tests).
         self.migration_hooks: MigrationDriver | None = None
+        #: vCPUs, QOM tree, I/O threads and chardevs, attached by the runtime.
+        self.domain: Domain | None = None
 
     @property
     def source_migration_status(self) -> str:
