@@ -127,3 +127,18 @@ def query_iothreads(vm: VirtualMachine, args: dict[str, Any]) -> Any:
 @command("query-memory-devices")
 def query_memory_devices(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     return []  # no -device pc-dimm/virtio-mem is modelled
+
+
+@command("query-block")
+def query_block(vm: VirtualMachine, args: dict[str, Any]) -> Any:
+    return []  # no drives are modelled (-nodefaults: QEMU has none either)
+
+
+@command("query-named-block-nodes")
+def query_named_block_nodes(vm: VirtualMachine, args: dict[str, Any]) -> Any:
+    return []
+
+
+@command("query-blockstats")
+def query_blockstats(vm: VirtualMachine, args: dict[str, Any]) -> Any:
+    return []

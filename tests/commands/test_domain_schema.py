@@ -31,6 +31,9 @@ COMMANDS = (
     "qom-get",
     "query-iothreads",
     "query-memory-devices",
+    "query-block",
+    "query-named-block-nodes",
+    "query-blockstats",
 )
 
 
