@@ -13,7 +13,10 @@ Starts the real QEMU the way libvirt 9.0 starts a minimal domain (``-S -accel tc
   libvirt reads at domain start;
 * each default device under ``/machine/peripheral/ID``: ``qom-list`` and ``qom-get`` of every
   property (``guest-stats`` of the balloon is what ``virsh dommemstat`` reads);
-* ``query-chardev-backends`` (the build's backend drivers).
+* ``query-chardev-backends`` (the build's backend drivers);
+* without ``-nodefaults`` (and without devices): the default drives QEMU creates
+  (``query-block``, ``query-blockstats``) and its default character devices
+  (``query-chardev``, the QMP monitor's own entry left out).
 
 The result goes to ``qmp_server/data/domain_model/qemu-<version>.json.gz`` (loaded by
 ``qmp_server/engine/qom_tree.py``).  The introspection of the commands a started domain
@@ -26,6 +29,7 @@ goes to ``tests/commands/fixtures/domain-schema-qemu-<version>.json.gz`` for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gzip
 import json
@@ -37,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,6 +141,28 @@ def _reachable(schema: list[dict[str, Any]], roots: tuple[str, ...]) -> list[dic
     return [by_name[n] for n in keep]
 
 
+@contextlib.contextmanager
+def _started(prefix: list[str], tmp_base: str, inside: str, argv: list[str]) -> Iterator[Monitor]:
+    """A QEMU started with ``argv`` and a QMP monitor on a temporary unix socket."""
+    tmp = tempfile.mkdtemp(prefix="domain-model-", dir=tmp_base)
+    sock = os.path.join(tmp, "qmp.sock")
+    inner = sock[len(inside) :] if inside else sock
+    cmd = [*prefix, *argv, "-qmp", f"unix:{inner},server=on,wait=off"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        mon = Monitor(sock)
+        yield mon
+        mon.execute("quit")
+        mon.close()
+    finally:
+        if proc.poll() is None:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def record(version: str, prefix: list[str], tmp_base: str, inside: str) -> None:
     model: dict[str, Any] = {"machines": {}, "devices": {}}
     schema: list[dict[str, Any]] = []
@@ -172,6 +199,17 @@ def record(version: str, prefix: list[str], tmp_base: str, inside: str) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             shutil.rmtree(tmp, ignore_errors=True)
+    for family, (machine, _bus) in MACHINES.items():
+        argv = ["-S", "-machine", machine, "-accel", "tcg", "-cpu", "qemu64", "-m", "64",
+                "-display", "none", "-no-user-config"]  # fmt: skip
+        with _started(prefix, tmp_base, inside, argv) as mon:
+            chardevs = mon.execute("query-chardev")["return"]
+            model["machines"][family]["defaults"] = {
+                "argv": argv,
+                "query-block": mon.execute("query-block")["return"],
+                "query-blockstats": mon.execute("query-blockstats")["return"],
+                "query-chardev": [c for c in chardevs if c["label"] != "compat_monitor0"],
+            }
     model["metadata"] = {
         "qemu": version_line,
         "recorded": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

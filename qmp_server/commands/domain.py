@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qmp_server.commands.registry import command
+from qmp_server.engine.domain import ChardevState
 from qmp_server.engine.qom_tree import cpu_qom_path
 from qmp_server.errors import CommandError
 from qmp_server.qapi._hashorder import ghash_order
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from qmp_server.engine.domain import Domain
     from qmp_server.engine.vm import VirtualMachine
 
+#: creation order of the default chardevs (the hash order of query-chardev depends on it)
+_DEFAULT_CHARDEVS = {"serial0": 0, "parallel0": 1}
 #: QEMU's default adaptive polling of an I/O thread (ns, grow, shrink) and AIO batch
 _IOTHREAD_POLL = (32768, 0, 0, 0)
 
@@ -31,6 +34,15 @@ def _domain(vm: VirtualMachine) -> Domain | None:
 def query_chardev(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     domain = _domain(vm)
     states = {c.label: c for c in (domain.chardevs() if domain else [])}
+    if domain is not None and domain.defaults:
+        # the default serial0 and parallel0 ("vc") come after the monitors, serial first
+        defaults = sorted(
+            domain.qom.defaults("query-chardev"), key=lambda e: _DEFAULT_CHARDEVS.get(e["label"], 9)
+        )
+        for entry in defaults:
+            states.setdefault(
+                entry["label"], ChardevState(entry["label"], entry["filename"], True)
+            )
     # chardevs are children of a QOM container: hash-slot order, each one prepended
     return [
         {"label": c.label, "filename": c.filename, "frontend-open": c.frontend_open}
@@ -129,9 +141,17 @@ def query_memory_devices(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     return []  # no -device pc-dimm/virtio-mem is modelled
 
 
+def _default_drives(vm: VirtualMachine, command_name: str) -> list[Any]:
+    domain = _domain(vm)
+    if domain is None or not domain.defaults:
+        return []
+    return domain.qom.defaults(command_name)
+
+
 @command("query-block")
 def query_block(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    return []  # no drives are modelled (-nodefaults: QEMU has none either)
+    # only the machine's empty default drives (none with -nodefaults): no disks are modelled
+    return _default_drives(vm, "query-block")
 
 
 @command("query-named-block-nodes")
@@ -141,4 +161,6 @@ def query_named_block_nodes(vm: VirtualMachine, args: dict[str, Any]) -> Any:
 
 @command("query-blockstats")
 def query_blockstats(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    return []
+    if args.get("query-nodes"):
+        return []  # the default drives are empty: no nodes
+    return _default_drives(vm, "query-blockstats")

@@ -32,6 +32,8 @@ class Domain:
 
     topology: Topology
     qom: QomTree
+    #: no ``-nodefaults``: QEMU's default drives and serial/parallel chardevs exist
+    defaults: bool = False
     #: ``-object iothread,id=X`` ids, in command-line order
     iothreads: list[str] = field(default_factory=list)
     #: native thread id of each vCPU (index = cpu-index), set by the runtime

@@ -39,6 +39,7 @@ __all__ = ["DomainModel", "QomTree", "cpu_qom_path", "device_identity", "load_mo
 
 _TYPE_ENTRY = {"name": "type", "type": "string"}
 _TOPOLOGY_PROPS = ("socket-id", "die-id", "core-id", "thread-id")
+_DEVICE_PATH = re.compile(r"/machine/unattached/device\[(\d+)\]")
 
 
 def cpu_qom_path(index: int) -> str:
@@ -127,6 +128,23 @@ class QomTree:
         self._cpus = (
             {cpu_qom_path(i): i for i in range(topology.cpus)} if self.machine is not None else {}
         )
+
+    def defaults(self, command: str) -> list[Any]:
+        """What ``command`` answers for the machine's default devices (no ``-nodefaults``).
+
+        Recorded with one vCPU; every further vCPU is created before the default devices
+        and moves their ``/machine/unattached/device[N]`` up by one.
+        """
+        if self.machine is None or "defaults" not in self.machine:
+            return []
+        shift = self.topology.cpus - 1
+
+        def moved(match: re.Match[str]) -> str:
+            index = int(match.group(1))
+            return f"/machine/unattached/device[{index + shift if index else 0}]"
+
+        text = json.dumps(self.machine["defaults"].get(command, []))
+        return [_reinsert(v) for v in json.loads(_DEVICE_PATH.sub(moved, text))]
 
     @property
     def cpu_type(self) -> str:

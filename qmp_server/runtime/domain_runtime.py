@@ -53,7 +53,9 @@ def build_domain(options: Options) -> Domain:
     devices = [device_identity(text) for text in options.devices]
     qom = QomTree(model, family or "", topology, devices)
     iothreads = [i for i in (_iothread_id(o) for o in options.objects) if i is not None]
-    return Domain(topology=topology, qom=qom, iothreads=iothreads)
+    return Domain(
+        topology=topology, qom=qom, defaults=not options.nodefaults, iothreads=iothreads
+    )
 
 
 def start_threads(domain: Domain, options: Options, threads: IdleThreads) -> None:
