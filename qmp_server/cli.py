@@ -23,6 +23,7 @@ from typing import Literal
 
 from qmp_server import __version__
 from qmp_server.engine.sizes import SIZE_HINT, parse_memory_size, parse_size
+from qmp_server.engine.topology import parse_smp
 from qmp_server.engine.uri import uri_scheme_known
 from qmp_server.errors import CommandError, UsageError
 from qmp_server.profiles import PROFILES, Profile, resolve_profile
@@ -129,6 +130,12 @@ class Options:
     #: accelerators in the order QEMU tries them (``-accel``, ``-enable-kvm``,
     #: ``-machine accel=A:B``); empty: QEMU's default (TCG)
     accel: list[str] = field(default_factory=list)
+    #: ``-smp``: the last value given (None: one vCPU)
+    smp: str | None = None
+    #: ``-object`` values, in order (``iothread`` objects get a thread each)
+    objects: list[str] = field(default_factory=list)
+    #: the chardev label of each of ``monitors`` (``compat_monitorN`` for ``-qmp``)
+    monitor_labels: list[str] = field(default_factory=list)
 
 
 def help_text(profile: Profile, name: str) -> str:
@@ -402,11 +409,14 @@ def parse_args(argv: Sequence[str]) -> Options | None:
     _check_daemonize(raw)
     opts = Options(profile=profile)
     chardevs: dict[str, ChardevSpec] = {}
+    compat_monitors = 0
     for name, value in raw:
         assert value is not None or name in _IGNORED_FLAGS or name == "S"
         if name in ("qmp", "qmp-pretty"):
             assert value is not None
             opts.monitors.append(parse_chardev(value)[1])
+            opts.monitor_labels.append(f"compat_monitor{compat_monitors}")
+            compat_monitors += 1
         elif name == "chardev":
             assert value is not None
             cid, spec = parse_chardev(value)
@@ -422,6 +432,7 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             if fields.get("mode", "readline") != "control":
                 continue  # an HMP monitor: not served
             opts.monitors.append(chardevs[cid])
+            opts.monitor_labels.append(cid)
         elif name == "S":
             opts.start_paused = True
         elif name == "daemonize":
@@ -457,6 +468,16 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         elif name == "device":
             assert value is not None
             opts.devices.append(value)
+        elif name == "smp":
+            assert value is not None
+            try:
+                parse_smp(value)
+            except ValueError as err:
+                raise UsageError(f"-smp {value}: {err}") from None
+            opts.smp = value
+        elif name == "object":
+            assert value is not None
+            opts.objects.append(value)
         elif name == "host":
             opts.host = value
         elif name == "http":

@@ -17,6 +17,7 @@ from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
     from qmp_server.engine.config import MigrationConfig
+    from qmp_server.engine.domain import Domain
     from qmp_server.engine.host import HostInfo
     from qmp_server.qapi.model import Schema
 
@@ -88,6 +89,8 @@ class VirtualMachine:
         self.devices = DeviceTable()
         #: Whether QEMU would have loaded its modules (a ``qom-list-types`` does).
         self.qom_modules_loaded = False
+        #: vCPUs, QOM tree, I/O threads and chardevs, attached by the runtime.
+        self.domain: Domain | None = None
 
     @property
     def source_migration_status(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["first_leftover", "qdict_order"]
+__all__ = ["first_leftover", "ghash_order", "qdict_order"]
 
 _M32 = 0xFFFFFFFF
 _MIN_SHIFT = 3
@@ -166,3 +166,11 @@ def first_leftover(keys: Iterable[str], visited: Iterable[str]) -> str | None:
     for k in visited:
         table.remove(k)
     return table.first()
+
+
+def ghash_order(keys: Iterable[str]) -> list[str]:
+    """The slot order of a GHashTable of strings inserted in ``keys`` order (QOM children)."""
+    table = _GHashSet()
+    for k in keys:
+        table.insert(k)
+    return [k for h, k in zip(table.hashes, table.keys, strict=True) if h >= 2 and k is not None]

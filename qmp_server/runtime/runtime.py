@@ -22,6 +22,7 @@ from typing import Any
 from qmp_server import commands as _commands  # noqa: F401  (handlers register on import)
 from qmp_server.cli import Options
 from qmp_server.commands import control as _control  # noqa: F401
+from qmp_server.commands import domain as _domain  # noqa: F401
 from qmp_server.commands import migration as _migration  # noqa: F401
 from qmp_server.commands import migration_config as _migration_config  # noqa: F401
 from qmp_server.commands import object_model as _object_model  # noqa: F401
@@ -36,9 +37,11 @@ from qmp_server.engine.machine import layout_for
 from qmp_server.engine.vm import VirtualMachine
 from qmp_server.errors import CommandError, UsageError
 from qmp_server.qapi import ArgumentValidator, load_schema
+from qmp_server.runtime.domain_runtime import build_domain, chardev_state, start_threads
 from qmp_server.runtime.loop import new_event_loop
 from qmp_server.runtime.migration_io import MigrationController
 from qmp_server.runtime.monitor import QMPMonitor
+from qmp_server.runtime.vcpu_threads import IdleThreads
 from qmp_server.wire.encoder import encode_line
 
 __all__ = ["SCHEMA_PATH", "Runtime", "build_vm", "write_pidfile"]
@@ -157,6 +160,9 @@ class Runtime:
             exit_process=self._exit,
         )
         self.vm.migration_hooks = self.migration
+        self.domain = build_domain(options)
+        self.vm.domain = self.domain
+        self._idle_threads = IdleThreads()
         self.exit_code = 0
         self.dispatcher = Dispatcher(self.vm, ArgumentValidator(self.vm.schema))
         self.monitors = [
@@ -224,6 +230,8 @@ class Runtime:
                     _stderr(f"qmp-server: -incoming {self.options.incoming}: {err.desc}\n")
                     self.exit_code = 1
                     return
+            start_threads(self.domain, self.options, self._idle_threads)
+            self.domain.chardevs = self._chardevs
             for monitor in self.monitors:
                 await monitor.start()
             if self.options.http is not None:
@@ -234,11 +242,16 @@ class Runtime:
             await self._stopping.wait()
             await asyncio.sleep(0)  # let transports flush what is queued
         finally:
+            self._idle_threads.close()
             self.migration.close()
             if self.http is not None:
                 await self.http.close()
             for monitor in self.monitors:
                 await monitor.close()
+
+    def _chardevs(self) -> list[Any]:
+        labels = self.options.monitor_labels
+        return [chardev_state(label, m) for label, m in zip(labels, self.monitors, strict=False)]
 
     def _detach(self) -> None:
         """Start-up is complete: release a ``-daemonize`` parent, leave the terminal."""

@@ -112,16 +112,24 @@ _VERSION_RE = re.compile(
     r'"qemu": \{"micro": \d+, "minor": \d+, "major": \d+\}, "package": "(?:[^"\\]|\\.)*"'
 )
 TIMESTAMP_MASK = '"timestamp": {"seconds": <S>, "microseconds": <US>}'
+#: host thread ids of vCPUs (query-cpus-fast) and I/O threads (query-iothreads)
+_THREAD_ID_RE = re.compile(r'(\{"thread-id": )\d+(, "props": )|("thread-id": )\d+(, "aio-max-batch")')
+#: the harness's own QMP monitor (appended -qmp): a temporary socket or a tcp port
+_QMP_CHARDEV_RE = re.compile(r'"filename": "(?:[^"\\]|\\.)*", "label": "compat_monitor0"')
+QMP_CHARDEV_MASK = '"filename": "<QMP>", "label": "compat_monitor0"'
 VERSION_MASK = '"qemu": {"micro": <MICRO>, "minor": <MINOR>, "major": <MAJOR>}, "package": "<PKG>"'
 
 
 def mask_line(line: str) -> str:
-    """Mask the only values allowed to differ: event timestamps and the version.
+    """Mask the only values allowed to differ: event timestamps, the version, host thread
+    ids (vCPUs, I/O threads) and the chardev of the harness's own QMP socket.
 
     The patterns are spelled with QEMU's exact key order and separators, so a
     line with any other layout is left alone and shows up in the diff.
     """
     line = _TIMESTAMP_RE.sub(TIMESTAMP_MASK, line)
+    line = _THREAD_ID_RE.sub(lambda m: f"{m[1] or m[3]}<TID>{m[2] or m[4]}", line)
+    line = _QMP_CHARDEV_RE.sub(QMP_CHARDEV_MASK, line)
     return _VERSION_RE.sub(VERSION_MASK, line)
 
 

@@ -155,6 +155,7 @@ def test_docs_attached(schema72: Schema) -> None:
 
 @pytest.mark.parametrize("profile", ["7.2", "default", "8.1", "10.0"])
 def test_introspection_is_small(schemas: dict[str, Schema], profile: str) -> None:
-    # ecosystem.md W3: go-qemu reads lines of at most 64 KiB.
+    # ecosystem.md W3: go-qemu reads lines of at most 64 KiB (the started domain's block
+    # types, issue 13, brought it to ~45 KiB).
     line = json.dumps({"return": schemas[profile].introspect()})
-    assert len(line) < 32 * 1024
+    assert len(line) < 64 * 1024
