@@ -95,6 +95,10 @@ class NamedFds:
         except KeyError:
             raise CommandError(f"File descriptor named '{name}' not found") from None
 
+    def take(self, name: str) -> int | None:
+        """Remove and return the descriptor named ``name``, None when there is none."""
+        return self.fds.pop(name, None)
+
     def close(self, name: str) -> None:
         _close_quietly(self._close, self.pop(name))
 
