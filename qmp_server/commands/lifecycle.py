@@ -67,10 +67,16 @@ def balloon(vm: VirtualMachine, args: dict[str, Any]) -> Any:
         raise CommandError(f"Parameter '{name}' expects a size")
     dev.set_target(value)
 
-    def guest_driver() -> None:
-        if dev.guest_follows():
-            vm.emit("BALLOON_CHANGE", {"actual": dev.actual})
+    timers = vm.timers
 
-    if vm.timers is not None:
-        vm.timers.call_later(BALLOON_DELAY, guest_driver)
+    def guest_driver() -> None:
+        # the guest's driver inflates or deflates only while the guest runs
+        if vm.running:
+            if dev.guest_follows():
+                vm.emit("BALLOON_CHANGE", {"actual": dev.actual})
+        elif vm.runstate not in ("shutdown", "postmigrate") and timers is not None:
+            timers.call_later(BALLOON_DELAY, guest_driver)
+
+    if timers is not None:
+        timers.call_later(BALLOON_DELAY, guest_driver)
     return None

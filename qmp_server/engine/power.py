@@ -38,6 +38,7 @@ GUEST_SHUTDOWN_DELAY = 0.2
 FIRMWARE_RESET_DELAY = 0.04
 
 _NOT_SUSPENDED = "Unable to wake up: guest is not in suspended state"
+_NO_WAKEUP = "wake-up from suspend is not supported by this guest"
 _KEEPS_STATE = frozenset({"running", "inmigrate", "finish-migrate"})
 
 
@@ -83,6 +84,9 @@ class PowerControl:
             self.on_start()
 
     def wakeup(self) -> None:
+        # wake-up support is registered by the ACPI power management device (pc/q35)
+        if not self.options.acpi:
+            raise CommandError(_NO_WAKEUP)
         if self.vm.runstate != "suspended":
             raise CommandError(_NOT_SUSPENDED)
 

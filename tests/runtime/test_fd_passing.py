@@ -8,9 +8,7 @@ after the restore equals the one saved.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,49 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.runtime._sync_client import Client
 from tests.server_process import start_server
-
-
-class Client:
-    """A blocking QMP client that can send descriptors with a command."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(10)
-        self.sock.connect(path)
-        self.buf = b""
-        self.events: list[dict[str, Any]] = []
-        self._read()
-        assert self.cmd("qmp_capabilities") == {"return": {}}
-
-    def _read(self) -> dict[str, Any]:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        value: dict[str, Any] = json.loads(line)
-        return value
-
-    def cmd(self, name: str, fds: list[int] | None = None, **args: Any) -> dict[str, Any]:
-        req: dict[str, Any] = {"execute": name}
-        if args:
-            req["arguments"] = args
-        data = json.dumps(req).encode() + b"\n"
-        if fds:
-            socket.send_fds(self.sock, [data], fds)
-        else:
-            self.sock.sendall(data)
-        while True:
-            reply = self._read()
-            if "event" in reply:
-                self.events.append(reply)
-                continue
-            return reply
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _wait_status(client: Client, wanted: str, timeout: float = 60) -> dict[str, Any]:
