@@ -132,7 +132,11 @@ class _LoopTimers:
             fn()
             self._after()
 
-        asyncio.get_running_loop().call_later(delay, run)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a handler called outside the server): nothing deferred
+            return
+        loop.call_later(delay, run)
 
     def monotonic(self) -> float:
         return time.monotonic()
