@@ -62,7 +62,8 @@ def balloon(vm: VirtualMachine, args: dict[str, Any]) -> Any:
         raise CommandError(NO_BALLOON, _DEVICE_NOT_ACTIVE)
     value = int(args["value"])
     if value <= 0:
-        # 7.2 names the parameter after its C variable; 10.0 after the QMP member
+        # 7.2 names the parameter after its C variable, 10.0 after the QMP member (both
+        # recorded); the 8.x profiles are not recorded: the switch is assumed at 8.1
         name = "value" if vm.profile.since(8, 1) else "target"
         raise CommandError(f"Parameter '{name}' expects a size")
     dev.set_target(value)
