@@ -12,6 +12,7 @@ Options of our own use GNU long form: ``--compat``, ``--host``, ``--version``, `
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
@@ -22,6 +23,7 @@ from importlib import resources
 from typing import Literal
 
 from qmp_server import __version__
+from qmp_server.engine.identity import parse_name, parse_uuid, split_opts
 from qmp_server.engine.sizes import SIZE_HINT, parse_memory_size, parse_size
 from qmp_server.engine.topology import parse_smp
 from qmp_server.engine.uri import uri_scheme_known
@@ -37,7 +39,7 @@ PROG = "qmp-server"
 _IGNORED_WITH_ARG = frozenset(
     {
         "display", "vga", "accel", "serial", "parallel", "cpu", "smp", "object", "nic", "net",
-        "drive", "bios", "boot", "rtc", "k", "L", "uuid", "msg", "d", "D", "trace", "sandbox",
+        "drive", "bios", "boot", "rtc", "k", "L", "msg", "d", "D", "trace", "sandbox",
         "overcommit", "audiodev", "vnc", "spice", "usbdevice", "blockdev", "netdev", "numa",
         "monitor", "chroot", "runas", "watchdog-action", "action",
     }
@@ -51,7 +53,7 @@ _IGNORED_FLAGS = frozenset(
 _WITH_ARG = frozenset(
     {"qmp", "qmp-pretty", "chardev", "mon", "machine", "M", "m", "incoming", "global", "name",
      "device", "compat", "host", "http", "http-token-file", "http-cors", "poll-us",
-     "guest-fill", "dirty-rate", "pidfile"}
+     "guest-fill", "dirty-rate", "pidfile", "uuid", "add-fd"}
 ) | _IGNORED_WITH_ARG  # fmt: skip
 
 USAGE = f"""\
@@ -78,7 +80,12 @@ QEMU-style options:
   -global migration.PROP=VALUE          migration property (capability or parameter)
   -device vfio-sim,id=ID[,initial-bytes=SIZE][,state-bytes=SIZE][,load-ms=N][,dirty-rate=SIZE]
                                         a device with precopy initial data (repeatable)
-  -name NAME
+  -device virtio-balloon-pci[,id=ID]    the memory balloon (balloon, query-balloon)
+  -name [guest=]NAME[,debug-threads=on|off][,process=NAME]   query-name
+  -uuid UUID                            query-uuid (default all zero)
+  -add-fd fd=N,set=S[,opaque=TEXT]      put inherited fd N in fd set S (query-fdsets)
+  -no-shutdown, -no-reboot, -no-acpi    as in QEMU: a shutdown stops the VM, a reset shuts
+                                        down, the power button is ignored
   -nodefaults, -display none, -vga none, -accel tcg|kvm, -enable-kvm, ... accepted, ignored
 
 qmp-server options:
@@ -136,6 +143,13 @@ class Options:
     objects: list[str] = field(default_factory=list)
     #: the chardev label of each of ``monitors`` (``compat_monitorN`` for ``-qmp``)
     monitor_labels: list[str] = field(default_factory=list)
+    #: ``-uuid`` (lower case), ``-add-fd`` (fd, set, opaque), power options
+    uuid: str | None = None
+    add_fds: list[tuple[int, int, str | None]] = field(default_factory=list)
+    no_shutdown: bool = False
+    no_reboot: bool = False
+    #: ``-no-acpi`` or ``-machine ...,acpi=off``
+    no_acpi: bool = False
 
 
 def help_text(profile: Profile, name: str) -> str:
@@ -298,6 +312,34 @@ def _check_machine(value: str, profile: Profile) -> str:
     return kind
 
 
+def _parse_add_fd(value: str) -> tuple[int, int, str | None]:
+    """``-add-fd fd=N,set=S[,opaque=TEXT]`` with QEMU's checks and texts, in its order."""
+    fields: dict[str, str] = {}
+    for key, item in split_opts(value, None):
+        if key not in ("fd", "set", "opaque"):
+            raise UsageError(f"-add-fd {value}: Invalid parameter '{key}'")
+        fields[key] = item
+
+    def number(key: str) -> int:
+        try:
+            return int(fields.get(key, "-1"), 0)
+        except ValueError:
+            return -1
+
+    fd, fdset = number("fd"), number("set")
+    if fd < 0:
+        raise UsageError(f"-add-fd {value}: fd option is required and must be non-negative")
+    if fd <= 2:
+        raise UsageError(f"-add-fd {value}: fd cannot be a standard I/O stream")
+    if fdset < 0:
+        raise UsageError(f"-add-fd {value}: set option is required and must be non-negative")
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        raise UsageError(f"-add-fd {value}: fd is not valid or already in use") from None
+    return fd, fdset, fields.get("opaque")
+
+
 def _parse_int_option(option: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value)
@@ -453,13 +495,30 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             assert value is not None
             opts.memory = _parse_memory(value)
         elif name == "name":
-            opts.name = value
+            assert value is not None
+            try:
+                opts.name = parse_name(value)
+            except ValueError as err:
+                raise UsageError(f"-name {value}: {err}") from None
+        elif name == "uuid":
+            assert value is not None
+            try:
+                opts.uuid = parse_uuid(value)
+            except ValueError as err:
+                raise UsageError(f"-uuid {value}: {err}") from None
+        elif name == "add-fd":
+            assert value is not None
+            opts.add_fds.append(_parse_add_fd(value))
+        elif name in ("no-shutdown", "no-reboot", "no-acpi"):
+            setattr(opts, name.replace("-", "_"), True)
         elif name in ("machine", "M"):
             assert value is not None
             opts.machine = _check_machine(value, profile)
             for part in value.split(","):
                 if part.startswith("accel="):
                     opts.accel = part[len("accel="):].split(":")
+            if "acpi=off" in value.split(","):
+                opts.no_acpi = True
         elif name == "accel":
             assert value is not None
             opts.accel.append(value.split(",", 1)[0])

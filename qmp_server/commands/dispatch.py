@@ -26,6 +26,7 @@ from qmp_server.wire.encoder import qdict_order
 from qmp_server.wire.parser import ParseError
 
 if TYPE_CHECKING:
+    from qmp_server.engine.fds import MonitorFds
     from qmp_server.engine.vm import VirtualMachine
     from qmp_server.qapi import ArgumentValidator
 
@@ -42,6 +43,8 @@ class MonitorState:
     oob_offered: bool = True
     negotiated: bool = False
     oob_enabled: bool = False
+    #: descriptors passed over the connection (unix sockets only; None elsewhere)
+    fds: MonitorFds | None = None
 
 
 def error_reply(desc: str, error_class: str = GENERIC_ERROR) -> dict[str, Any]:
@@ -127,7 +130,11 @@ class Dispatcher:
                 self._qmp_capabilities(args, mon)
                 result: Any = None
             else:
-                result = self.handlers[name](self.vm, args)
+                self.vm.cur_fds = mon.fds
+                try:
+                    result = self.handlers[name](self.vm, args)
+                finally:
+                    self.vm.cur_fds = None
             ok = True
         finally:
             for hook in self.observers:

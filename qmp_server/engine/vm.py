@@ -13,18 +13,31 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qmp_server.engine.device_table import DeviceTable
+from qmp_server.engine.dirty_rate import DirtyRateMeter
+from qmp_server.engine.fds import FdSets, MonitorFds
+from qmp_server.engine.identity import NULL_UUID
+from qmp_server.engine.power import PowerControl, PowerOptions
 from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
+    from qmp_server.engine.balloon import Balloon
     from qmp_server.engine.config import MigrationConfig
     from qmp_server.engine.domain import Domain
     from qmp_server.engine.host import HostInfo
     from qmp_server.qapi.model import Schema
 
-__all__ = ["EventSink", "MigrationDriver", "VirtualMachine"]
+__all__ = ["EventSink", "MigrationDriver", "Timers", "VirtualMachine"]
 
 #: ``emit(event_name, data_or_None)``: data is a dict built in schema member order.
 EventSink = Callable[[str, "dict[str, Any] | None"], None]
+
+
+class Timers(Protocol):
+    """Time as the runtime gives it: deferred calls (the modelled guest's reactions) and clocks."""
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
+    def monotonic(self) -> float: ...
+    def wall(self) -> float: ...
 
 
 class MigrationDriver(Protocol):
@@ -91,6 +104,22 @@ class VirtualMachine:
         self.qom_modules_loaded = False
         #: vCPUs, QOM tree, I/O threads and chardevs, attached by the runtime.
         self.domain: Domain | None = None
+        #: Deferred calls and clocks, attached by the runtime (None: nothing is deferred).
+        self.timers: Timers | None = None
+        #: ``-name`` (guest=) and ``-uuid``.
+        self.name: str | None = None
+        self.uuid = NULL_UUID
+        #: The balloon device, when ``-device`` added one.
+        self.balloon: Balloon | None = None
+        #: Power button, reset and shutdown rules (the runtime sets the command line's options).
+        self.power = PowerControl(self, PowerOptions())
+        #: ``add-fd`` / ``-add-fd`` sets, and the descriptors of the monitor whose command runs
+        #: (set by the dispatcher around each handler, like QEMU's current monitor).
+        self.fdsets = FdSets()
+        self.cur_fds: MonitorFds | None = None
+        #: calc-dirty-rate's measurement, and where it reads the guest's page writes from.
+        self.dirty_meter = DirtyRateMeter(profile)
+        self.guest_pages: Callable[[], tuple[int, int]] | None = None
 
     @property
     def source_migration_status(self) -> str:
@@ -127,9 +156,11 @@ class VirtualMachine:
             return
         self.emit("RESUME", None)
         self.runstate = "running"
+        self.power.on_start()
 
-    def request_shutdown(self, reason: str) -> None:
-        """Emit SHUTDOWN as QEMU does on quit/signals; the runtime ends the process."""
+    def request_shutdown(self, reason: str, *, guest: bool = False) -> None:
+        """Emit SHUTDOWN as QEMU does on quit/signals/a guest power-off; the runtime ends the
+        process."""
         if self.shutdown_reason is None:
             self.shutdown_reason = reason
-            self.emit("SHUTDOWN", {"guest": False, "reason": reason})
+            self.emit("SHUTDOWN", {"guest": guest, "reason": reason})

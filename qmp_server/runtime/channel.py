@@ -18,6 +18,7 @@ import errno
 import io
 import os
 import socket
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "Channel",
     "connect",
     "exec_channel",
+    "fd_channel",
     "fd_not_found",
     "listen",
     "open_for_read",
@@ -93,8 +95,25 @@ def parse_uri(uri: str, *, file_ok: bool) -> Address:
 
 
 def fd_not_found(address: Address) -> str:
-    """QEMU's text for an ``fd:`` URI: qmp-server has no getfd/add-fd, so no name is known."""
+    """QEMU's text for an ``fd:`` URI whose name the monitor does not hold (getfd)."""
     return f"File descriptor named '{address.path}' has not been found"
+
+
+def fd_channel(fd: int, *, outgoing: bool) -> Channel:
+    """A channel over a descriptor handed over by ``getfd`` or inherited (``-incoming fd:N``).
+
+    A socket carries a return path, as in QEMU; a pipe or a file (libvirt's ``virsh save``
+    writes through a pipe) is a one-way stream read and written in the executor.  The
+    channel owns the descriptor.
+    """
+    if stat.S_ISSOCK(os.fstat(fd).st_mode):
+        channel = Channel(socket.socket(fileno=fd), return_path=True)
+        if outgoing:
+            channel.start_writer()
+        return channel
+    raw = io.FileIO(fd, "wb" if outgoing else "rb")
+    file: io.BufferedIOBase = io.BufferedWriter(raw) if outgoing else io.BufferedReader(raw)
+    return Channel(file=file)
 
 
 def write_error(err: OSError, channel: Channel | None = None) -> str:
@@ -245,7 +264,8 @@ class Channel:
 
 def _flush_and_sync(file: io.BufferedIOBase) -> None:
     file.flush()
-    os.fsync(file.fileno())
+    if stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # a pipe (fd:) cannot be synced
+        os.fsync(file.fileno())
 
 
 async def connect(address: Address, file: io.BufferedIOBase | None = None) -> Channel:

@@ -41,6 +41,7 @@ from qmp_server.runtime.channel import (
     Address,
     Channel,
     exec_channel,
+    fd_channel,
     fd_not_found,
     listen,
     open_for_read,
@@ -133,8 +134,20 @@ class DestinationDriver:
             self._task = loop.create_task(self._accept(sock))
             return
         if address.scheme == "fd":
-            cfg.note_incoming(uri, started=False)
-            raise CommandError(fd_not_found(address))
+            fd = self._incoming_fd(address, at_startup)
+            if fd is None:
+                cfg.note_incoming(uri, started=False)
+                if not at_startup and not address.path[:1].isdigit():
+                    raise CommandError(fd_not_found(address))
+                raise CommandError(f"Invalid file descriptor number '{address.path}'")
+            cfg.note_incoming(uri, started=True)
+            inc.started = True
+            try:
+                channel = fd_channel(fd, outgoing=False)
+            except OSError:
+                return  # QEMU accepts a number that is no descriptor and waits in setup
+            self._task = loop.create_task(self._load(channel))
+            return
         opened: io.BufferedIOBase | None = None
         if address.scheme == "file":
             try:  # QEMU opens the file before the command returns (or start-up goes on)
@@ -146,6 +159,17 @@ class DestinationDriver:
         cfg.note_incoming(uri, started=True)
         inc.started = True
         self._task = loop.create_task(self._load_from(address, opened))
+
+    def _incoming_fd(self, address: Address, at_startup: bool) -> int | None:
+        """The descriptor of ``fd:NAME``: a number is an inherited descriptor; a name, one the
+        current monitor got with getfd (from the command line there is no monitor)."""
+        name = address.path
+        if name.isdigit():
+            return int(name)
+        if at_startup or name[:1].isdigit():
+            return None
+        mon = self.ctx.vm.cur_fds
+        return None if mon is None else mon.named.take(name)
 
     async def _accept(self, listener: socket.socket) -> None:
         """One migration per listener (QEMU closes it once the source connected)."""

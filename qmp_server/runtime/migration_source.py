@@ -46,6 +46,7 @@ from qmp_server.runtime.channel import (
     Address,
     Channel,
     connect,
+    fd_channel,
     fd_not_found,
     open_for_write,
     parse_uri,
@@ -154,11 +155,17 @@ class SourceDriver:
         self._resumed.clear()
         self._gate.clear()
         self._begin(now)
+        prepared: Channel | None = None
         if address.scheme == "fd":
-            # QEMU looks the name up synchronously: setup, failed, and the error returned
-            desc = fd_not_found(address)
-            src.fail(desc, now)
-            raise CommandError(desc)
+            # QEMU looks the name up among the monitor's getfd names (never as a number)
+            # synchronously: when it is unknown, setup, failed, and the error returned
+            mon = vm.cur_fds
+            fd = None if mon is None else mon.named.take(address.path)
+            if fd is None:
+                desc = fd_not_found(address)
+                src.fail(desc, now)
+                raise CommandError(desc)
+            prepared = fd_channel(fd, outgoing=True)
         file: io.BufferedIOBase | None = None
         if address.scheme == "file":
             # QEMU 10.0 creates the file before it answers (recorded live): setup, failed,
@@ -170,7 +177,7 @@ class SourceDriver:
                 src.fail(desc, now)
                 raise CommandError(desc) from None
         self.ack_state = "pending" if ctx.ack_enabled() else "not-needed"
-        self._task = asyncio.get_running_loop().create_task(self._run(address, file))
+        self._task = asyncio.get_running_loop().create_task(self._run(address, file, prepared))
 
     def _begin(self, now: float) -> None:
         """``setup`` (QEMU's migrate_init: counters reset, the ACK flag back to false)."""
@@ -213,12 +220,17 @@ class SourceDriver:
     def _return_path_on(self, channel: Channel) -> bool:
         return channel.has_return_path and self.ctx.vm.config.enabled("return-path")
 
-    async def _run(self, address: Address, file: io.BufferedIOBase | None = None) -> None:
+    async def _run(
+        self,
+        address: Address,
+        file: io.BufferedIOBase | None = None,
+        prepared: Channel | None = None,
+    ) -> None:
         src = self.state
         rp_task: asyncio.Task[None] | None = None
         try:
             try:
-                channel = await connect(address, file)
+                channel = prepared or await connect(address, file)
             except OSError as err:
                 reason = os.strerror(err.errno) if err.errno else str(err)
                 desc = f"Failed to connect to '{address.describe()}': {reason}"

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qmp_server.commands.dispatch import Dispatcher, MonitorState
+from qmp_server.engine.fds import MonitorFds, NamedFds, ReceivedFds
+from qmp_server.runtime.fd_socket import FdListener, FdSocket, as_fd_socket, attach_fd_sink
 from qmp_server.wire.encoder import encode_line
 from qmp_server.wire.parser import JSONStreamer
 
@@ -68,7 +70,7 @@ def _listening_unix_socket(path: str) -> socket.socket:
     tmp = os.path.join(os.path.dirname(path) or ".", f".qmp-{os.getpid()}-{id(path):x}")
     if len(os.fsencode(tmp)) >= 100:  # sun_path is 108 bytes: no room for a temporary name
         tmp = path
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = FdListener(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old_umask = os.umask(0o177)  # the socket is created 0600
         try:
@@ -115,7 +117,10 @@ class QMPConnection(asyncio.Protocol):
     def __init__(self, monitor: QMPMonitor) -> None:
         self.monitor = monitor
         self.streamer = JSONStreamer()
-        self.state = MonitorState(oob_offered=True)
+        self.received_fds = ReceivedFds()
+        self.state = MonitorState(
+            oob_offered=True, fds=MonitorFds(self.received_fds, monitor.named_fds)
+        )
         self.transport: asyncio.Transport | None = None
         self.active = False
         self.closed = False
@@ -125,10 +130,12 @@ class QMPConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        attach_fd_sink(transport, self.received_fds.receive)
         self.monitor.attach(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.received_fds.discard()  # descriptors nobody took die with the connection
         self.monitor.detach(self)
 
     def data_received(self, data: bytes) -> None:
@@ -218,6 +225,8 @@ class QMPMonitor:
         self.waiting: deque[QMPConnection] = deque()
         self.server: asyncio.AbstractServer | None = None
         self.address: Any = None
+        #: ``getfd`` names: they belong to the monitor and outlive its clients (QEMU)
+        self.named_fds = NamedFds()
 
     def __str__(self) -> str:
         return f"monitor {self.spec.describe()}"
@@ -269,7 +278,14 @@ class QMPMonitor:
                             sys.stderr.flush()
                         break
         elif spec.kind == "unix":
-            await loop.create_unix_connection(lambda: QMPConnection(self), spec.path)
+            client = FdSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                client.setblocking(False)
+                await loop.sock_connect(client, spec.path)
+                await loop.create_unix_connection(lambda: QMPConnection(self), sock=client)
+            except BaseException:
+                client.close()
+                raise
             self.address = spec.path
         else:
             await loop.create_connection(lambda: QMPConnection(self), spec.host, spec.port)
@@ -277,7 +293,7 @@ class QMPMonitor:
 
     async def _start_inherited(self, loop: asyncio.AbstractEventLoop) -> None:
         """An inherited socket: listen on it (``server=on``) or serve it as the client."""
-        sock = socket.socket(fileno=self.spec.fd)
+        sock = as_fd_socket(socket.socket(fileno=self.spec.fd), listening=self.spec.server)
         try:
             if self.spec.server:
                 sock.listen(100)

@@ -22,18 +22,23 @@ from typing import Any
 from qmp_server import commands as _commands  # noqa: F401  (handlers register on import)
 from qmp_server.cli import Options
 from qmp_server.commands import control as _control  # noqa: F401
+from qmp_server.commands import dirty_rate as _dirty_rate  # noqa: F401
 from qmp_server.commands import domain as _domain  # noqa: F401
+from qmp_server.commands import fds as _fds  # noqa: F401
+from qmp_server.commands import lifecycle as _lifecycle  # noqa: F401
 from qmp_server.commands import migration as _migration  # noqa: F401
 from qmp_server.commands import migration_config as _migration_config  # noqa: F401
 from qmp_server.commands import object_model as _object_model  # noqa: F401
 from qmp_server.commands.control import version_info
 from qmp_server.commands.dispatch import Dispatcher
+from qmp_server.engine.balloon import balloon_from_devices
 from qmp_server.engine.config import MigrationConfig
 from qmp_server.engine.device_table import DeviceError, load_devices
 from qmp_server.engine.devices import DeviceLoadError
 from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
-from qmp_server.engine.machine import layout_for
+from qmp_server.engine.machine import layout_for, machine_family
+from qmp_server.engine.power import PowerControl, PowerOptions
 from qmp_server.engine.vm import VirtualMachine
 from qmp_server.errors import CommandError, UsageError
 from qmp_server.qapi import ArgumentValidator, load_schema
@@ -123,6 +128,31 @@ def _wait_for_daemon(ready: int, pid: int) -> int:
     return code if code > 0 else 1
 
 
+class _LoopTimers:
+    """:class:`~qmp_server.engine.vm.Timers` on the running loop; after a deferred call the
+    runtime looks whether it asked the process to end (a guest power-off)."""
+
+    def __init__(self, after: Callable[[], None]) -> None:
+        self._after = after
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        def run() -> None:
+            fn()
+            self._after()
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a handler called outside the server): nothing deferred
+            return
+        loop.call_later(delay, run)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
 class Runtime:
     """Owns the VM, the dispatcher and the monitors of one qmp-server process."""
 
@@ -131,8 +161,11 @@ class Runtime:
         self.vm = build_vm(options, self.emit)
         for warning in self.vm.config.warnings:
             sys.stderr.write(f"qmp-server: warning: {warning}\n")
+        family = machine_family(options.machine)
         try:
             self.vm.devices, configs = load_devices(options.devices, options.profile)
+            ram_size = options.memory or (0 if family == "none" else 128 << 20)
+            self.vm.balloon = balloon_from_devices(options.devices, ram_size)
         except DeviceError as err:
             for warning in err.warnings:
                 sys.stderr.write(f"qmp-server: {warning}\n")
@@ -142,6 +175,7 @@ class Runtime:
         for device in self.vm.devices:
             for warning in device.warnings:
                 sys.stderr.write(f"qmp-server: {warning}\n")
+        self._apply_identity(family)
         layout = layout_for(
             options.profile, options.machine, options.memory, defaults=not options.nodefaults
         )
@@ -163,6 +197,8 @@ class Runtime:
         self.domain = build_domain(options)
         self.vm.domain = self.domain
         self._idle_threads = IdleThreads()
+        self.vm.timers = _LoopTimers(self._after_input)
+        self.vm.guest_pages = self._guest_pages
         self.exit_code = 0
         self.dispatcher = Dispatcher(self.vm, ArgumentValidator(self.vm.schema))
         self.monitors = [
@@ -176,6 +212,30 @@ class Runtime:
         self.http: Any = None
         #: ``-daemonize``: the pipe end that tells the waiting parent the monitors listen
         self._ready_fd: int | None = None
+
+    def _apply_identity(self, family: str) -> None:
+        """-name, -uuid, -add-fd and the power options of the command line."""
+        options, vm = self.options, self.vm
+        vm.name = options.name
+        if options.uuid is not None:
+            vm.uuid = options.uuid
+        pc_like = family in ("pc", "q35")
+        vm.power = PowerControl(
+            vm,
+            PowerOptions(
+                acpi=pc_like and not options.no_acpi,
+                firmware=pc_like,
+                no_shutdown=options.no_shutdown,
+                no_reboot=options.no_reboot,
+            ),
+        )
+        for fd, fdset, opaque in options.add_fds:
+            vm.fdsets.add(os.dup(fd), fdset, opaque)  # QEMU keeps a duplicate
+
+    def _guest_pages(self) -> tuple[int, int]:
+        """(pages the guest workload wrote so far, guest RAM pages): calc-dirty-rate's input."""
+        ctx = self.migration.ctx
+        return ctx.workload.pages_written, ctx.guest.size_bytes // 4096
 
     # -- events -------------------------------------------------------------------------
     def emit(self, name: str, data: dict[str, Any] | None) -> None:

@@ -144,7 +144,8 @@ def test_commands(schemas: dict[str, Schema]) -> None:
     for name in ("x-set-dirty-rate", "x-query-guest-digest"):
         c = s72.command(name)
         assert c is not None and c.features == ("unstable",)
-    assert list(s72.events) == ["SHUTDOWN", "STOP", "RESUME", "MIGRATION", "MIGRATION_PASS"]
+    assert list(s72.events) == ["SHUTDOWN", "STOP", "RESUME", "MIGRATION", "MIGRATION_PASS",
+                                "POWERDOWN", "RESET", "BALLOON_CHANGE"]
     assert next(iter(s72.commands)) == "query-status"
 
 
