@@ -36,9 +36,9 @@ PROG = "qmp-server"
 _IGNORED_WITH_ARG = frozenset(
     {
         "display", "vga", "accel", "serial", "parallel", "cpu", "smp", "object", "nic", "net",
-        "drive", "bios", "boot", "rtc", "k", "L", "uuid", "msg", "d", "D", "trace", "sandbox",
+        "drive", "bios", "boot", "rtc", "k", "L", "msg", "d", "D", "trace", "sandbox",
         "overcommit", "audiodev", "vnc", "spice", "usbdevice", "blockdev", "netdev", "numa",
-        "monitor", "chroot", "runas", "watchdog-action", "action",
+        "chroot", "runas", "watchdog-action", "action",
     }
 )  # fmt: skip
 _IGNORED_FLAGS = frozenset(
@@ -50,7 +50,7 @@ _IGNORED_FLAGS = frozenset(
 _WITH_ARG = frozenset(
     {"qmp", "qmp-pretty", "chardev", "mon", "machine", "M", "m", "incoming", "global", "name",
      "device", "compat", "host", "http", "http-token-file", "http-cors", "poll-us",
-     "guest-fill", "dirty-rate", "pidfile"}
+     "guest-fill", "dirty-rate", "pidfile", "monitor", "uuid"}
 ) | _IGNORED_WITH_ARG  # fmt: skip
 
 USAGE = f"""\
@@ -66,6 +66,9 @@ QEMU-style options:
                                         monitor's client, a listening one (server=on)
                                         is listened on
   -mon chardev=ID,mode=control          a monitor on a -chardev
+  -monitor unix:PATH,server=on,wait=off  a human monitor (HMP; also tcp:, and
+  -mon chardev=ID[,mode=readline])      -mon in readline mode); see docs/hmp.md
+  -uuid UUID                            the guest's UUID (info uuid)
   -machine/-M none|pc|q35|...           accepted (the machine is modelled, not emulated)
   -machine help, -cpu help              the emulated QEMU's lists, then exit
   -daemonize                            run in the background; return once monitors listen
@@ -102,6 +105,10 @@ class Options:
 
     profile: Profile
     monitors: list[ChardevSpec] = field(default_factory=list)
+    #: ``-monitor`` / ``-mon mode=readline``: human monitors (HMP)
+    hmp_monitors: list[ChardevSpec] = field(default_factory=list)
+    #: ``-uuid``: what ``info uuid`` shows
+    uuid: str | None = None
     start_paused: bool = False
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
@@ -401,8 +408,15 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             if cid is None or cid not in chardevs:
                 raise UsageError(f'-mon {value}: chardev "{cid}" not found')
             if fields.get("mode", "readline") != "control":
-                continue  # an HMP monitor: not served
+                opts.hmp_monitors.append(chardevs[cid])  # a human monitor (HMP)
+                continue
             opts.monitors.append(chardevs[cid])
+        elif name == "monitor":
+            assert value is not None
+            if value not in ("none", "stdio", "vc") and not value.startswith("vc:"):
+                opts.hmp_monitors.append(parse_chardev(value)[1])
+        elif name == "uuid":
+            opts.uuid = value
         elif name == "S":
             opts.start_paused = True
         elif name == "daemonize":
