@@ -41,7 +41,7 @@ _IGNORED_WITH_ARG = frozenset(
         "display", "vga", "accel", "serial", "parallel", "cpu", "smp", "object", "nic", "net",
         "drive", "bios", "boot", "rtc", "k", "L", "msg", "d", "D", "trace", "sandbox",
         "overcommit", "audiodev", "vnc", "spice", "usbdevice", "blockdev", "netdev", "numa",
-        "monitor", "chroot", "runas", "watchdog-action", "action",
+        "chroot", "runas", "watchdog-action", "action",
     }
 )  # fmt: skip
 _IGNORED_FLAGS = frozenset(
@@ -53,7 +53,7 @@ _IGNORED_FLAGS = frozenset(
 _WITH_ARG = frozenset(
     {"qmp", "qmp-pretty", "chardev", "mon", "machine", "M", "m", "incoming", "global", "name",
      "device", "compat", "host", "http", "http-token-file", "http-cors", "poll-us",
-     "guest-fill", "dirty-rate", "pidfile", "uuid", "add-fd"}
+     "guest-fill", "dirty-rate", "pidfile", "uuid", "add-fd", "monitor"}
 ) | _IGNORED_WITH_ARG  # fmt: skip
 
 USAGE = f"""\
@@ -69,6 +69,8 @@ QEMU-style options:
                                         monitor's client, a listening one (server=on)
                                         is listened on
   -mon chardev=ID,mode=control          a monitor on a -chardev
+  -monitor unix:PATH,server=on,wait=off  a human monitor (HMP; also tcp:, and
+  -mon chardev=ID[,mode=readline])      -mon in readline mode); see docs/hmp.md
   -machine/-M none|pc|q35|...           accepted (the machine is modelled, not emulated)
   -machine help, -cpu help              the emulated QEMU's lists, then exit
   -daemonize                            run in the background; return once monitors listen
@@ -82,7 +84,7 @@ QEMU-style options:
                                         a device with precopy initial data (repeatable)
   -device virtio-balloon-pci[,id=ID]    the memory balloon (balloon, query-balloon)
   -name [guest=]NAME[,debug-threads=on|off][,process=NAME]   query-name
-  -uuid UUID                            query-uuid (default all zero)
+  -uuid UUID                            query-uuid, info uuid (default all zero)
   -add-fd fd=N,set=S[,opaque=TEXT]      put inherited fd N in fd set S (query-fdsets)
   -no-shutdown, -no-reboot, -no-acpi    as in QEMU: a shutdown stops the VM, a reset shuts
                                         down, the power button is ignored
@@ -110,6 +112,8 @@ class Options:
 
     profile: Profile
     monitors: list[ChardevSpec] = field(default_factory=list)
+    #: ``-monitor`` / ``-mon mode=readline``: human monitors (HMP)
+    hmp_monitors: list[ChardevSpec] = field(default_factory=list)
     start_paused: bool = False
     incoming: str | None = None
     globals: list[tuple[str, str, str]] = field(default_factory=list)
@@ -472,9 +476,14 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             if cid is None or cid not in chardevs:
                 raise UsageError(f'-mon {value}: chardev "{cid}" not found')
             if fields.get("mode", "readline") != "control":
-                continue  # an HMP monitor: not served
+                opts.hmp_monitors.append(chardevs[cid])  # a human monitor (HMP)
+                continue
             opts.monitors.append(chardevs[cid])
             opts.monitor_labels.append(cid)
+        elif name == "monitor":
+            assert value is not None
+            if value not in ("none", "stdio", "vc") and not value.startswith("vc:"):
+                opts.hmp_monitors.append(parse_chardev(value)[1])
         elif name == "S":
             opts.start_paused = True
         elif name == "daemonize":

@@ -25,6 +25,7 @@ from qmp_server.commands import control as _control  # noqa: F401
 from qmp_server.commands import dirty_rate as _dirty_rate  # noqa: F401
 from qmp_server.commands import domain as _domain  # noqa: F401
 from qmp_server.commands import fds as _fds  # noqa: F401
+from qmp_server.commands import hmp as _hmp  # noqa: F401
 from qmp_server.commands import lifecycle as _lifecycle  # noqa: F401
 from qmp_server.commands import migration as _migration  # noqa: F401
 from qmp_server.commands import migration_config as _migration_config  # noqa: F401
@@ -41,8 +42,10 @@ from qmp_server.engine.machine import layout_for, machine_family
 from qmp_server.engine.power import PowerControl, PowerOptions
 from qmp_server.engine.vm import VirtualMachine
 from qmp_server.errors import CommandError, UsageError
+from qmp_server.hmp.interpreter import HMPContext, HMPInterpreter
 from qmp_server.qapi import ArgumentValidator, load_schema
 from qmp_server.runtime.domain_runtime import build_domain, chardev_state, start_threads
+from qmp_server.runtime.hmp_monitor import HMPMonitor
 from qmp_server.runtime.loop import new_event_loop
 from qmp_server.runtime.migration_io import MigrationController
 from qmp_server.runtime.monitor import QMPMonitor
@@ -151,6 +154,24 @@ class _LoopTimers:
 
     def wall(self) -> float:
         return time.time()
+def ramblock_list(blocks: Any) -> list[tuple[str, int, int, int]]:
+    """``info ramblock`` rows: (name, offset, used, max) in the layout's (QEMU's) order.
+
+    Offsets are QEMU's ram_addr space: blocks get them in the order the machine registers
+    them (main RAM, firmware, ROMs, then the rest), each starting on a 256 KiB boundary
+    (matches the recorded ``pc`` layouts of 7.2 and 10.0).
+    """
+    def registration(block: Any) -> int:
+        if block is blocks[0]:
+            return 0
+        return 1 if block.name.endswith(".bios") else 2 if block.name.endswith(".rom") else 3
+
+    offsets: dict[str, int] = {}
+    next_free = 0
+    for block in sorted(blocks, key=registration):
+        offsets[block.name] = next_free
+        next_free = -(-(next_free + block.max) // (256 << 10)) * (256 << 10)
+    return [(b.name, offsets[b.name], b.used, b.max) for b in blocks]
 
 
 class Runtime:
@@ -201,9 +222,22 @@ class Runtime:
         self.vm.guest_pages = self._guest_pages
         self.exit_code = 0
         self.dispatcher = Dispatcher(self.vm, ArgumentValidator(self.vm.schema))
-        self.monitors = [
+        self.hmp = HMPInterpreter(
+            HMPContext(
+                self.vm,
+                self.dispatcher.execute,
+                name=self.vm.name,
+                uuid=self.vm.uuid,
+                ramblocks=ramblock_list(layout.blocks),
+            )
+        )
+        self.vm.hmp = self.hmp  # type: ignore[attr-defined]  # human-monitor-command
+        self.monitors: list[QMPMonitor | HMPMonitor] = [
             QMPMonitor(spec, self.dispatcher, self.greeting, self._after_input)
             for spec in options.monitors
+        ]
+        self.monitors += [
+            HMPMonitor(spec, self.hmp, self._after_input) for spec in options.hmp_monitors
         ]
         self._stopping: asyncio.Event | None = None
         #: Called with every event dict (after it went to the monitors): the REST mirror's
