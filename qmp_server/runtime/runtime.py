@@ -345,7 +345,8 @@ class Runtime:
 
     def _chardevs(self) -> list[Any]:
         labels = self.options.monitor_labels
-        return [chardev_state(label, m) for label, m in zip(labels, self.monitors, strict=False)]
+        qmp = [m for m in self.monitors if isinstance(m, QMPMonitor)]
+        return [chardev_state(label, m) for label, m in zip(labels, qmp, strict=False)]
 
     def _detach(self) -> None:
         """Start-up is complete: release a ``-daemonize`` parent, leave the terminal."""
