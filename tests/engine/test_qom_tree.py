@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from qmp_server.engine.qom_tree import QomTree, device_identity, load_model
 from qmp_server.engine.topology import parse_smp
 from qmp_server.errors import CommandError
+
+FIXTURES = Path(__file__).resolve().parent.parent / "conformance" / "fixtures"
 
 
 @pytest.mark.parametrize(
@@ -71,3 +76,16 @@ def test_default_drives_move_with_the_vcpu_count(tree: QomTree) -> None:
         "query-block")}
     before = int(recorded["ide1-cd0"]["qdev"].rsplit("[", 1)[1].rstrip("]"))
     assert drives["ide1-cd0"]["qdev"] == f"/machine/unattached/device[{before + 1}]"
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_peripheral_order_as_recorded(version: str) -> None:
+    """Eleven -device ids (the table grows once): the order QEMU lists them in."""
+    fixture = FIXTURES / f"qemu-{version}" / "domain-start.json"
+    scenarios = json.loads(fixture.read_text())["scenarios"]
+    scenario = next(sc for sc in scenarios if sc["name"] == "peripheral-order")
+    argv = scenario["argv"]
+    devices = [device_identity(argv[i + 1]) for i, a in enumerate(argv) if a == "-device"]
+    recorded = json.loads(scenario["steps"][-1]["lines"][0])["return"]
+    tree = QomTree(load_model(f"qemu-{version}"), "pc", parse_smp(None), devices)
+    assert tree.list("/machine/peripheral") == recorded
