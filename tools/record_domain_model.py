@@ -40,8 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,13 +167,7 @@ def record(version: str, prefix: list[str], tmp_base: str, inside: str) -> None:
     model: dict[str, Any] = {"machines": {}, "devices": {}}
     schema: list[dict[str, Any]] = []
     for family, (machine, bus) in MACHINES.items():
-        tmp = tempfile.mkdtemp(prefix="domain-model-", dir=tmp_base)
-        sock = os.path.join(tmp, "qmp.sock")
-        inner = sock[len(inside) :] if inside else sock
-        argv = [*prefix, *_argv(machine, bus), "-qmp", f"unix:{inner},server=on,wait=off"]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            mon = Monitor(sock)
+        with _started(prefix, tmp_base, inside, _argv(machine, bus)) as mon:
             cpu = _object(mon, "/machine/unattached/device[0]")
             model["machines"][family] = {
                 "argv": _argv(machine, bus),
@@ -190,15 +184,14 @@ def record(version: str, prefix: list[str], tmp_base: str, inside: str) -> None:
                 model["chardev-backends"] = mon.execute("query-chardev-backends")["return"]
                 schema = mon.execute("query-qmp-schema")["return"]
                 version_line = mon.execute("query-version")["return"]
-            mon.execute("quit")
-            mon.close()
-        finally:
-            if proc.poll() is None:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            shutil.rmtree(tmp, ignore_errors=True)
+    # -machine none: no vCPU, no CPU hotplug (query-hotpluggable-cpus is refused)
+    none_argv = ["-machine", "none", "-nodefaults", "-display", "none"]
+    with _started(prefix, tmp_base, inside, none_argv) as mon:
+        model["machines"]["none"] = {
+            "argv": none_argv,
+            "machine": mon.execute("qom-list", path="/machine")["return"],
+            "hotpluggable-cpus": mon.execute("query-hotpluggable-cpus"),
+        }
     for family, (machine, _bus) in MACHINES.items():
         argv = ["-S", "-machine", machine, "-accel", "tcg", "-cpu", "qemu64", "-m", "64",
                 "-display", "none", "-no-user-config"]  # fmt: skip

@@ -69,7 +69,12 @@ def _cpu_props(domain: Domain, index: int) -> dict[str, int]:
 @command("query-hotpluggable-cpus")
 def query_hotpluggable_cpus(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     domain = _domain(vm)
-    if domain is None or not domain.qom.cpu_type:
+    if domain is None:
+        return []
+    refusal = domain.qom.hotplug_refusal()
+    if refusal is not None:
+        raise refusal
+    if not domain.qom.cpu_type:
         return []
     slots = []
     for index in range(domain.topology.maxcpus):

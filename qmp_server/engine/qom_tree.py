@@ -125,9 +125,8 @@ class QomTree:
         self.topology = topology
         #: id -> driver of every -device with an id, in creation order
         self.peripherals = {dev_id: driver for driver, dev_id in devices if dev_id}
-        self._cpus = (
-            {cpu_qom_path(i): i for i in range(topology.cpus)} if self.machine is not None else {}
-        )
+        has_cpus = self.machine is not None and "cpu" in self.machine
+        self._cpus = {cpu_qom_path(i): i for i in range(topology.cpus)} if has_cpus else {}
 
     def defaults(self, command: str) -> list[Any]:
         """What ``command`` answers for the machine's default devices (no ``-nodefaults``).
@@ -148,19 +147,29 @@ class QomTree:
 
     @property
     def cpu_type(self) -> str:
-        return "" if self.machine is None else str(self.machine["cpu"]["type"])
+        """The vCPUs' QOM type; empty for a machine without modelled vCPUs (``none``)."""
+        if self.machine is None or "cpu" not in self.machine:
+            return ""
+        return str(self.machine["cpu"]["type"])
+
+    def hotplug_refusal(self) -> CommandError | None:
+        """QEMU's error for ``query-hotpluggable-cpus`` on a machine without CPU hotplug."""
+        if self.machine is None or "hotpluggable-cpus" not in self.machine:
+            return None
+        error = self.machine["hotpluggable-cpus"]["error"]
+        return CommandError(error["desc"], error["class"])
 
     def _object(self, path: str) -> tuple[str, list[dict[str, Any]]]:
         """(QOM type, property list) of ``path``; raises DeviceNotFound."""
+        if path == "/machine/peripheral":
+            children = [
+                {"name": name, "type": f"child<{self.peripherals[name]}>"}
+                for name in reversed(ghash_order(self.peripherals))
+            ]
+            return "container", [_TYPE_ENTRY, *children]
         if self.machine is not None:
             if path == "/machine":
                 return "machine", list(self.machine["machine"])
-            if path == "/machine/peripheral":
-                children = [
-                    {"name": name, "type": f"child<{self.peripherals[name]}>"}
-                    for name in reversed(ghash_order(self.peripherals))
-                ]
-                return "container", [_TYPE_ENTRY, *children]
             if path in self._cpus:
                 return self.cpu_type, list(self.machine["cpu"]["list"])
             if path.startswith("/machine/peripheral/"):
@@ -182,6 +191,8 @@ class QomTree:
             raise CommandError(f"Property '{qom_type}.{prop}' not found")
         if prop == "type":
             return qom_type
+        if path == "/machine/peripheral":
+            return f"/machine/peripheral/{prop}"
         assert self.machine is not None
         if path in self._cpus:
             index = self._cpus[path]
@@ -190,8 +201,6 @@ class QomTree:
             if prop in _TOPOLOGY_PROPS:
                 return self.topology.ids(index)[prop]
             return _answer(self.machine["cpu"]["get"].get(prop))
-        if path == "/machine/peripheral":
-            return f"/machine/peripheral/{prop}"
         if path.startswith("/machine/peripheral/"):
             recorded = self.model.devices.get(qom_type)
             if recorded is not None:

@@ -25,6 +25,8 @@ __all__ = ["build_domain", "chardev_state", "start_threads"]
 def _family(machine: str | None) -> str | None:
     if machine is None or machine == "pc" or machine.startswith("pc-i440fx"):
         return "pc"
+    if machine == "none":
+        return "none"
     if "q35" in machine:
         return "q35"
     if machine.startswith("pc-"):

@@ -12,7 +12,7 @@ import ctypes
 import ctypes.util
 import threading
 
-__all__ = ["IdleThreads", "main_thread_id"]
+__all__ = ["IdleThreads"]
 
 _PR_SET_NAME = 15
 
@@ -21,10 +21,6 @@ def _set_name(name: str) -> None:
     with contextlib.suppress(OSError, AttributeError, TypeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
-def main_thread_id() -> int:
-    return threading.main_thread().native_id or 0
 
 
 class IdleThreads:

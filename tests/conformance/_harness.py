@@ -113,7 +113,9 @@ _VERSION_RE = re.compile(
 )
 TIMESTAMP_MASK = '"timestamp": {"seconds": <S>, "microseconds": <US>}'
 #: host thread ids of vCPUs (query-cpus-fast) and I/O threads (query-iothreads)
-_THREAD_ID_RE = re.compile(r'(\{"thread-id": )\d+(, "props": )|("thread-id": )\d+(, "aio-max-batch")')
+_THREAD_ID_RE = re.compile(
+    r'(\{"thread-id": )\d+(, "props": )|("thread-id": )\d+(, "aio-max-batch")'
+)
 #: the harness's own QMP monitor (appended -qmp): a temporary socket or a tcp port
 _QMP_CHARDEV_RE = re.compile(r'"filename": "(?:[^"\\]|\\.)*", "label": "compat_monitor0"')
 QMP_CHARDEV_MASK = '"filename": "<QMP>", "label": "compat_monitor0"'
