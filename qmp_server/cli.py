@@ -436,6 +436,9 @@ def parse_args(argv: Sequence[str]) -> Options | None:
                     sys.stdout.write(help_text(_compat_profile(argv), "machine"))
                     return None
                 machine_type = machine_type or _machine_type_given(value)
+        elif name == "no-acpi" and _compat_profile(argv).since(9, 0):
+            # deprecated in 8.0, gone in 9.0: 10.0 refuses it (recorded); -machine acpi=off
+            raise UsageError(f"{arg}: invalid option")
         elif name in _IGNORED_FLAGS or name == "S":
             raw.append((name, None))
         else:

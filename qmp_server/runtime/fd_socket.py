@@ -25,6 +25,10 @@ __all__ = ["FdListener", "FdSocket", "as_fd_socket", "attach_fd_sink"]
 _MAX_FDS = 253
 _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+#: asyncio asks for 256 KiB per read; a buffer that large is above glibc's mmap threshold, so
+#: every read would map and unmap it (~15 us here).  QMP input comes in small commands: 64 KiB
+#: per read keeps the buffer on the heap, and longer input just arrives in more reads.
+_READ_CAP = 64 << 10
 
 
 def _descriptors(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -46,7 +50,7 @@ class FdSocket(socket.socket):
         self.fd_sink: Callable[[list[int]], None] | None = None
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data, ancdata, _, _ = self.recvmsg(bufsize, _ANC_SIZE, flags | _RECV_FLAGS)
+        data, ancdata, _, _ = self.recvmsg(min(bufsize, _READ_CAP), _ANC_SIZE, flags | _RECV_FLAGS)
         if ancdata:
             fds = _descriptors(ancdata)
             if fds:

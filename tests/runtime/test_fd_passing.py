@@ -203,3 +203,27 @@ def test_add_fd_on_the_command_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 1
     assert "-add-fd fd=1,set=1: fd cannot be a standard I/O stream" in bad.stderr
+
+
+async def test_qemu_qmp_send_fd_scm(tmp_path: Path) -> None:
+    """qemu.qmp's QMPClient sends a descriptor with one space byte, then the command."""
+    from qemu.qmp import ExecuteError, QMPClient
+
+    srv = start_server(tmp_path, ["-M", "none"])
+    qmp = QMPClient("fd")
+    r, w = os.pipe()
+    try:
+        await qmp.connect(srv.socket)
+        qmp.send_fd_scm(w)
+        assert await qmp.execute("getfd", {"fdname": "out"}) == {}
+        qmp.send_fd_scm(r)
+        added = await qmp.execute("add-fd", {"opaque": "read end"})
+        assert isinstance(added, dict) and added["fdset-id"] == 0
+        assert await qmp.execute("closefd", {"fdname": "out"}) == {}
+        with pytest.raises(ExecuteError, match="No file descriptor supplied via SCM_RIGHTS"):
+            await qmp.execute("getfd", {"fdname": "again"})
+    finally:
+        await qmp.disconnect()
+        os.close(r)
+        os.close(w)
+        srv.stop()
