@@ -113,7 +113,8 @@ def test_save_and_restore(libvirt_host: LibvirtHost, emulators: dict[str, Path],
         v("start", name)
         v("save", name, str(image))
         assert _wait_state(libvirt_host, name, "shut off") == "shut off"
-        assert image.stat().st_size > 600_000  # libvirt's header + QEMU's stream of 64 MiB
+        # libvirt's header and the stream of an idle 64 MiB pc guest (~0.5 MB, as from QEMU)
+        assert image.stat().st_size > 400_000
         v("restore", str(image))
         assert _wait_state(libvirt_host, name, "running") == "running"
     finally:
