@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +27,14 @@ _PRIVATE = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libv
             "/var/log/libvirt")  # fmt: skip
 
 
+_REAPER = (
+    "import os, time\n"
+    "while True:\n"
+    "    try:\n"
+    "        os.wait()\n"
+    "    except ChildProcessError:\n"
+    "        time.sleep(0.5)\n"
+)
 _REAL_QEMUS = ("/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-i386")
 
 
@@ -89,7 +98,9 @@ class LibvirtHost:
         self.root.mkdir(parents=True, exist_ok=True)
         self.sockdir.mkdir(exist_ok=True)
         self._write_config()
-        mounts = [f"mount --bind {self.root}/etc /etc/libvirt"]
+        # a fresh /run: the daemons' pid files (/run/libvirtd.pid, /run/virtlogd.pid) are
+        # outside /run/libvirt, and two hosts must not share them
+        mounts = [f"mount --bind {self.root}/etc /etc/libvirt", "mount -t tmpfs tmpfs /run"]
         for path in _PRIVATE[1:]:
             private = self.root / path.strip("/").replace("/", "_")
             private.mkdir(exist_ok=True)
@@ -104,7 +115,9 @@ class LibvirtHost:
             "ip link set lo up",
             "virtlogd -d",
             "libvirtd -d",
-            "exec sleep infinity",
+            # the first process of a pid namespace is its init: it must reap the daemons'
+            # orphans (a -daemonize'd emulator), or libvirt waits on zombies it cannot kill
+            f"exec {sys.executable} -c '{_REAPER}'",
         ])  # fmt: skip
         self._holder = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount",
