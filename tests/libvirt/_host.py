@@ -35,7 +35,6 @@ _REAPER = (
     "    except ChildProcessError:\n"
     "        time.sleep(0.5)\n"
 )
-_REAL_QEMUS = ("/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-i386")
 
 
 def libvirt_unavailable() -> str | None:
@@ -108,9 +107,6 @@ class LibvirtHost:
         script = " && ".join([
             *mounts,
             f"mount --bind {self.root}/hosts /etc/hosts",
-            # libvirtd probes every qemu-system-* on PATH when it starts (a minute on a busy
-            # machine): hide the real ones, the tests name their emulator explicitly.
-            *(f"mount --bind /dev/null {q}" for q in _REAL_QEMUS if Path(q).exists()),
             f"hostname {self.hostname}",
             "ip link set lo up",
             "virtlogd -d",
