@@ -34,8 +34,8 @@ from qmp_server.engine.host import DEFAULT_HOST, HostInfo
 from qmp_server.engine.machine import layout_for
 from qmp_server.engine.vm import VirtualMachine
 from qmp_server.errors import CommandError, UsageError
-from qmp_server.qapi import ArgumentValidator, load_schema
 from qmp_server.hmp.interpreter import HMPContext, HMPInterpreter
+from qmp_server.qapi import ArgumentValidator, load_schema
 from qmp_server.runtime.hmp_monitor import HMPMonitor
 from qmp_server.runtime.loop import new_event_loop
 from qmp_server.runtime.migration_io import MigrationController
@@ -125,6 +125,7 @@ def ramblock_list(blocks: Any) -> list[tuple[str, int, int, int]]:
     them (main RAM, firmware, ROMs, then the rest), each starting on a 256 KiB boundary
     (matches the recorded ``pc`` layouts of 7.2 and 10.0).
     """
+
     def registration(block: Any) -> int:
         if block is blocks[0]:
             return 0
