@@ -254,14 +254,15 @@ SESSIONS: list[dict[str, Any]] = [
     {
         "name": "incoming-defer",
         "argv": [*PC, "-incoming", "defer"],
-        "steps": _lines(
-            "info status",
-            "info migrate",
-            "migrate_incoming bogus:uri",
-            "migrate_incoming tcp:127.0.0.1:0",
-            "migrate_incoming tcp:127.0.0.1:0",
-            "info status",
-        ),
+        "steps": [
+            *_lines("info status", "info migrate", "migrate_incoming bogus:uri"),
+            {"line": "migrate_incoming tcp:127.0.0.1:0"},
+            {"line": "info migrate", "mask": True},
+            *_lines("migrate_incoming tcp:127.0.0.1:0", "info status"),
+            {"line": "info status", "cpu-index": 5},
+            {"line": "info status", "cpu-index": -1},
+            {"line": "info status", "cpu-index": 0},
+        ],
     },
 ]
 

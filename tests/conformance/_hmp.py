@@ -11,6 +11,7 @@ unix:PATH,server=on,wait=off``) and a list of steps.  Each step is one of:
   the raw bytes instead, e.g. ``"info status\\r\\n"``); everything up to the next prompt is the
   step's ``output``.  Through QMP the same line goes to ``human-monitor-command`` and the
   answer (``return`` text or ``error``) is kept.
+  A ``"cpu-index"`` member is passed to ``human-monitor-command`` as is.
 * ``{"wait": ["completed", ...]}``: poll ``query-migrate`` over QMP until the status is one of
   these (not recorded: it only makes the next step deterministic).
 
@@ -236,7 +237,10 @@ def run_qmp(
                     qmp.wait_status(step["wait"])
                     replies.append(None)
                 elif "line" in step:
-                    reply = qmp.execute("human-monitor-command", {"command-line": step["line"]})
+                    args: dict[str, Any] = {"command-line": step["line"]}
+                    if "cpu-index" in step:
+                        args["cpu-index"] = step["cpu-index"]
+                    reply = qmp.execute("human-monitor-command", args)
                     reply.pop("id", None)
                     replies.append(reply)
                 else:
