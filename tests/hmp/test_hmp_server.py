@@ -4,8 +4,10 @@ a fuzz of the command line over both paths (the server keeps answering QMP)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from conformance import _hmp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_process import ServerProcess
+from server_process import ServerProcess, free_port
 
 QMP_SHELL = Path(sys.executable).with_name("qmp-shell")
 
@@ -123,3 +125,27 @@ def test_fuzz_hmp_socket_and_human_monitor_command(
         assert isinstance(reply.get("return"), str) or "error" in reply
     assert process.proc.poll() is None
     assert qmp.execute("query-status")["return"]["status"] in ("running", "paused")
+
+
+def test_monitor_on_tcp(qmp_server: Callable[..., ServerProcess]) -> None:
+    port = free_port()
+    qmp_server("--compat", "10.0", "-monitor", f"tcp:127.0.0.1:{port},server=on,wait=off")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    with sock:
+        data = b""
+        while not data.endswith(b"(qemu) "):
+            data += sock.recv(4096)
+        assert data == b"QEMU 10.0.0 monitor - type 'help' for more information\r\n(qemu) "
+        sock.sendall(b"info version\r")
+        data = b""
+        while not data.endswith(b"(qemu) "):
+            data += sock.recv(4096)
+        assert b"\r\n10.0.0qmp-server " in data
