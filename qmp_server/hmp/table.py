@@ -208,9 +208,11 @@ def _continue(h: HMPInterpreter, a: dict[str, Any], i: bool) -> HMPResult:
 
 def _help(h: HMPInterpreter, a: dict[str, Any], i: bool) -> HMPResult:
     name = a.get("name")
-    if name is None:
-        return _result()  # the full command list is not recorded
     texts = help_texts(h.ctx.vm.profile)
+    if name is None:
+        # QEMU lists every command; qmp-server lists the recorded texts of those it has
+        # (enough for qmp-shell -H's completion, which reads the first word of each line)
+        return _result("".join(texts[n] for n in h.commands if n in texts))
     if name in texts:
         return _result(texts[name])
     return _result(f"unknown command: '{name}'\n")
@@ -253,6 +255,8 @@ def command_table(profile: Profile) -> tuple[dict[str, HMPCommand], dict[str, HM
         ),
         HMPCommand("stop", (), _simple("stop")),
         HMPCommand("cont", (), _simple("cont")),
+        HMPCommand("s", (), _simple("stop")),  # QEMU's aliases ("stop|s", "cont|c")
+        HMPCommand("c", (), _simple("cont")),
         HMPCommand("help", (Arg("name", _S, optional=True),), _help),
         HMPCommand("?", (Arg("name", _S, optional=True),), _help),
     ]

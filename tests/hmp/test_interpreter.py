@@ -147,3 +147,14 @@ def test_fuzz_any_line_gives_text(line: str) -> None:
 
 
 _FUZZ = _interpreter("--compat", "10.0")
+
+
+def test_aliases_and_help_list() -> None:
+    hmp = _interpreter("--compat", "7.2")
+    assert hmp.run("s", interactive=False).text == ""
+    assert hmp.run("info status", interactive=False).text == "VM status: paused\n"
+    assert hmp.run("c", interactive=False).text == ""
+    assert hmp.run("info status", interactive=False).text == "VM status: running\n"
+    listing = hmp.run("help", interactive=False).text
+    assert listing.startswith("migrate [-d] [-b] [-i] [-r] uri -- ")
+    assert "stop|s  -- " in listing
