@@ -96,57 +96,106 @@ SESSIONS: list[dict[str, Any]] = [
         "name": "pc-idle",
         "argv": PC,
         "steps": [
-            *_lines("", "info status", "info version", "info name", "info uuid",
-                    "info ramblock", "info migrate", "info migrate -a",
-                    "info migrate_capabilities", "info migrate_parameters",
-                    "foo", "info foo", "  info   status  ", "help migrate",
-                    "help migrate_set_parameter", "help nosuch",
-                    "help migrate_set_capability", "help migrate_cancel",
-                    "help migrate_continue", "help migrate_incoming", "help migrate_recover",
-                    "help migrate_pause", "help migrate_start_postcopy", "help stop",
-                    "help cont"),  # fmt: skip
+            *_lines(
+                "",
+                "info status",
+                "info version",
+                "info name",
+                "info uuid",
+                "info ramblock",
+                "info migrate",
+                "info migrate -a",
+                "info migrate_capabilities",
+                "info migrate_parameters",
+                "foo",
+                "info foo",
+                "  info   status  ",
+                "help migrate",
+                "help migrate_set_parameter",
+                "help nosuch",
+                "help migrate_set_capability",
+                "help migrate_cancel",
+                "help migrate_continue",
+                "help migrate_incoming",
+                "help migrate_recover",
+                "help migrate_pause",
+                "help migrate_start_postcopy",
+                "help stop",
+                "help cont",
+            ),
             {"send": "info status\r"},
             {"send": "info status\r\n"},
             {"send": "info status\n\n"},
         ],
     },
-    {"name": "pc-capabilities", "argv": PC,
-     "steps": _lines(*_CAPS, "info migrate_capabilities")},  # fmt: skip
-    {"name": "pc-parameters", "argv": PC,
-     "steps": _lines(*_PARAMS_OK, "info migrate_parameters", *_PARAMS_BAD,
-                     "info migrate_parameters")},  # fmt: skip
+    {"name": "pc-capabilities", "argv": PC, "steps": _lines(*_CAPS, "info migrate_capabilities")},
+    {
+        "name": "pc-parameters",
+        "argv": PC,
+        "steps": _lines(
+            *_PARAMS_OK, "info migrate_parameters", *_PARAMS_BAD, "info migrate_parameters"
+        ),
+    },
     {
         "name": "pc-parameter-parsing",
         "argv": PC,
         "steps": _lines(
-            "migrate_set_parameter max-bandwidth 12", "info migrate_parameters",
-            "migrate_set_parameter xbzrle-cache-size 1", "migrate_set_parameter multifd-channels abc",
-            "migrate_set_parameter multifd-channels 256", "migrate_set_parameter announce-rounds x",
+            "migrate_set_parameter max-bandwidth 12",
+            "info migrate_parameters",
+            "migrate_set_parameter xbzrle-cache-size 1",
+            "migrate_set_parameter multifd-channels abc",
+            "migrate_set_parameter multifd-channels 256",
+            "migrate_set_parameter announce-rounds x",
             "migrate_set_parameter x-checkpoint-delay abc",
-            "migrate_set_parameter max-postcopy-bandwidth 2x", "migrate_set_parameter tls-creds",
-            'migrate_set_parameter tls-creds "a b"', "migrate_set_parameter mode cpr-reboot",
-            "migrate_set_parameter zero-page-detection none", "migrate_set_parameter direct-io on",
+            "migrate_set_parameter max-postcopy-bandwidth 2x",
+            "migrate_set_parameter tls-creds",
+            'migrate_set_parameter tls-creds "a b"',
+            "migrate_set_parameter mode cpr-reboot",
+            "migrate_set_parameter zero-page-detection none",
+            "migrate_set_parameter direct-io on",
             "migrate_set_parameter avail-switchover-bandwidth 1G",
-            "migrate_set_parameter vcpu-dirty-limit 5", "info migrate_parameters",
+            "migrate_set_parameter vcpu-dirty-limit 5",
+            "info migrate_parameters",
         ),
     },
     {
         "name": "pc-idle-commands",
         "argv": PC,
         "steps": _lines(
-            "migrate_continue pre-switchover", "migrate_continue none", "migrate_continue bogus",
-            "migrate_continue", "migrate_cancel", "migrate_cancel now",
-            "migrate_start_postcopy", "migrate_pause", "migrate_recover tcp:127.0.0.1:1",
-            "migrate_recover", "migrate_incoming tcp:127.0.0.1:0",
-            "migrate", "migrate -x exec:true", "migrate -d bogus:uri", "migrate -r exec:true",
-            "stop", "info status", "stop", "cont", "info status", "cont", "info status",
+            "migrate_continue pre-switchover",
+            "migrate_continue none",
+            "migrate_continue bogus",
+            "migrate_continue",
+            "migrate_cancel",
+            "migrate_cancel now",
+            "migrate_start_postcopy",
+            "migrate_pause",
+            "migrate_recover tcp:127.0.0.1:1",
+            "migrate_recover",
+            "migrate_incoming tcp:127.0.0.1:0",
+            "migrate",
+            "migrate -x exec:true",
+            "migrate -d bogus:uri",
+            "migrate -r exec:true",
+            "stop",
+            "info status",
+            "stop",
+            "cont",
+            "info status",
+            "cont",
+            "info status",
         ),
     },
-    {"name": "none-idle", "argv": NONE,
-     "steps": _lines("info status", "info ramblock", "info migrate", "info name")},  # fmt: skip
-    {"name": "named", "argv": [*PC, "-name", "guest1",
-                               "-uuid", "6b3e8a4c-58e1-4a4a-9e43-3e4c6c1f2a70"],
-     "steps": _lines("info name", "info uuid")},  # fmt: skip
+    {
+        "name": "none-idle",
+        "argv": NONE,
+        "steps": _lines("info status", "info ramblock", "info migrate", "info name"),
+    },
+    {
+        "name": "named",
+        "argv": [*PC, "-name", "guest1", "-uuid", "6b3e8a4c-58e1-4a4a-9e43-3e4c6c1f2a70"],
+        "steps": _lines("info name", "info uuid"),
+    },
     {
         "name": "migrate-active",
         "argv": ["-M", "pc", "-m", "1024", "-nodefaults", "-display", "none"],
@@ -154,8 +203,12 @@ SESSIONS: list[dict[str, Any]] = [
             *_lines("migrate_set_parameter max-bandwidth 1k", f"migrate -d {SINK}"),
             {"wait": ["active"]},
             {"line": "info migrate", "mask": True},
-            *_lines("info status", "migrate_set_capability xbzrle on", f"migrate -d {SINK}",
-                    "migrate_continue active"),  # fmt: skip
+            *_lines(
+                "info status",
+                "migrate_set_capability xbzrle on",
+                f"migrate -d {SINK}",
+                "migrate_continue active",
+            ),
             {"line": "migrate_cancel"},
             {"wait": ["cancelled"]},
             {"line": "info migrate", "mask": True},
@@ -201,9 +254,15 @@ SESSIONS: list[dict[str, Any]] = [
     {
         "name": "incoming-defer",
         "argv": [*PC, "-incoming", "defer"],
-        "steps": _lines("info status", "info migrate", "migrate_incoming bogus:uri",
-                        "migrate_incoming tcp:127.0.0.1:0", "migrate_incoming tcp:127.0.0.1:0",
-                        "info status"),  # fmt: skip
+        "steps": [
+            *_lines("info status", "info migrate", "migrate_incoming bogus:uri"),
+            {"line": "migrate_incoming tcp:127.0.0.1:0"},
+            {"line": "info migrate", "mask": True},
+            *_lines("migrate_incoming tcp:127.0.0.1:0", "info status"),
+            {"line": "info status", "cpu-index": 5},
+            {"line": "info status", "cpu-index": -1},
+            {"line": "info status", "cpu-index": 0},
+        ],
     },
 ]
 
@@ -233,17 +292,32 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
             if reply is not None:
                 entry["qmp"] = reply
             steps.append(entry)
-        sessions.append({"name": session["name"], "argv": session["argv"],
-                         "greeting": hmp["greeting"], "steps": steps})  # fmt: skip
-    version_line = subprocess.run([*launcher.prefix, "--version"], capture_output=True,
-                                  text=True, check=False).stdout.splitlines()[0]  # fmt: skip
+        sessions.append(
+            {
+                "name": session["name"],
+                "argv": session["argv"],
+                "greeting": hmp["greeting"],
+                "steps": steps,
+            }
+        )
+    version_line = subprocess.run(
+        [*launcher.prefix, "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[0]
     return {
         "meta": {
             "qemu": version,
             "qemu_version": version_line,
             "query_version": qemu_version,
-            "qemu_command": " ".join([*launcher.prefix, "<argv>", "-qmp", "unix:<qmp>,server=on,"
-                                      "wait=off", "-monitor", "unix:<hmp>,server=on,wait=off"]),
+            "qemu_command": " ".join(
+                [
+                    *launcher.prefix,
+                    "<argv>",
+                    "-qmp",
+                    "unix:<qmp>,server=on,wait=off",
+                    "-monitor",
+                    "unix:<hmp>,server=on,wait=off",
+                ]
+            ),
             "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "recorder": "tools/record_hmp.py",
         },
@@ -278,8 +352,11 @@ def main() -> int:
     ap.add_argument("--chroot", metavar="DIR", help="run the QEMU of chroot DIR (10.0)")
     ap.add_argument("--only", nargs="*", help="sessions to record (prints, writes nothing)")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--derive-help", metavar="FIXTURE",
-                    help="only rewrite qmp_server/data/hmp/*/help.json from a fixture")
+    ap.add_argument(
+        "--derive-help",
+        metavar="FIXTURE",
+        help="only rewrite qmp_server/data/hmp/*/help.json from a fixture",
+    )
     args = ap.parse_args()
     if args.derive_help:
         with open(args.derive_help, encoding="utf-8") as f:
@@ -289,8 +366,9 @@ def main() -> int:
     if args.only:
         json.dump(data, sys.stdout, indent=1)
         return 0
-    out = Path(args.out or REPO / "tests/conformance/fixtures/hmp"
-               / f"qemu-{data['meta']['qemu']}.json")  # fmt: skip
+    out = Path(
+        args.out or REPO / "tests/conformance/fixtures/hmp" / f"qemu-{data['meta']['qemu']}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, ensure_ascii=True)

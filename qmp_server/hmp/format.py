@@ -66,8 +66,8 @@ def info_migrate(profile: Profile, info: Mapping[str, Any]) -> str:
         if status == "failed" and info.get("error-desc"):
             head += f" ({info['error-desc']})"
         lines.append(head)
-        if "total-time" in info:
-            lines.append(f"total time: {info['total-time']} ms")
+        # printed with every status, 0 when QMP leaves it out (cancelled)
+        lines.append(f"total time: {info.get('total-time', 0)} ms")
         if "expected-downtime" in info:
             lines.append(f"expected downtime: {info['expected-downtime']} ms")
         if "downtime" in info:
@@ -95,8 +95,11 @@ def info_migrate(profile: Profile, info: Mapping[str, Any]) -> str:
             lines.append(f"dirty pages rate: {ram['dirty-pages-rate']} pages")
         if ram.get("postcopy-requests"):
             lines.append(f"postcopy request count: {ram['postcopy-requests']}")
-        for key, label in (("precopy-bytes", "precopy ram"), ("downtime-bytes", "downtime ram"),
-                           ("postcopy-bytes", "postcopy ram")):  # fmt: skip
+        for key, label in (
+            ("precopy-bytes", "precopy ram"),
+            ("downtime-bytes", "downtime ram"),
+            ("postcopy-bytes", "postcopy ram"),
+        ):
             if ram.get(key):
                 lines.append(f"{label}: {ram[key] >> 10} kbytes")
         if ram.get("dirty-sync-missed-zero-copy"):
@@ -131,19 +134,37 @@ def info_migrate_capabilities(caps: Sequence[Mapping[str, Any]]) -> str:
 
 #: (parameter, unit) in the order QEMU prints them; a version prints those it has.
 _PARAMETER_LINES: tuple[tuple[str, str], ...] = (
-    ("announce-initial", " ms"), ("announce-max", " ms"), ("announce-rounds", ""),
-    ("announce-step", " ms"), ("compress-level", ""), ("compress-threads", ""),
-    ("compress-wait-thread", "bool"), ("decompress-threads", ""),
-    ("throttle-trigger-threshold", ""), ("cpu-throttle-initial", ""),
-    ("cpu-throttle-increment", ""), ("cpu-throttle-tailslow", "bool"),
-    ("max-cpu-throttle", ""), ("tls-creds", "str"), ("tls-hostname", "str"),
-    ("max-bandwidth", " bytes/second"), ("avail-switchover-bandwidth", " bytes/second"),
-    ("downtime-limit", " ms"), ("x-checkpoint-delay", " ms"), ("block-incremental", "bool"),
-    ("multifd-channels", ""), ("multifd-compression", ""), ("zero-page-detection", ""),
-    ("xbzrle-cache-size", " bytes"), ("max-postcopy-bandwidth", ""), ("tls-authz", "str"),
-    ("x-vcpu-dirty-limit-period", " ms"), ("vcpu-dirty-limit", " MB/s"), ("mode", ""),
+    ("announce-initial", " ms"),
+    ("announce-max", " ms"),
+    ("announce-rounds", ""),
+    ("announce-step", " ms"),
+    ("compress-level", ""),
+    ("compress-threads", ""),
+    ("compress-wait-thread", "bool"),
+    ("decompress-threads", ""),
+    ("throttle-trigger-threshold", ""),
+    ("cpu-throttle-initial", ""),
+    ("cpu-throttle-increment", ""),
+    ("cpu-throttle-tailslow", "bool"),
+    ("max-cpu-throttle", ""),
+    ("tls-creds", "str"),
+    ("tls-hostname", "str"),
+    ("max-bandwidth", " bytes/second"),
+    ("avail-switchover-bandwidth", " bytes/second"),
+    ("downtime-limit", " ms"),
+    ("x-checkpoint-delay", " ms"),
+    ("block-incremental", "bool"),
+    ("multifd-channels", ""),
+    ("multifd-compression", ""),
+    ("zero-page-detection", ""),
+    ("xbzrle-cache-size", " bytes"),
+    ("max-postcopy-bandwidth", ""),
+    ("tls-authz", "str"),
+    ("x-vcpu-dirty-limit-period", " ms"),
+    ("vcpu-dirty-limit", " MB/s"),
+    ("mode", ""),
     ("direct-io", "bool"),
-)  # fmt: skip
+)
 
 
 def info_migrate_parameters(params: Mapping[str, Any]) -> str:

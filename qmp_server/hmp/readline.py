@@ -5,7 +5,9 @@ it last drew (``ESC [ D`` per character), prints the whole buffer and clears to 
 line (``ESC [ K``).  ``\\r`` and ``\\n`` each end a line (``\\r\\n`` is a line and an empty
 line); the output then goes ``\\r\\n``, the command's text, and the prompt.  Recorded from QEMU
 7.2 and 10.0 (tests/conformance/fixtures/hmp).  Escape sequences (arrow keys) and control
-characters other than backspace are consumed without effect here.
+characters other than backspace are consumed without effect here; as in QEMU, the character
+after ``ESC`` (other than ``[``/``O``) and the one ending ``ESC [ digits`` are swallowed, even
+``\r``/``\n``.
 
 Pure: :meth:`LineEditor.feed` returns the echo and the completed lines.
 """
@@ -37,7 +39,7 @@ class LineEditor:
             self._escape = 2 if char in "[O" else 0
             return "", False
         if self._escape == 2:
-            if "@" <= char <= "~":
+            if not char.isdigit():  # parameters accumulate; any other character ends it
                 self._escape = 0
             return "", False
         if char == "\x1b":

@@ -5,7 +5,7 @@ Which commands and flags exist depends on the emulated version: ``migrate -b``/`
 migration) exist up to 9.0 and, since qmp-server models no drives, migrate like a plain
 ``migrate`` (as QEMU does for a guest without disks) with 7.2's trailing newline after a
 synchronous run.  ``migrate_set_parameter`` parses each value the way QEMU's HMP does
-(recorded): ``max-bandwidth``/``xbzrle-cache-size`` as sizes in MiB by default (``Invalid
+(recorded): ``max-bandwidth`` as a size in MiB by default (``Invalid
 size``), the other sizes and 64-bit counters as byte sizes, small integers with range checks
 (``expects uint8_t``), booleans, strings and enum names.
 """
@@ -99,14 +99,14 @@ def _enum(h: HMPInterpreter, enum: str, value: str) -> str:
 
 def _set_capability(h: HMPInterpreter, a: dict[str, Any], i: bool) -> HMPResult:
     cap = _enum(h, "MigrationCapability", a["capability"])
-    h.execute("migrate-set-capabilities", {"capabilities": [{"capability": cap,
-                                                             "state": a["state"]}]})  # fmt: skip
+    h.execute(
+        "migrate-set-capabilities", {"capabilities": [{"capability": cap, "state": a["state"]}]}
+    )
     return _result()
 
 
 def _size_error(name: str) -> CommandError:
-    return CommandError(f"Parameter '{name}' expects a non-negative number below 2^64\n"
-                        f"{SIZE_HINT}")  # fmt: skip
+    return CommandError(f"Parameter '{name}' expects a non-negative number below 2^64\n{SIZE_HINT}")
 
 
 def _parse_uint(name: str, text: str, bits: int) -> int:
@@ -123,7 +123,7 @@ def _parse_uint(name: str, text: str, bits: int) -> int:
     return value
 
 
-_MIB_SIZES = frozenset({"max-bandwidth", "xbzrle-cache-size"})
+_MIB_SIZES = frozenset({"max-bandwidth"})
 _UINT_BITS = {"uint8": 8, "uint16": 16, "uint32": 32}
 
 
@@ -208,9 +208,11 @@ def _continue(h: HMPInterpreter, a: dict[str, Any], i: bool) -> HMPResult:
 
 def _help(h: HMPInterpreter, a: dict[str, Any], i: bool) -> HMPResult:
     name = a.get("name")
-    if name is None:
-        return _result()  # the full command list is not recorded
     texts = help_texts(h.ctx.vm.profile)
+    if name is None:
+        # QEMU lists every command; qmp-server lists the recorded texts of those it has
+        # (enough for qmp-shell -H's completion, which reads the first word of each line)
+        return _result("".join(texts[n] for n in h.commands if n in texts))
     if name in texts:
         return _result(texts[name])
     return _result(f"unknown command: '{name}'\n")
@@ -245,12 +247,16 @@ def command_table(profile: Profile) -> tuple[dict[str, HMPCommand], dict[str, HM
         HMPCommand("migrate_recover", _URI, _with_uri("migrate-recover")),
         HMPCommand("migrate_pause", (), _simple("migrate-pause")),
         HMPCommand("migrate_start_postcopy", (), _simple("migrate-start-postcopy")),
-        HMPCommand("migrate_set_capability", (Arg("capability", _S), Arg("state", "b")),
-                   _set_capability),  # fmt: skip
-        HMPCommand("migrate_set_parameter", (Arg("parameter", _S), Arg("value", _S)),
-                   _set_parameter),  # fmt: skip
+        HMPCommand(
+            "migrate_set_capability", (Arg("capability", _S), Arg("state", "b")), _set_capability
+        ),
+        HMPCommand(
+            "migrate_set_parameter", (Arg("parameter", _S), Arg("value", _S)), _set_parameter
+        ),
         HMPCommand("stop", (), _simple("stop")),
         HMPCommand("cont", (), _simple("cont")),
+        HMPCommand("s", (), _simple("stop")),  # QEMU's aliases ("stop|s", "cont|c")
+        HMPCommand("c", (), _simple("cont")),
         HMPCommand("help", (Arg("name", _S, optional=True),), _help),
         HMPCommand("?", (Arg("name", _S, optional=True),), _help),
     ]

@@ -32,9 +32,20 @@ logger = logging.getLogger(__name__)
 PROMPT = "(qemu) "
 #: how often a suspended monitor looks whether its migration ended (QEMU: every second)
 _POLL = 0.05
-_RUNNING = frozenset({"setup", "active", "pre-switchover", "device", "cancelling",
-                      "postcopy-active", "postcopy-paused", "postcopy-recover",
-                      "wait-unplug", "colo"})  # fmt: skip
+_RUNNING = frozenset(
+    {
+        "setup",
+        "active",
+        "pre-switchover",
+        "device",
+        "cancelling",
+        "postcopy-active",
+        "postcopy-paused",
+        "postcopy-recover",
+        "wait-unplug",
+        "colo",
+    }
+)
 
 
 def banner(vm: VirtualMachine) -> str:
@@ -99,7 +110,8 @@ class HMPConnection(asyncio.Protocol):
 
     async def _wait_migration(self, block: bool) -> None:
         vm = self.monitor.vm
-        while vm.source_migration_status in _RUNNING and not self.closed:
+        # QEMU polls the migration state with a timer too; no event carries every end state
+        while vm.source_migration_status in _RUNNING and not self.closed:  # noqa: ASYNC110
             await asyncio.sleep(_POLL)
         self.suspended = False
         self._write(("\r\n" if block else "") + PROMPT)
@@ -136,8 +148,11 @@ class HMPMonitor:
             await self._start()
         except OSError as err:
             reason = os.strerror(err.errno) if err.errno else str(err)
-            where = self.spec.path if self.spec.kind == "unix" else (
-                f"{self.spec.host}:{self.spec.port}")  # fmt: skip
+            where = (
+                self.spec.path
+                if self.spec.kind == "unix"
+                else (f"{self.spec.host}:{self.spec.port}")
+            )
             verb = "bind socket to" if self.spec.server else "connect to"
             raise OSError(f"Failed to {verb} '{where}': {reason}") from None
 

@@ -161,6 +161,7 @@ def ramblock_list(blocks: Any) -> list[tuple[str, int, int, int]]:
     them (main RAM, firmware, ROMs, then the rest), each starting on a 256 KiB boundary
     (matches the recorded ``pc`` layouts of 7.2 and 10.0).
     """
+
     def registration(block: Any) -> int:
         if block is blocks[0]:
             return 0

@@ -11,6 +11,7 @@ unix:PATH,server=on,wait=off``) and a list of steps.  Each step is one of:
   the raw bytes instead, e.g. ``"info status\\r\\n"``); everything up to the next prompt is the
   step's ``output``.  Through QMP the same line goes to ``human-monitor-command`` and the
   answer (``return`` text or ``error``) is kept.
+  A ``"cpu-index"`` member is passed to ``human-monitor-command`` as is.
 * ``{"wait": ["completed", ...]}``: poll ``query-migrate`` over QMP until the status is one of
   these (not recorded: it only makes the next step deterministic).
 
@@ -55,7 +56,7 @@ class Launcher:
         """A fresh directory (host path, path the process sees)."""
         base = os.path.join(self.root, "tmp") if self.root else None
         host = tempfile.mkdtemp(prefix="hmprec-", dir=base)
-        inside = host[len(self.root):] if self.root else host
+        inside = host[len(self.root) :] if self.root else host
         return host, inside
 
 
@@ -74,11 +75,14 @@ def started(launcher: Launcher, argv: Sequence[str]) -> Iterator[Process]:
     cmd = [
         *launcher.prefix,
         *argv,
-        "-qmp", f"unix:{inside}/qmp.sock,server=on,wait=off",
-        "-monitor", f"unix:{inside}/hmp.sock,server=on,wait=off",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+        "-qmp",
+        f"unix:{inside}/qmp.sock,server=on,wait=off",
+        "-monitor",
+        f"unix:{inside}/hmp.sock,server=on,wait=off",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     process = Process(proc, f"{host}/qmp.sock", f"{host}/hmp.sock", host)
     try:
         deadline = time.monotonic() + 15
@@ -195,8 +199,9 @@ def step_bytes(step: dict[str, Any]) -> str:
     return str(step["send"]) if "send" in step else f"{step['line']}\n"
 
 
-def run_hmp(launcher: Launcher, argv: Sequence[str], steps: Sequence[dict[str, Any]]
-            ) -> dict[str, Any]:  # fmt: skip
+def run_hmp(
+    launcher: Launcher, argv: Sequence[str], steps: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Run ``steps`` on the HMP socket; returns the greeting and each step's output."""
     with started(launcher, argv) as process:
         qmp = QMP(process.qmp_path)
@@ -209,15 +214,19 @@ def run_hmp(launcher: Launcher, argv: Sequence[str], steps: Sequence[dict[str, A
                     outputs.append(None)
                 else:
                     outputs.append(hmp.send(step_bytes(step)))
-            return {"greeting": hmp.greeting, "outputs": outputs,
-                    "version": qmp.greeting["QMP"]["version"]}  # fmt: skip
+            return {
+                "greeting": hmp.greeting,
+                "outputs": outputs,
+                "version": qmp.greeting["QMP"]["version"],
+            }
         finally:
             hmp.close()
             qmp.close()
 
 
-def run_qmp(launcher: Launcher, argv: Sequence[str], steps: Sequence[dict[str, Any]]
-            ) -> list[dict[str, Any] | None]:  # fmt: skip
+def run_qmp(
+    launcher: Launcher, argv: Sequence[str], steps: Sequence[dict[str, Any]]
+) -> list[dict[str, Any] | None]:
     """Run the ``line`` steps through ``human-monitor-command``; returns each reply."""
     with started(launcher, argv) as process:
         qmp = QMP(process.qmp_path)
@@ -228,7 +237,10 @@ def run_qmp(launcher: Launcher, argv: Sequence[str], steps: Sequence[dict[str, A
                     qmp.wait_status(step["wait"])
                     replies.append(None)
                 elif "line" in step:
-                    reply = qmp.execute("human-monitor-command", {"command-line": step["line"]})
+                    args: dict[str, Any] = {"command-line": step["line"]}
+                    if "cpu-index" in step:
+                        args["cpu-index"] = step["cpu-index"]
+                    reply = qmp.execute("human-monitor-command", args)
                     reply.pop("id", None)
                     replies.append(reply)
                 else:
