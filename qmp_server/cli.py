@@ -41,7 +41,8 @@ _IGNORED_WITH_ARG = frozenset(
         "display", "vga", "accel", "serial", "parallel", "cpu", "smp", "object", "nic", "net",
         "drive", "bios", "boot", "rtc", "k", "L", "msg", "d", "D", "trace", "sandbox",
         "overcommit", "audiodev", "vnc", "spice", "usbdevice", "blockdev", "netdev", "numa",
-        "chroot", "runas", "watchdog-action", "action",
+        "chroot", "runas", "watchdog-action", "action", "smbios", "iscsi", "fw_cfg",
+        "set", "icount", "mem-path", "acpitable", "device-tree", "semihosting-config",
     }
 )  # fmt: skip
 _IGNORED_FLAGS = frozenset(
@@ -244,7 +245,8 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
     nowait = "nowait" in kv
     kv.pop("nowait", None)
     wait = False if nowait else _parse_onoff("wait", wait_value)
-    for ignored in ("telnet", "tls-creds", "reconnect", "logfile", "logappend", "mux", "ipv4",
+    reconnect = _parse_reconnect(kv.pop("reconnect", None) or "0")
+    for ignored in ("telnet", "tls-creds", "logfile", "logappend", "mux", "ipv4",
                     "ipv6", "nodelay", "websocket", "abstract", "tight"):  # fmt: skip
         kv.pop(ignored, None)
     if kv:
@@ -257,14 +259,26 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
     if kind == "unix":
         if not path:
             raise UsageError("chardev: socket: 'path' required")
-        return chardev_id, ChardevSpec("unix", path=path, server=server, wait=wait)
+        return chardev_id, ChardevSpec(
+            "unix", path=path, server=server, wait=wait, reconnect=reconnect
+        )
     try:
         port_number = int(port or "")
     except ValueError:
         raise UsageError(f"error parsing port in address '{host}:{port}'") from None
     return chardev_id, ChardevSpec(
-        "tcp", host=host or "0.0.0.0", port=port_number, server=server, wait=wait
+        "tcp", host=host or "0.0.0.0", port=port_number, server=server, wait=wait,
+        reconnect=reconnect,
     )
+
+
+def _parse_reconnect(value: str) -> int:
+    """``reconnect=SECONDS`` of a client socket: retry the connection that often (0: never)."""
+    try:
+        seconds = int(value, 10)
+    except ValueError:
+        raise UsageError("Parameter 'reconnect' expects a number") from None
+    return max(seconds, 0)
 
 
 def _inherited_socket(text: str, value: str) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 
 from qmp_server.engine.capabilities import CapsContext, capability_names, check_capabilities
 from qmp_server.engine.host import DEFAULT_HOST, HostInfo
+from qmp_server.engine.object_model import data_version, type_names
 from qmp_server.engine.parameters import check_parameters, merge_request, query_view
 from qmp_server.engine.properties import apply_globals
 from qmp_server.errors import CommandError
@@ -86,7 +87,10 @@ class MigrationConfig:
         :param incoming: the ``-incoming`` argument (makes the start-up check a destination's).
         :raise UsageError: exactly as QEMU refuses to start (see :mod:`.properties`).
         """
-        result = apply_globals(profile, host, globals, incoming=incoming)
+        result = apply_globals(
+            profile, host, globals, incoming=incoming,
+            known_class=lambda name: name in type_names(data_version(profile)),
+        )  # fmt: skip
         cfg = cls(profile, host, result.capabilities, result.parameters, result.others)
         cfg.warnings = list(result.warnings)
         return cfg

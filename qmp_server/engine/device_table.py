@@ -29,13 +29,13 @@ import gzip
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from qmp_server.engine.devices import VfioSimConfig, parse_device
-from qmp_server.engine.object_model import data_version
+from qmp_server.engine.object_model import data_version, device_aliases
 from qmp_server.profiles import Profile
 
 __all__ = [
@@ -155,6 +155,12 @@ class DeviceCatalog:
         self.version: str = data["version"]
         self.devices: dict[str, dict[str, Any]] = data["devices"]
 
+    def resolve(self, driver: str) -> str:
+        """The type ``-device DRIVER`` creates: DRIVER, or the device an alias names."""
+        if driver in self.devices:
+            return driver
+        return device_aliases(self.version).get(driver, driver)
+
     def check(self, driver: str) -> str | None:
         """QEMU's refusal of ``-device DRIVER`` before any property is looked at, or None."""
         entry = self.devices.get(driver)
@@ -219,6 +225,7 @@ class DeviceTable:
                 raise DeviceError(f"-device {culprit.text}: Duplicate device ID '{spec.id}'")
             raise DeviceError(f"{where}Duplicate ID '{spec.id}' for device")
         if catalog is not None:
+            spec = replace(spec, driver=catalog.resolve(spec.driver))
             error = catalog.check(spec.driver)
             if error is not None:
                 raise DeviceError(where + error)

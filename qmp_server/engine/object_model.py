@@ -298,6 +298,25 @@ def _feature_key(name: str) -> str:
     return name.replace("_", "-").replace(".", "-")
 
 
+def _listed_aliases(text: str) -> dict[str, str]:
+    """``-device help``'s ``alias "virtio-serial"`` of ``name "virtio-serial-pci"``."""
+    aliases = {}
+    for line in text.splitlines():
+        if line.startswith('name "') and ', alias "' in line:
+            aliases[line.split(', alias "', 1)[1].split('"', 1)[0]] = line.split('"', 2)[1]
+    return aliases
+
+
+def device_aliases(version: str) -> dict[str, str]:
+    """The short names QEMU's ``-device`` also takes (``virtio-net`` for ``virtio-net-pci``)."""
+    return _listed_aliases(_load(version).device_help())
+
+
+def type_names(version: str) -> frozenset[str]:
+    """Every QOM type of the recorded QEMU (module types included)."""
+    return frozenset(_load(version)._by_name)
+
+
 def _listed_devices(text: str) -> frozenset[str]:
     names = set()
     for line in text.splitlines():

@@ -25,7 +25,7 @@ Facts checked live on QEMU 7.2.22:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,8 +259,13 @@ def apply_globals(
     globals_: Iterable[tuple[str, str, str]],
     *,
     incoming: str | None = None,
+    known_class: Callable[[str], bool] = lambda name: False,
 ) -> GlobalsResult:
     """Apply ``(driver, property, value)`` triples in order, then run QEMU's start-up check.
+
+    ``known_class``: whether the emulated QEMU has a QOM type of that name; a ``-global`` of
+    another class than ``migration`` is accepted silently for one (``kvm-pit.lost_tick_policy``
+    on Proxmox's command line), and warned about otherwise, as QEMU does.
 
     :param incoming: the ``-incoming`` argument: with it the runstate is ``inmigrate`` when
         the capabilities are checked (postcopy-ram needs userfaultfd then; checked live).
@@ -276,6 +281,8 @@ def apply_globals(
     for driver, prop, text in globals_:
         if driver != "migration":
             key = f"{driver}.{prop}"
+            if known_class(driver):
+                continue
             if key not in warned:
                 warned.add(key)
                 warnings.append(f"global {key} has invalid class name")

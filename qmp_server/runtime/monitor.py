@@ -102,6 +102,8 @@ class ChardevSpec:
     server: bool = True
     wait: bool = False
     fd: int = -1
+    #: ``reconnect=N``: a client socket that may fail to connect; retried every N seconds
+    reconnect: int = 0
     #: the ``-chardev`` text, for QEMU's error messages that quote it
     option: str = field(default="", compare=False)
 
@@ -223,6 +225,7 @@ class QMPMonitor:
         self.after_input = after_input
         self.current: QMPConnection | None = None
         self.waiting: deque[QMPConnection] = deque()
+        self._reconnect: asyncio.Future[None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self.address: Any = None
         #: ``getfd`` names: they belong to the monitor and outlive its clients (QEMU)
@@ -240,6 +243,10 @@ class QMPMonitor:
         :raise OSError: with a message that names the socket (``Failed to bind socket to ...``),
             printed by the runtime as ``qmp-server: ...`` before it exits 1.
         """
+        if not self.spec.server and self.spec.reconnect > 0 and self.spec.kind != "fd":
+            # QEMU starts without the peer and keeps trying (Proxmox's qmeventd socket)
+            self._reconnect = asyncio.ensure_future(self._keep_connected())
+            return
         try:
             await self._start()
         except OSError as err:
@@ -306,6 +313,13 @@ class QMPMonitor:
             sock.close()
             raise
 
+    async def _keep_connected(self) -> None:
+        while True:
+            if self.current is None:
+                with contextlib.suppress(OSError):
+                    await self._start()
+            await asyncio.sleep(self.spec.reconnect)
+
     def attach(self, conn: QMPConnection) -> None:
         assert conn.transport is not None
         conn.transport.pause_reading()
@@ -343,6 +357,8 @@ class QMPMonitor:
         return conns + list(self.waiting)
 
     async def close(self) -> None:
+        if self._reconnect is not None:
+            self._reconnect.cancel()
         if self.server is not None:
             self.server.close()
         for conn in self.connections():
