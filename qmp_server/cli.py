@@ -73,7 +73,7 @@ QEMU-style options:
   -monitor unix:PATH,server=on,wait=off  a human monitor (HMP; also tcp:, and
   -mon chardev=ID[,mode=readline])      -mon in readline mode); see docs/hmp.md
   -machine/-M none|pc|q35|...           accepted (the machine is modelled, not emulated)
-  -machine help, -cpu help              the emulated QEMU's lists, then exit
+  -machine help, -cpu help, -accel help the emulated QEMU's lists, then exit
   -daemonize                            run in the background; return once monitors listen
   -pidfile PATH                         write the process id to PATH (locked, removed at exit)
   -version                              the emulated QEMU's version text, then exit
@@ -160,7 +160,7 @@ class Options:
 def help_text(profile: Profile, name: str) -> str:
     """A text recorded from the emulated QEMU (``tools/record_help_texts.py``).
 
-    ``name`` is ``machine``, ``cpu`` or ``version``; profiles without recordings of their own
+    ``name`` is ``machine``, ``cpu``, ``accel`` or ``version``; profiles without recordings of their own
     (the default 8.0.50 and 8.1) print QEMU 7.2's.
     """
     folder = "qemu-10.0" if profile.since(10, 0) else "qemu-7.2"
@@ -462,9 +462,10 @@ def parse_args(argv: Sequence[str]) -> Options | None:
         profile = resolve_profile(compat[-1] if compat else None)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if any(n == "cpu" and v in ("help", "?") for n, v in raw):
-        sys.stdout.write(help_text(profile, "cpu"))
-        return None
+    for option in ("cpu", "accel"):
+        if any(n == option and v in ("help", "?") for n, v in raw):
+            sys.stdout.write(help_text(profile, option))
+            return None
     for name, value in raw:
         if name == "device" and value and not value.startswith("{") and _is_help(value):
             _device_help(profile, value)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Record what real QEMUs print for ``-M help``, ``-cpu help`` and ``-version``.
+"""Record what real QEMUs print for ``-M help``, ``-cpu help``, ``-accel help``, ``-version``.
 
     python tools/record_help_texts.py [--qemu72 BINARY] [--chroot DIR] [--only 7.2|10.0]
 
 QEMU 7.2 is the Debian binary (``/usr/bin/qemu-system-x86_64``); QEMU 10.0 runs inside a
 Debian trixie chroot (default ``/srv/trixie``).  Each text is stdout exactly as printed (the
 command must exit 0 and write nothing to stderr) and goes to
-``qmp_server/data/help/qemu-<version>/{machine,cpu,version}.txt``; ``qmp-server`` prints
-these files for ``-M help``, ``-cpu help`` and (the copyright line of) ``-version``.
+``qmp_server/data/help/qemu-<version>/{machine,cpu,accel,version}.txt``; ``qmp-server``
+prints these files for ``-M help``, ``-cpu help``, ``-accel help`` and (the copyright line
+of) ``-version``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ OUT = Path(__file__).resolve().parent.parent / "qmp_server" / "data" / "help"
 TEXTS = {
     "machine.txt": ["-M", "help"],
     "cpu.txt": ["-cpu", "help"],
+    "accel.txt": ["-accel", "help"],
     "version.txt": ["-version"],
 }
 

@@ -126,6 +126,9 @@ def test_m_help_prints_the_emulated_qemus_machine_list() -> None:
     )  # fmt: skip
     cpus = run("--compat", "10.0", "-cpu", "help")
     assert cpus.stdout == (DATA / "qemu-10.0" / "cpu.txt").read_text()
+    for form in ("help", "?"):
+        accels = run("--compat", "7.2", "-accel", form)
+        assert accels.stdout == (DATA / "qemu-7.2" / "accel.txt").read_text()
 
 
 def test_version_names_the_emulated_version() -> None:

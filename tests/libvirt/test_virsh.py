@@ -92,6 +92,8 @@ def test_domain_life(libvirt_host: LibvirtHost, emulators: dict[str, Path], libv
         assert _wait_state(libvirt_host, name, "running") == "running"
         assert "Job type:" in v("domjobinfo", name).stdout
         assert "actual 65536" in v("dommemstat", name).stdout
+        v("reset", name)  # system_reset: the guest reboots and keeps running
+        assert _wait_state(libvirt_host, name, "running") == "running"
         v("shutdown", name)
         assert _wait_state(libvirt_host, name, "shut off") == "shut off"
         v("start", name)
