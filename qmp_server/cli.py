@@ -160,8 +160,8 @@ class Options:
 def help_text(profile: Profile, name: str) -> str:
     """A text recorded from the emulated QEMU (``tools/record_help_texts.py``).
 
-    ``name`` is ``machine``, ``cpu``, ``accel`` or ``version``; profiles without recordings of their own
-    (the default 8.0.50 and 8.1) print QEMU 7.2's.
+    ``name`` is ``machine``, ``cpu``, ``accel`` or ``version``; profiles without recordings of
+    their own (the default 8.0.50 and 8.1) print QEMU 7.2's.
     """
     folder = "qemu-10.0" if profile.since(10, 0) else "qemu-7.2"
     data = resources.files("qmp_server.data").joinpath("help", folder, f"{name}.txt")

@@ -61,6 +61,11 @@ class RamBlock:
         return self.used // PAGE_SIZE
 
 
+_RAM_ADDR_ALIGN = 256 << 10
+#: fw_cfg blobs in the order the firmware tables are built
+_FW_CFG_BLOBS = ("/rom@etc/acpi/tables", "/rom@etc/table-loader", "/rom@etc/acpi/rsdp")
+
+
 @dataclass(frozen=True)
 class MachineLayout:
     """The RAM of one emulated machine, flat: block after block in QEMU's order."""
@@ -92,9 +97,35 @@ class MachineLayout:
     def block_list(self) -> list[tuple[str, int]]:
         return [(b.name, b.used) for b in self.blocks]
 
-    def info_ramblock(self) -> list[tuple[str, int, int]]:
-        """``(name, used, max)`` per block, in QEMU's order."""
-        return [(b.name, b.used, b.max) for b in self.blocks]
+    def info_ramblock(self) -> list[tuple[str, int, int, int]]:
+        """``(name, offset, used, max)`` per block, in QEMU's list order (``info ramblock``).
+
+        Offsets are QEMU's ram_addr space: the blocks get them in the order the machine
+        registers them (main RAM, BIOS, ``pc.rom``, PCI devices by address with their option
+        ROMs last, then the fw_cfg blobs), each on a 256 KiB boundary after the previous one's
+        maximum size; this reproduces every recorded layout (``tests/hmp``).
+        """
+
+        def registration(block: RamBlock) -> tuple[int, str, int]:
+            name = block.name
+            if block is self.blocks[0]:
+                return (0, "", 0)
+            if name.endswith(".bios"):
+                return (1, "", 0)
+            if name == "pc.rom":
+                return (2, "", 0)
+            if name.startswith("/rom@"):  # firmware blobs, added when the machine is done
+                return (4, "", _FW_CFG_BLOBS.index(name) if name in _FW_CFG_BLOBS else 9)
+            # PCI devices, by address; a device's memory before its option ROM
+            address, _, what = name.partition("/")
+            return (3, address, 1 if what.endswith(".rom") else 0)
+
+        offsets: dict[str, int] = {}
+        next_free = 0
+        for block in sorted(self.blocks, key=registration):
+            offsets[block.name] = next_free
+            next_free = -(-(next_free + block.max) // _RAM_ADDR_ALIGN) * _RAM_ADDR_ALIGN
+        return [(b.name, offsets[b.name], b.used, b.max) for b in self.blocks]
 
 
 @cache

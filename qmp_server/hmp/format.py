@@ -183,8 +183,11 @@ def info_migrate_parameters(params: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-#: Block names QEMU maps read-only (firmware and ROM blobs): the 10.0 ``RO`` column.
-def _read_only(name: str) -> bool:
+#: Block names QEMU maps read-only (firmware and ROM blobs): the 10.0 ``RO`` column.  microvm
+#: maps its BIOS writable (recorded).
+def _read_only(name: str, microvm: bool = False) -> bool:
+    if name == "pc.bios" and microvm:
+        return False
     return name.startswith("/rom@") or name.endswith((".bios", ".rom")) or ".rom" in name
 
 
@@ -200,10 +203,11 @@ def info_ramblock(profile: Profile, blocks: Sequence[tuple[str, int, int, int]])
         head += f" {'HVA':>18}  RO"
     lines = [head]
     hva = 0x00007F0000000000
+    microvm = any(b[0] == "microvm.ram" for b in blocks)
     for name, offset, used, size in blocks:
         line = f"{name:>24} {'4 KiB':>8}  0x{offset:016x} 0x{used:016x} 0x{size:016x}"
         if wide:
-            line += f" 0x{hva:016x}  {'ro' if _read_only(name) else 'rw'}"
+            line += f" 0x{hva:016x}  {'ro' if _read_only(name, microvm) else 'rw'}"
             hva += max(size, 1 << 21)
         lines.append(line)
     return "".join(f"{line}\n" for line in lines)

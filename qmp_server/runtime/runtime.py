@@ -154,27 +154,6 @@ class _LoopTimers:
 
     def wall(self) -> float:
         return time.time()
-def ramblock_list(blocks: Any) -> list[tuple[str, int, int, int]]:
-    """``info ramblock`` rows: (name, offset, used, max) in the layout's (QEMU's) order.
-
-    Offsets are QEMU's ram_addr space: blocks get them in the order the machine registers
-    them (main RAM, firmware, ROMs, then the rest), each starting on a 256 KiB boundary
-    (matches the recorded ``pc`` layouts of 7.2 and 10.0).
-    """
-
-    def registration(block: Any) -> int:
-        if block is blocks[0]:
-            return 0
-        return 1 if block.name.endswith(".bios") else 2 if block.name.endswith(".rom") else 3
-
-    offsets: dict[str, int] = {}
-    next_free = 0
-    for block in sorted(blocks, key=registration):
-        offsets[block.name] = next_free
-        next_free = -(-(next_free + block.max) // (256 << 10)) * (256 << 10)
-    return [(b.name, offsets[b.name], b.used, b.max) for b in blocks]
-
-
 class Runtime:
     """Owns the VM, the dispatcher and the monitors of one qmp-server process."""
 
@@ -229,7 +208,7 @@ class Runtime:
                 self.dispatcher.execute,
                 name=self.vm.name,
                 uuid=self.vm.uuid,
-                ramblocks=ramblock_list(layout.blocks),
+                ramblocks=layout.info_ramblock(),
             )
         )
         self.vm.hmp = self.hmp  # type: ignore[attr-defined]  # human-monitor-command
