@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from qmp_server.hmp.interpreter import HMPInterpreter, crlf
 from qmp_server.hmp.readline import LineEditor
+from qmp_server.runtime.client_queue import ClientQueue
 from qmp_server.runtime.monitor import ChardevSpec, _listening_unix_socket
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class HMPConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class HMPMonitor:
+class HMPMonitor(ClientQueue[HMPConnection]):
     """A listening HMP endpoint serving one client at a time."""
 
     def __init__(self, spec: ChardevSpec, interpreter: HMPInterpreter, after_input: Any) -> None:
@@ -135,8 +136,7 @@ class HMPMonitor:
         self.interpreter = interpreter
         self.vm = interpreter.ctx.vm
         self.after_input = after_input
-        self.current: HMPConnection | None = None
-        self.waiting: deque[HMPConnection] = deque()
+        super().__init__()
         self.server: asyncio.AbstractServer | None = None
         self.address: object = None
 
@@ -182,31 +182,6 @@ class HMPMonitor:
             await loop.create_unix_connection(factory, spec.path)
         else:
             await loop.create_connection(factory, spec.host, spec.port)
-
-    def attach(self, conn: HMPConnection) -> None:
-        assert conn.transport is not None
-        conn.transport.pause_reading()
-        if self.current is None:
-            self.current = conn
-            conn.activate()
-        else:
-            self.waiting.append(conn)
-
-    def detach(self, conn: HMPConnection) -> None:
-        if conn is self.current:
-            self.current = None
-            while self.waiting:
-                nxt = self.waiting.popleft()
-                if not nxt.closed:
-                    self.current = nxt
-                    nxt.activate()
-                    break
-        else:
-            with contextlib.suppress(ValueError):
-                self.waiting.remove(conn)
-
-    def connections(self) -> list[HMPConnection]:
-        return ([self.current] if self.current is not None else []) + list(self.waiting)
 
     def freeze(self) -> None:
         for conn in self.connections():

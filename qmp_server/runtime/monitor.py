@@ -18,13 +18,13 @@ import logging
 import os
 import socket
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from qmp_server.commands.dispatch import Dispatcher, MonitorState
 from qmp_server.engine.fds import MonitorFds, NamedFds, ReceivedFds
+from qmp_server.runtime.client_queue import ClientQueue
 from qmp_server.runtime.fd_socket import FdListener, FdSocket, as_fd_socket, attach_fd_sink
 from qmp_server.wire.encoder import encode_line
 from qmp_server.wire.parser import JSONStreamer
@@ -209,7 +209,7 @@ class QMPConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class QMPMonitor:
+class QMPMonitor(ClientQueue[QMPConnection]):
     """A listening (or connecting) QMP endpoint serving one client at a time."""
 
     def __init__(
@@ -223,8 +223,7 @@ class QMPMonitor:
         self.dispatcher = dispatcher
         self._greeting = greeting
         self.after_input = after_input
-        self.current: QMPConnection | None = None
-        self.waiting: deque[QMPConnection] = deque()
+        super().__init__()
         self._reconnect: asyncio.Future[None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self.address: Any = None
@@ -320,28 +319,6 @@ class QMPMonitor:
                     await self._start()
             await asyncio.sleep(self.spec.reconnect)
 
-    def attach(self, conn: QMPConnection) -> None:
-        assert conn.transport is not None
-        conn.transport.pause_reading()
-        if self.current is None:
-            self.current = conn
-            conn.activate()
-        else:
-            self.waiting.append(conn)
-
-    def detach(self, conn: QMPConnection) -> None:
-        if conn is self.current:
-            self.current = None
-            while self.waiting:
-                nxt = self.waiting.popleft()
-                if not nxt.closed:
-                    self.current = nxt
-                    nxt.activate()
-                    break
-        else:
-            with contextlib.suppress(ValueError):
-                self.waiting.remove(conn)
-
     def freeze(self) -> None:
         """The process is exiting: no command is answered from now on (QEMU's exit() leaves
         no window in which a client could still be served), queued output is flushed."""
@@ -351,10 +328,6 @@ class QMPMonitor:
     def broadcast(self, line: bytes) -> None:
         if self.current is not None:
             self.current.send_event(line)
-
-    def connections(self) -> list[QMPConnection]:
-        conns = [self.current] if self.current is not None else []
-        return conns + list(self.waiting)
 
     async def close(self) -> None:
         if self._reconnect is not None:
