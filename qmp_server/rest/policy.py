@@ -9,6 +9,9 @@ Pure.  Rules:
    command-line option sets the directory yet: the hook is ``create_app(runtime,
    policy=UriPolicy(file_dir=...))``.
 
+3. ``human-monitor-command`` is refused: an HMP line (``migrate -d exec:...``) would get around
+   rules 1 and 2; HTTP clients use the QMP commands.
+
 The commands that carry URIs: ``migrate``, ``migrate-incoming`` (``uri``/``channels``) and
 ``migrate-recover`` (``uri``).
 
@@ -33,6 +36,7 @@ __all__ = ["URI_COMMANDS", "UriPolicy", "check_uris"]
 URI_COMMANDS = frozenset({"migrate", "migrate-incoming", "migrate-recover"})
 EXEC_REFUSED = "exec: migration URIs are refused over HTTP"
 FILE_REFUSED = "file: migration URIs are refused over HTTP (no directory is configured)"
+HMP_REFUSED = "human-monitor-command is refused over HTTP (use the QMP commands)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,8 @@ def _check_uri(uri: str, policy: UriPolicy) -> None:
 
 def check_uris(command: str, args: dict[str, Any], policy: UriPolicy) -> None:
     """Raise :class:`RestError` (403) when ``command``'s arguments name a refused transport."""
+    if command == "human-monitor-command":
+        raise RestError(403, HMP_REFUSED)
     if command not in URI_COMMANDS:
         return
     uri = args.get("uri")

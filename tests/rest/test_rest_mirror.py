@@ -148,6 +148,7 @@ def test_exec_and_file_uris_are_refused(rest_server: Start) -> None:
             ("migrate", {"uri": "file:/tmp/qmp-server-out,offset=0"}),
             ("migrate-incoming", {"uri": "exec:true"}),
             ("migrate-recover", {"uri": "exec:true"}),
+            ("human-monitor-command", {"command-line": "migrate -d exec:true"}),
         ]:
             reply = http.post(f"/api/v1/qmp/{command}", json=args)
             assert reply.status_code == 403, args
