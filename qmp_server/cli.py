@@ -148,6 +148,10 @@ class Options:
     objects: list[str] = field(default_factory=list)
     #: the chardev label of each of ``monitors`` (``compat_monitorN`` for ``-qmp``)
     monitor_labels: list[str] = field(default_factory=list)
+    #: ``-chardev``s no monitor uses (serial consoles, guest-agent sockets ...), by id
+    guest_chardevs: dict[str, ChardevSpec] = field(default_factory=dict)
+    #: every chardev label in the order QEMU creates them (the command line's)
+    chardev_order: list[str] = field(default_factory=list)
     #: ``-uuid`` (lower case), ``-add-fd`` (fd, set, opaque), power options
     uuid: str | None = None
     add_fds: list[tuple[int, int, str | None]] = field(default_factory=list)
@@ -201,6 +205,14 @@ def _machine_type_given(value: str) -> bool:
     )
 
 
+#: chardev backends besides sockets that QEMU has (a monitor needs a socket here)
+_OTHER_CHARDEVS = frozenset(
+    {"pty", "null", "file", "pipe", "vc", "ringbuf", "memory", "udp", "serial", "tty",
+     "parallel", "parport", "spicevmc", "spiceport", "braille", "msmouse", "wctablet",
+     "testdev", "qemu-vdagent", "dbus"}
+)  # fmt: skip
+
+
 def _parse_onoff(key: str, value: str | None) -> bool:
     if value is None or value in ("on", "yes", "true", "y"):
         return True
@@ -237,6 +249,11 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
         host, _, port = head[4:].rpartition(":")
     elif head == "stdio" or head.startswith("stdio"):
         raise UsageError(f"'{text}': stdio monitors are not supported; use a socket")
+    elif head in _OTHER_CHARDEVS:
+        # not a socket: a guest-side character device (serial console, log file ...)
+        chardev_id = kv.pop("id", None)
+        return chardev_id, ChardevSpec(head, path=kv.get("path") or "", server=False,
+                                       option=text)  # fmt: skip
     else:
         raise UsageError(f"'{head}' is not a valid char driver")
     chardev_id = kv.pop("id", None)
@@ -270,6 +287,12 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
         "tcp", host=host or "0.0.0.0", port=port_number, server=server, wait=wait,
         reconnect=reconnect,
     )
+
+
+def _check_monitor_chardev(option: str, spec: ChardevSpec) -> None:
+    if spec.kind not in ("unix", "tcp", "fd"):
+        raise UsageError(f"-mon {option}: a monitor on a '{spec.kind}' chardev is not "
+                         "supported by qmp-server (use a socket)")  # fmt: skip
 
 
 def _parse_reconnect(value: str) -> int:
@@ -474,12 +497,14 @@ def parse_args(argv: Sequence[str]) -> Options | None:
     opts = Options(profile=profile)
     chardevs: dict[str, ChardevSpec] = {}
     compat_monitors = 0
+    used: set[str] = set()
     for name, value in raw:
         assert value is not None or name in _IGNORED_FLAGS or name == "S"
         if name in ("qmp", "qmp-pretty"):
             assert value is not None
             opts.monitors.append(parse_chardev(value)[1])
             opts.monitor_labels.append(f"compat_monitor{compat_monitors}")
+            opts.chardev_order.append(f"compat_monitor{compat_monitors}")
             compat_monitors += 1
         elif name == "chardev":
             assert value is not None
@@ -487,12 +512,15 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             if cid is None:
                 raise UsageError(f"-chardev {value}: chardev: no id specified")
             chardevs[cid] = spec
+            opts.chardev_order.append(cid)
         elif name == "mon":
             assert value is not None
             fields = dict(p.partition("=")[::2] for p in value.split(","))
             cid = fields.get("chardev")
             if cid is None or cid not in chardevs:
                 raise UsageError(f'-mon {value}: chardev "{cid}" not found')
+            _check_monitor_chardev(value, chardevs[cid])
+            used.add(cid)
             if fields.get("mode", "readline") != "control":
                 opts.hmp_monitors.append(chardevs[cid])  # a human monitor (HMP)
                 continue
@@ -589,6 +617,7 @@ def parse_args(argv: Sequence[str]) -> Options | None:
                 opts.dirty_rate = parse_size(value, "b", name="dirty-rate")
             except ValueError as err:
                 raise UsageError(f"--dirty-rate {value}: {err}") from None
+    opts.guest_chardevs = {cid: spec for cid, spec in chardevs.items() if cid not in used}
     return opts
 
 

@@ -45,6 +45,7 @@ from qmp_server.errors import CommandError, UsageError
 from qmp_server.hmp.interpreter import HMPContext, HMPInterpreter
 from qmp_server.qapi import ArgumentValidator, load_schema
 from qmp_server.runtime.domain_runtime import build_domain, chardev_state, start_threads
+from qmp_server.runtime.guest_chardevs import GuestChardev, frontend_opens
 from qmp_server.runtime.hmp_monitor import HMPMonitor
 from qmp_server.runtime.loop import new_event_loop
 from qmp_server.runtime.migration_io import MigrationController
@@ -200,6 +201,10 @@ class Runtime:
         self._idle_threads = IdleThreads()
         self.vm.timers = _LoopTimers(self._after_input)
         self.vm.guest_pages = self._guest_pages
+        self.guest_chardevs = [
+            GuestChardev(label, spec, frontend_opens(label, self.vm.devices))
+            for label, spec in options.guest_chardevs.items()
+        ]
         self.exit_code = 0
         self.dispatcher = Dispatcher(self.vm, ArgumentValidator(self.vm.schema))
         self.hmp = HMPInterpreter(
@@ -306,6 +311,8 @@ class Runtime:
                     return
             start_threads(self.domain, self.options, self._idle_threads)
             self.domain.chardevs = self._chardevs
+            for chardev in self.guest_chardevs:
+                await chardev.start()
             for monitor in self.monitors:
                 await monitor.start()
             if self.options.http is not None:
@@ -322,11 +329,16 @@ class Runtime:
                 await self.http.close()
             for monitor in self.monitors:
                 await monitor.close()
+            for chardev in self.guest_chardevs:
+                await chardev.close()
 
     def _chardevs(self) -> list[Any]:
         labels = self.options.monitor_labels
         qmp = [m for m in self.monitors if isinstance(m, QMPMonitor)]
-        return [chardev_state(label, m) for label, m in zip(labels, qmp, strict=False)]
+        states = [chardev_state(label, m) for label, m in zip(labels, qmp, strict=False)]
+        states += [chardev.state() for chardev in self.guest_chardevs]
+        order = {label: i for i, label in enumerate(self.options.chardev_order)}
+        return sorted(states, key=lambda s: order.get(s.label, len(order)))
 
     def _detach(self) -> None:
         """Start-up is complete: release a ``-daemonize`` parent, leave the terminal."""

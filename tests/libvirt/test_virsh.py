@@ -24,6 +24,8 @@ DOMAIN_XML = """\
   <on_poweroff>destroy</on_poweroff>
   <devices>
     <emulator>{emulator}</emulator>
+    <serial type='pty'/>
+    <console type='pty'/>
   </devices>
 </domain>
 """
@@ -82,6 +84,8 @@ def test_domain_life(libvirt_host: LibvirtHost, emulators: dict[str, Path], libv
     try:
         v("start", name)
         assert _wait_state(libvirt_host, name, "running") == "running"
+        # the serial console's pty, which libvirt read back from query-chardev
+        assert v("ttyconsole", name).stdout.strip().startswith("/dev/pts/")
         status = v("qemu-monitor-command", name, '{"execute":"query-status"}').stdout
         assert '"status":"running"' in status.replace(" ", "")
         assert "Migration status" not in v("qemu-monitor-command", name, "--hmp",
