@@ -151,6 +151,8 @@ class Options:
     guest_chardevs: dict[str, ChardevSpec] = field(default_factory=dict)
     #: every chardev label in the order QEMU creates them (the command line's)
     chardev_order: list[str] = field(default_factory=list)
+    #: ``-name ...,debug-threads=on``: vCPU and I/O threads carry QEMU's names
+    debug_threads: bool = False
     #: ``-uuid`` (lower case), ``-add-fd`` (fd, set, opaque), power options
     uuid: str | None = None
     add_fds: list[tuple[int, int, str | None]] = field(default_factory=list)
@@ -438,6 +440,10 @@ def parse_args(argv: Sequence[str]) -> Options | None:
                 opts.name = parse_name(value)
             except ValueError as err:
                 raise UsageError(f"-name {value}: {err}") from None
+            opts.debug_threads = any(
+                key == "debug-threads" and val in ("on", "yes", "true", "y", "")
+                for key, val in split_opts(value, "guest")
+            )
         elif name == "uuid":
             assert value is not None
             try:

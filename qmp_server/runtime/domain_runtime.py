@@ -62,7 +62,7 @@ def build_domain(options: Options) -> Domain:
 
 def start_threads(domain: Domain, options: Options, threads: IdleThreads) -> None:
     """One idle thread per vCPU and per I/O thread, named as QEMU names them."""
-    debug = "debug-threads=on" in (options.name or "").split(",")
+    debug = options.debug_threads
     cpus = domain.topology.cpus if domain.qom.cpu_type else 0
     domain.vcpu_thread_ids = [
         threads.start(f"CPU {i}/TCG" if debug else None) for i in range(cpus)
