@@ -204,6 +204,13 @@ def _check_line(line: bytes, stats: dict[str, int]) -> None:
         stats["events"] += 1
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def campaign(count: int, seed: int, compat: str | None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="qmp-fuzz-"))
     sock = str(tmp / "qmp.sock")
@@ -222,6 +229,7 @@ def campaign(count: int, seed: int, compat: str | None) -> dict[str, Any]:
     gen = Generator(client.call("query-qmp-schema"), random.Random(seed))
     stats = {"inputs": 0, "bytes": 0, "returns": 0, "errors": 0, "events": 0, "reconnects": 0,
              "health_checks": 0}  # fmt: skip
+    rss_start = _rss_kib(proc.pid)
     start = time.monotonic()
     batch = 64
     n = 0
@@ -255,15 +263,12 @@ def campaign(count: int, seed: int, compat: str | None) -> dict[str, Any]:
             print(f"  {n:,} inputs, {time.monotonic() - start:.0f} s", file=sys.stderr)
     elapsed = time.monotonic() - start
     alive = proc.poll() is None
-    rss = 0
-    if alive:
-        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
+    rss = _rss_kib(proc.pid) if alive else 0
     proc.terminate()
     proc.wait(10)
     return {**stats, "seed": seed, "seconds": round(elapsed, 1), "server_alive": alive,
-            "rss_kib_at_end": rss, "commands_in_schema": len(gen.commands)}  # fmt: skip
+            "rss_kib_at_start": rss_start, "rss_kib_at_end": rss,
+            "commands_in_schema": len(gen.commands)}  # fmt: skip
 
 
 def main() -> int:
