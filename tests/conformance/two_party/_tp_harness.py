@@ -83,6 +83,8 @@ MASKED_NUMERIC_KEYS = (
     "downtime-bytes",
     "postcopy-bytes",
     "dirty-sync-missed-zero-copy",
+    # destination with postcopy-blocktime (ms of vCPU time spent waiting for pages)
+    "postcopy-blocktime",
     # xbzrle-cache / compression
     "cache-size",
     "bytes",
@@ -98,6 +100,11 @@ MASKED_NUMERIC_KEYS = (
 )
 _NUM = r"-?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|inf|nan)"
 _COUNTER_RE = re.compile(r'"(' + "|".join(map(re.escape, MASKED_NUMERIC_KEYS)) + r')": ' + _NUM)
+#: query-migrate members whose value is a list of counters (one per vCPU): every number
+#: in the list is masked, the list's length is kept.
+MASKED_LIST_KEYS = ("postcopy-vcpu-blocktime",)
+_LIST_RE = re.compile(r'"(' + "|".join(map(re.escape, MASKED_LIST_KEYS)) + r')": \[([^\]]*)\]')
+_LIST_NUM_RE = re.compile(_NUM)
 _PASS_RE = re.compile(r'("event": "MIGRATION_PASS", "data": \{"pass": )\d+(\})')
 
 
@@ -336,7 +343,7 @@ def _run_step(sides: dict[str, Side], i: int, step: dict[str, Any], tmp: str) ->
             return (
                 obj is not None
                 and obj.get("event") == spec["event"]
-                and _matches(obj.get("data"), spec.get("data", {}))
+                and _matches(obj.get("data", {}), spec.get("data", {}))  # RESUME, STOP: no data
             )
 
         idx = side.wait_for(pred, side.cursor, timeout)
@@ -417,6 +424,9 @@ def mask_tmp_obj(obj: Any, tmp: str) -> Any:
 
 def mask_counters(line: str) -> str:
     """Mask the counter/timing numbers of a query-migrate reply."""
+    line = _LIST_RE.sub(
+        lambda m: f'"{m.group(1)}": [' + _LIST_NUM_RE.sub("<N>", m.group(2)) + "]", line
+    )
     return _COUNTER_RE.sub(lambda m: f'"{m.group(1)}": <N>', line)
 
 

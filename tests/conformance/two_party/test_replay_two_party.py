@@ -12,7 +12,8 @@ query-migrate member by member (``_tp_harness.exact_counter_diffs``).
 
 With ``QMP_SERVER_REPLAY_TARGET=qemu`` the very same run goes against the real QEMU
 (``QMP_SERVER_QEMU`` / ``QMP_SERVER_QEMU10_CHROOT``); that run must pass: it proves the
-recordings and the normaliser are stable.
+recordings and the normaliser are stable.  A scenario with ``"replay": false`` (recorded for
+reference, e.g. postcopy, which qmp-server does not model yet) is skipped against both.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _cases() -> list[Any]:
             marks: list[Any] = [pytest.mark.slow]
             if TARGETS[version].kind == "qemu":
                 marks.append(pytest.mark.live_qemu)
+            if tp.load_scenario(path.stem).get("replay") is False:
+                # recorded from QEMU for reference (postcopy: not modelled yet; some of its
+                # failure paths are races even in QEMU); record_two_party.py --check shows
+                # which are stable
+                marks.append(pytest.mark.skip(reason="recorded for reference only"))
             cases.append(pytest.param(version, path.stem, marks=marks,
                                       id=f"two-party-{version}/{path.stem}"))  # fmt: skip
     return cases
