@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qapi._canon import canonical
 
 from qmp_server.profiles import PROFILES
 from qmp_server.qapi import load_schema
 from qmp_server.runtime.runtime import SCHEMA_PATH
-from tests.qapi._canon import canonical
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 COMMANDS = (

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.runtime._sync_client import Client
-from tests.server_process import start_server
+from _sync_client import Client
+from server_process import start_server
 
 
 def _wait_status(client: Client, wanted: str, timeout: float = 60) -> dict[str, Any]:

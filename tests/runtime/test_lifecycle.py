@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.runtime._sync_client import Client
-from tests.server_process import start_server
+from _sync_client import Client
+from server_process import start_server
 
 PC = ["-M", "pc", "-m", "64", "-nodefaults"]
 
