@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from qmp_server.hmp.interpreter import HMPInterpreter, crlf
 from qmp_server.hmp.readline import LineEditor
 from qmp_server.runtime.client_queue import ClientQueue
-from qmp_server.runtime.monitor import ChardevSpec, _listening_unix_socket
+from qmp_server.runtime.monitor import ChardevSpec, _listening_unix_socket, close_endpoint
 
 if TYPE_CHECKING:
     from qmp_server.engine.vm import VirtualMachine
@@ -193,13 +193,4 @@ class HMPMonitor(ClientQueue[HMPConnection]):
         """Events are not printed on a human monitor."""
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for conn in self.connections():
-            conn.close()
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
-        if self.spec.server and self.spec.kind == "unix":
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spec.path)
+        await close_endpoint(self.server, self.connections(), self.spec)

@@ -89,6 +89,22 @@ def _listening_unix_socket(path: str) -> socket.socket:
     return sock
 
 
+async def close_endpoint(
+    server: asyncio.AbstractServer | None, connections: list[Any], spec: ChardevSpec
+) -> None:
+    """Stop listening, close the clients, remove a unix socket we created (QMP and HMP)."""
+    if server is not None:
+        server.close()
+    for conn in connections:
+        conn.close()
+    if server is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+    if spec.server and spec.kind == "unix":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spec.path)
+
+
 @dataclass(frozen=True, slots=True)
 class ChardevSpec:
     """Where a monitor lives: ``unix`` path or ``tcp`` host/port, listening or connecting out,
@@ -332,13 +348,4 @@ class QMPMonitor(ClientQueue[QMPConnection]):
     async def close(self) -> None:
         if self._reconnect is not None:
             self._reconnect.cancel()
-        if self.server is not None:
-            self.server.close()
-        for conn in self.connections():
-            conn.close()
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
-        if self.spec.server and self.spec.kind == "unix":
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spec.path)
+        await close_endpoint(self.server, self.connections(), self.spec)
