@@ -28,7 +28,10 @@ def _driver(vm: VirtualMachine) -> MigrationDriver:
 @command("migrate")
 def migrate(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     if args.get("resume"):
-        raise CommandError("Cannot resume if there is no paused migration")
+        if _driver(vm).source_status != "postcopy-paused":
+            raise CommandError("Cannot resume if there is no paused migration")
+        _driver(vm).resume(select_uri(args, incoming=False))
+        return None
     if args.get("blk") or args.get("inc"):
         raise CommandError("qmp-server does not model block migration (blk/inc)")
     # ``uri`` or ``channels`` (8.2+): both are checked before anything else (QEMU 10.0)

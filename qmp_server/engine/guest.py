@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -591,6 +591,16 @@ class GuestMemory:
         return h.hexdigest()
 
 
+class FaultGate(Protocol):
+    """Postcopy on the destination (:class:`qmp_server.engine.postcopy.PostcopyFaults`):
+    pages may still be missing, and touching one blocks the guest until it arrives."""
+
+    @property
+    def blocked(self) -> bool: ...
+    def touch(self, pages: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.bool_]: ...
+    def write(self, pages: npt.NDArray[np.int64], data: bytes, now: float) -> None: ...
+
+
 class Workload:
     """A guest program that dirties RAM at ``rate_bytes_per_s`` (pages chosen at random).
 
@@ -635,6 +645,8 @@ class Workload:
         self._rng = np.random.Generator(np.random.PCG64(seed & _MASK64))
         self._last = now
         self._debt = 0.0  # bytes owed, < PAGE_SIZE after each advance
+        #: postcopy on the destination: writes go through the gate, which may block them
+        self.faults: FaultGate | None = None
 
     @property
     def active(self) -> bool:
@@ -649,6 +661,9 @@ class Workload:
         return self.rate * (100 - self.throttle_percent) / 100
 
     def _accrue(self, now: float) -> None:
+        if self.faults is not None and self.faults.blocked:
+            self._last = max(self._last, now)  # a vCPU waiting for a page makes no progress
+            return
         elapsed = max(0.0, now - self._last)
         self._last = max(self._last, now)
         self._debt += self.effective_rate * elapsed
@@ -685,6 +700,12 @@ class Workload:
         self._next_tick += missed * self.hot_interval
         if not self.running or not self.hot_pages.size:
             return 0
+        if self.faults is not None:
+            if self.faults.blocked:
+                return 0
+            present = self.faults.touch(self.hot_pages, now)
+            self.guest.mark_dirty(self.hot_pages[present])
+            return int(np.count_nonzero(present))
         self.guest.mark_dirty(self.hot_pages)
         return int(self.hot_pages.size)
 
@@ -705,6 +726,12 @@ class Workload:
             content = self._rng.integers(
                 0, _MASK64, size=n * WORDS_PER_PAGE, dtype=np.uint64, endpoint=True
             )
-            self.guest.write_page_list(indexes, content.astype(_U64, copy=False).tobytes())
+            data = content.astype(_U64, copy=False).tobytes()
+            if self.faults is not None:
+                self.faults.write(indexes, data, now)
+                if self.faults.blocked:
+                    break  # the vCPU waits for a page: the rest of this batch waits too
+            else:
+                self.guest.write_page_list(indexes, data)
         self.pages_written += count
         return count + hot

@@ -51,6 +51,12 @@ _ACTIVE_LIKE = frozenset(
      "pre-switchover", "device"}
 )  # fmt: skip
 
+#: The postcopy states (QEMU 10.0 reports them with the switch's downtime, live).
+_POSTCOPY = frozenset(
+    {"postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-recover-setup"}
+)
+_ACTIVE_LIKE = _ACTIVE_LIKE | {"postcopy-recover-setup"}
+
 StatusEmitter = Callable[[str, "dict[str, Any] | None"], None]
 
 
@@ -69,6 +75,8 @@ class RamCounters:
     dirty_pages_rate: int = 0
     mbps: float = 0.0
     pages_per_second: int = 0
+    postcopy_requests: int = 0
+    postcopy_bytes: int = 0
 
     def as_qapi(self, profile: Profile) -> dict[str, Any]:
         # Inserted in MigrationStats schema order: the encoder derives QEMU's key order.
@@ -87,13 +95,13 @@ class RamCounters:
                 "dirty-pages-rate": self.dirty_pages_rate,
                 "mbps": float(self.mbps),
                 "dirty-sync-count": self.dirty_sync_count,
-                "postcopy-requests": 0,
+                "postcopy-requests": self.postcopy_requests,
                 "page-size": PAGE_SIZE,
                 "multifd-bytes": 0,
                 "pages-per-second": self.pages_per_second,
                 "precopy-bytes": self.precopy_bytes,
                 "downtime-bytes": self.downtime_bytes,
-                "postcopy-bytes": 0,
+                "postcopy-bytes": self.postcopy_bytes,
                 "dirty-sync-missed-zero-copy": 0,
             }
         )
@@ -183,6 +191,7 @@ class SourceMigration:
         ram.transferred = stream.transferred
         ram.precopy_bytes = stream.precopy_bytes
         ram.downtime_bytes = stream.downtime_bytes
+        ram.postcopy_bytes = stream.postcopy_bytes
         ram.normal = stream.normal_pages
         ram.duplicate = stream.zero_pages
         self.stream_bytes = stream.rate_bytes
@@ -262,8 +271,10 @@ class SourceMigration:
             self.expected_downtime_ms = int(self.dirty_bytes_last_sync / self.bandwidth)
         self._period = _Period(now, self.stream_bytes, self._pages_sent)
 
-    def complete(self, now: float, downtime_start: float) -> None:
-        self.downtime_ms = max(int((now - downtime_start) * 1000), 0)
+    def complete(self, now: float, downtime_start: float | None) -> None:
+        """``downtime_start`` None: the downtime was set at the switch (postcopy)."""
+        if downtime_start is not None:
+            self.downtime_ms = max(int((now - downtime_start) * 1000), 0)
         self.total_time_ms = int((now - self.start_time) * 1000)
         # QEMU: every stream byte over the time after setup (ms), in megabits per second
         transfer_ms = max(self.total_time_ms - (self.setup_time_ms or 0), 1)
@@ -281,7 +292,13 @@ class SourceMigration:
             return info
         if status in _ACTIVE_LIKE:
             info["total-time"] = int((now - self.start_time) * 1000)
-            info["expected-downtime"] = self.expected_downtime_ms
+            if status in _POSTCOPY and self.profile.since(10, 0):
+                # 10.0 shows the switch's downtime instead of the estimate (live)
+                info["downtime"] = self.downtime_ms or 0
+                if self.error_desc is not None and status == "postcopy-paused":
+                    info["error-desc"] = self.error_desc
+            else:
+                info["expected-downtime"] = self.expected_downtime_ms
             if self.setup_time_ms is not None:
                 info["setup-time"] = self.setup_time_ms
             info["ram"] = self.ram.as_qapi(self.profile)
@@ -326,6 +343,9 @@ class IncomingMigration:
     socket_address: list[dict[str, Any]] | None = None
     started: bool = False
     error_desc: str | None = None
+    #: ``postcopy-blocktime`` and ``postcopy-vcpu-blocktime`` (ms) of a completed postcopy
+    #: whose destination had the ``postcopy-blocktime`` capability
+    blocktime: tuple[int, list[int]] | None = None
 
     def announce_setup(self) -> None:
         """migrate-incoming: 7.2 announces ``setup`` whatever the events capability says."""
@@ -350,4 +370,8 @@ class IncomingMigration:
         if self.status == "failed" and self.error_desc is not None:
             # seen only when migrate-incoming had exit-on-error false (9.1+)
             info["error-desc"] = self.error_desc
+        if self.status == "completed" and self.blocktime is not None:
+            # only once completed, in both versions (live)
+            info["postcopy-blocktime"] = self.blocktime[0]
+            info["postcopy-vcpu-blocktime"] = list(self.blocktime[1])
         return info

@@ -58,6 +58,7 @@ __all__ = [
     "MAGIC",
     "MAX_PAYLOAD",
     "NEED_DATA",
+    "RP_BITMAP_CHUNK",
     "VERSION",
     "Checkpoint",
     "Complete",
@@ -67,12 +68,21 @@ __all__ = [
     "EndOfStream",
     "NeedData",
     "OpenReturnPath",
+    "PostcopyAdvise",
+    "PostcopyDiscard",
+    "PostcopyListen",
+    "PostcopyResume",
+    "PostcopyRun",
     "RamList",
     "RamRun",
+    "Recover",
     "ReturnPathDecoder",
     "ReturnPathEncoder",
+    "RpBitmapEnd",
     "RpClosed",
     "RpOpen",
+    "RpRecvBitmap",
+    "RpReqPages",
     "RpResumed",
     "RpShut",
     "RpSwitchoverAck",
@@ -119,6 +129,12 @@ class Tag(enum.IntEnum):
     SYNC = 0x30
     OPEN_RETURN_PATH = 0x31
     END_OF_PRECOPY = 0x32
+    POSTCOPY_ADVISE = 0x33
+    POSTCOPY_DISCARD = 0x34
+    POSTCOPY_LISTEN = 0x35
+    POSTCOPY_RUN = 0x36
+    RECOVER = 0x37
+    POSTCOPY_RESUME = 0x38
     COMPLETE = 0x40
     CHECKSUM = 0x7E
     EOF = 0x7F
@@ -133,6 +149,8 @@ _RUN = struct.Struct("<QI")  # start, count
 _ZRUN = struct.Struct("<QQ")  # start, count
 _DEV = struct.Struct("<BBB")  # kind, flags, id length
 _TAGS = {int(t) for t in Tag}
+#: Records that only a postcopy stream carries after the switch or on a recovery connection.
+_RECOVER = struct.Struct("<Q")  # ram size
 _CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random", 2: "idle"}
 _LE64 = np.dtype("<u8")
 
@@ -230,6 +248,43 @@ class EndOfPrecopy:
 
 
 @dataclass(frozen=True, slots=True)
+class PostcopyAdvise:
+    """The source may switch to postcopy (its ``postcopy-ram`` was on at setup)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyDiscard:
+    """The switch: the pages the destination must not use (``bitmap``, 1 bit per page, LSB
+    first): sent never, or dirtied since they were sent.  They arrive later or on request."""
+
+    bitmap: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyListen:
+    """The source stopped its guest: the destination enters ``postcopy-active``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyRun:
+    """Device state sent: the destination guest runs (if the source's was ``running``)."""
+
+    running: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """First record of a postcopy recovery connection (instead of ``HEADER``)."""
+
+    ram_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyResume:
+    """The source took the destination's missing pages: postcopy goes on."""
+
+
+@dataclass(frozen=True, slots=True)
 class Complete:
     """All state was sent; the source's digests at switchover, for verification."""
 
@@ -259,6 +314,12 @@ StreamEvent = (
     | SyncMarker
     | OpenReturnPath
     | EndOfPrecopy
+    | PostcopyAdvise
+    | PostcopyDiscard
+    | PostcopyListen
+    | PostcopyRun
+    | Recover
+    | PostcopyResume
     | Complete
     | Checkpoint
     | EndOfStream
@@ -423,6 +484,32 @@ class StreamEncoder:
             return self._record(Tag.END_OF_PRECOPY)
         return self._record(Tag.END_OF_PRECOPY, b"\x00")
 
+    def postcopy_advise(self) -> bytes:
+        return self._record(Tag.POSTCOPY_ADVISE)
+
+    def postcopy_discard(self, bitmap: Buffer) -> bytes:
+        """``POSTCOPY_DISCARD``: ``bitmap`` is ``ceil(pages / 8)`` bytes, LSB first."""
+        return self._record(Tag.POSTCOPY_DISCARD, bitmap)
+
+    def postcopy_listen(self) -> bytes:
+        return self._record(Tag.POSTCOPY_LISTEN)
+
+    def postcopy_run(self, running: bool = True) -> bytes:
+        return self._record(Tag.POSTCOPY_RUN, b"\x01" if running else b"\x00")
+
+    def recover(self, ram_size: int) -> bytes:
+        """Magic, version and ``RECOVER``: the start of a postcopy recovery connection."""
+        if self._started:
+            raise ValueError("recover() starts a stream: header() or recover() was called")
+        self._started = True
+        prefix = MAGIC + _U16.pack(VERSION)
+        self._hash.update(prefix)
+        self.bytes_encoded += len(prefix)
+        return prefix + self._record(Tag.RECOVER, _RECOVER.pack(ram_size))
+
+    def postcopy_resume(self) -> bytes:
+        return self._record(Tag.POSTCOPY_RESUME)
+
     def checkpoint(self) -> bytes:
         """``CHECKSUM``: the running checksum so far (lets the peer fail early)."""
         return self._record(Tag.CHECKSUM, _U64.pack(self._hash.intdigest()))
@@ -462,9 +549,13 @@ class StreamDecoder:
     :param zero_copy: page data of ``RamRun``/``RamList`` events is a ``memoryview`` into the
         decoder's buffer, valid until the next :meth:`receive_data` or :meth:`get_buffer`
         (module rule 4); by default it is ``bytes``.
+    :param recovery: the connection is a postcopy recovery: ``RECOVER`` comes instead of
+        ``HEADER`` (checksum algorithm 2), then the rest of the postcopy stream.
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD, *, zero_copy: bool = False) -> None:
+    def __init__(
+        self, max_payload: int = MAX_PAYLOAD, *, zero_copy: bool = False, recovery: bool = False
+    ) -> None:
         self._buf = bytearray()
         self._start = 0  # first unparsed byte
         self._end = 0  # end of the received bytes
@@ -476,8 +567,11 @@ class StreamDecoder:
         self._zero_copy = zero_copy
         self.header: StreamHeader | None = None
         self._pages = 0
-        self._hash_pages = True  # checksum algorithm 1 hashes page contents too
+        self._hash_pages = not recovery  # checksum algorithm 1 hashes page contents too
         self.bytes_decoded = 0
+        self._recovery = recovery
+        #: postcopy records seen so far (their order is checked: module rule 1)
+        self._postcopy: set[Tag] = set()
 
     @property
     def buffered(self) -> int:
@@ -640,11 +734,14 @@ class StreamDecoder:
     def _dispatch(self, tag: Tag, payload: bytes, checksum_before: int) -> StreamEvent:
         state = self._state
         if state is _State.HEADER:
-            if tag is not Tag.HEADER:
-                raise self._fail(f"expected HEADER record, got {tag.name}")
+            first = Tag.RECOVER if self._recovery else Tag.HEADER
+            if tag is not first:
+                raise self._fail(f"expected {first.name} record, got {tag.name}")
+            if self._recovery:
+                return self._recover(payload)
             return self._header(payload)
-        if tag is Tag.HEADER:
-            raise self._fail("a second HEADER record")
+        if tag in (Tag.HEADER, Tag.RECOVER):
+            raise self._fail(f"a {tag.name} record after the start of the stream")
         if state is _State.NEED_CHECKSUM and tag is not Tag.CHECKSUM:
             raise self._fail(f"expected CHECKSUM after COMPLETE, got {tag.name}")
         if state is _State.NEED_EOF and tag is not Tag.EOF:
@@ -693,7 +790,11 @@ class StreamDecoder:
             if payload[0] > 1:
                 raise self._fail(f"record END_OF_PRECOPY: unknown run state {payload[0]}")
             return EndOfPrecopy(running=bool(payload[0]))
+        if Tag.POSTCOPY_ADVISE <= tag <= Tag.POSTCOPY_RESUME:
+            return self._postcopy_record(tag, payload)
         if tag is Tag.COMPLETE:
+            if Tag.POSTCOPY_LISTEN in self._postcopy and Tag.POSTCOPY_RUN not in self._postcopy:
+                raise self._fail("COMPLETE between POSTCOPY_LISTEN and POSTCOPY_RUN")
             event = self._complete(payload)
             self._state = _State.NEED_CHECKSUM
             return event
@@ -749,6 +850,51 @@ class StreamDecoder:
         )
         self._state = _State.BODY
         return self.header
+
+    def _recover(self, payload: bytes) -> Recover:
+        self._expect_len(Tag.RECOVER, payload, _RECOVER.size)
+        (ram_size,) = _RECOVER.unpack(payload)
+        if ram_size % PAGE_SIZE:
+            raise self._fail(f"bad RAM size {ram_size}")
+        self._pages = ram_size // PAGE_SIZE
+        self._state = _State.BODY
+        return Recover(ram_size)
+
+    def _postcopy_record(self, tag: Tag, payload: bytes) -> StreamEvent:
+        """The postcopy records, each once and in order: ADVISE (setup), DISCARD, LISTEN,
+        RUN (the switch); on a recovery connection only RESUME."""
+        seen = self._postcopy
+        if tag in seen:
+            raise self._fail(f"a second {tag.name} record")
+        needs = {
+            Tag.POSTCOPY_DISCARD: Tag.POSTCOPY_ADVISE,
+            Tag.POSTCOPY_LISTEN: Tag.POSTCOPY_DISCARD,
+            Tag.POSTCOPY_RUN: Tag.POSTCOPY_LISTEN,
+        }
+        if self._recovery != (tag is Tag.POSTCOPY_RESUME):
+            raise self._fail(f"record {tag.name} out of place on this connection")
+        before = needs.get(tag)
+        if before is not None and before not in seen:
+            raise self._fail(f"record {tag.name} before {before.name}")
+        seen.add(tag)
+        if tag is Tag.POSTCOPY_DISCARD:
+            size = (self._pages + 7) // 8
+            self._expect_len(tag, payload, size)
+            spare = size * 8 - self._pages
+            if spare and payload[-1] >> (8 - spare):
+                raise self._fail("record POSTCOPY_DISCARD: bits beyond the last page")
+            return PostcopyDiscard(bytes(payload))
+        if tag is Tag.POSTCOPY_RUN:
+            self._expect_len(tag, payload, 1)
+            if payload[0] > 1:
+                raise self._fail(f"record POSTCOPY_RUN: unknown run state {payload[0]}")
+            return PostcopyRun(running=bool(payload[0]))
+        self._expect_len(tag, payload, 0)
+        if tag is Tag.POSTCOPY_ADVISE:
+            return PostcopyAdvise()
+        if tag is Tag.POSTCOPY_LISTEN:
+            return PostcopyListen()
+        return PostcopyResume()
 
     def _device(self, payload: bytes) -> DeviceData:
         if len(payload) < _DEV.size:
@@ -960,6 +1106,9 @@ class RpTag(enum.IntEnum):
     SWITCHOVER_ACK = 0x02
     RESUMED = 0x03
     SHUT = 0x04
+    REQ_PAGES = 0x05
+    RECV_BITMAP = 0x06
+    BITMAP_END = 0x07
 
 
 _RP = struct.Struct("<BB")  # tag, payload length
@@ -994,13 +1143,49 @@ class RpShut:
 
 
 @dataclass(frozen=True, slots=True)
+class RpReqPages:
+    """Postcopy: the destination guest waits for ``count`` pages from ``start``."""
+
+    start: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RpRecvBitmap:
+    """Postcopy recovery: a piece of the destination's bitmap of pages still missing
+    (1 bit per page, LSB first), ``offset`` bytes into it."""
+
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RpBitmapEnd:
+    """The missing-page bitmap is complete: ``size`` bytes in all."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class RpClosed:
     """The destination closed the connection; ``clean`` when a ``SHUT`` came first."""
 
     clean: bool
 
 
-ReturnPathEvent = RpOpen | RpSwitchoverAck | RpResumed | RpShut | RpClosed
+ReturnPathEvent = (
+    RpOpen
+    | RpSwitchoverAck
+    | RpResumed
+    | RpShut
+    | RpReqPages
+    | RpRecvBitmap
+    | RpBitmapEnd
+    | RpClosed
+)
+#: The largest bitmap piece one RECV_BITMAP message carries.
+RP_BITMAP_CHUNK: Final = 240
+_REQ = struct.Struct("<QI")  # start, count
 
 
 class ReturnPathEncoder:
@@ -1024,6 +1209,20 @@ class ReturnPathEncoder:
     def shut(status: int = 0) -> bytes:
         return _RP.pack(RpTag.SHUT, 4) + _U32.pack(status)
 
+    @staticmethod
+    def req_pages(start: int, count: int) -> bytes:
+        return _RP.pack(RpTag.REQ_PAGES, _REQ.size) + _REQ.pack(start, count)
+
+    @staticmethod
+    def recv_bitmap(bitmap: bytes) -> bytes:
+        """The whole bitmap: RECV_BITMAP pieces, then BITMAP_END."""
+        out = []
+        for offset in range(0, len(bitmap), RP_BITMAP_CHUNK):
+            piece = bitmap[offset : offset + RP_BITMAP_CHUNK]
+            out.append(_RP.pack(RpTag.RECV_BITMAP, 4 + len(piece)) + _U32.pack(offset) + piece)
+        out.append(_RP.pack(RpTag.BITMAP_END, 4) + _U32.pack(len(bitmap)))
+        return b"".join(out)
+
 
 class ReturnPathDecoder:
     """Source side of the return path; same verbs and error rules as :class:`StreamDecoder`."""
@@ -1035,6 +1234,7 @@ class ReturnPathDecoder:
         self._closed_reported = False
         self._opened = False
         self._error: StreamError | None = None
+        self._bitmap_bytes = 0
 
     def receive_data(self, data: Buffer) -> None:
         if len(data) == 0:
@@ -1073,10 +1273,15 @@ class ReturnPathDecoder:
             RpTag.SWITCHOVER_ACK: (0,),
             RpTag.RESUMED: (0, 8),
             RpTag.SHUT: (4,),
+            RpTag.REQ_PAGES: (_REQ.size,),
+            RpTag.BITMAP_END: (4,),
         }
-        if tag not in expected:
+        if tag == RpTag.RECV_BITMAP:
+            if not 4 < length <= 4 + RP_BITMAP_CHUNK:
+                raise StreamError(f"return path message RECV_BITMAP with bad length {length}")
+        elif tag not in expected:
             raise StreamError(f"unknown return path message 0x{tag:02x}")
-        if length not in expected[tag]:
+        elif length not in expected[tag]:
             raise StreamError(f"return path message {RpTag(tag).name} with bad length {length}")
         if tag == RpTag.OPEN:
             if self._opened:
@@ -1089,5 +1294,26 @@ class ReturnPathDecoder:
             return RpSwitchoverAck()
         if tag == RpTag.RESUMED:
             return RpResumed(_F64.unpack(payload)[0] if payload else None)
+        if tag == RpTag.REQ_PAGES:
+            start, count = _REQ.unpack(payload)
+            if count == 0:
+                raise StreamError("return path REQ_PAGES for no page")
+            return RpReqPages(start, count)
+        if tag == RpTag.RECV_BITMAP:
+            (offset,) = _U32.unpack_from(payload)
+            if offset != self._bitmap_bytes:
+                raise StreamError(
+                    f"return path RECV_BITMAP at offset {offset}, expected {self._bitmap_bytes}"
+                )
+            self._bitmap_bytes += length - 4
+            return RpRecvBitmap(offset, payload[4:])
+        if tag == RpTag.BITMAP_END:
+            (size,) = _U32.unpack(payload)
+            if size != self._bitmap_bytes:
+                raise StreamError(
+                    f"return path BITMAP_END says {size} bytes, {self._bitmap_bytes} came"
+                )
+            self._bitmap_bytes = 0
+            return RpBitmapEnd(size)
         self._shut = True
         return RpShut(_U32.unpack(payload)[0])

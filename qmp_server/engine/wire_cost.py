@@ -119,6 +119,9 @@ class QemuStream:
         self._file = _FileBuffer()
         self.precopy_bytes = 0
         self.downtime_bytes = 0
+        self.postcopy_bytes = 0
+        #: after the switch to postcopy, RAM bytes count as ``postcopy-bytes``
+        self.postcopy = False
         self.normal_pages = 0
         self.zero_pages = 0
         self._last_block = -1
@@ -139,7 +142,7 @@ class QemuStream:
         """``ram.transferred`` (rule 2)."""
         if self.transferred_is_stream:
             return self.flushed
-        return self.precopy_bytes + self.downtime_bytes
+        return self.precopy_bytes + self.downtime_bytes + self.postcopy_bytes
 
     @property
     def rate_bytes(self) -> int:
@@ -263,7 +266,9 @@ class QemuStream:
             file.page(int(cost.bytes[k]), bool(cost.normal[k]))
 
     def _count_ram(self, nbytes: int, downtime: bool) -> None:
-        if downtime:
+        if self.postcopy:
+            self.postcopy_bytes += nbytes
+        elif downtime:
             self.downtime_bytes += nbytes
         else:
             self.precopy_bytes += nbytes

@@ -230,6 +230,13 @@ class Channel:
             await asyncio.wait_for(asyncio.shield(self.proc.wait()), within)
         return self.proc.returncode is not None
 
+    def shutdown(self) -> None:
+        """Shut both directions down (``migrate-pause``): a pending receive sees the end of
+        the stream at once, on this side and the peer's; :meth:`abort` then closes."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -29,6 +29,9 @@ from qmp_server.engine.stream import (
     EndOfStream,
     NeedData,
     OpenReturnPath,
+    PostcopyAdvise,
+    PostcopyDiscard,
+    PostcopyListen,
     ReturnPathEncoder,
     StreamDecoder,
     StreamError,
@@ -49,6 +52,7 @@ from qmp_server.runtime.channel import (
 )
 from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
+from qmp_server.runtime.postcopy_dest import PostcopyIncoming
 
 __all__ = ["DestinationDriver"]
 
@@ -73,8 +77,23 @@ class DestinationDriver:
         self._armed: set[VfioSimLoader] = set()
         #: migrate-incoming exit-on-error (9.1+): a failed load ends the process
         self._exit_on_error = True
+        #: the load after the switch to postcopy
+        self.postcopy: PostcopyIncoming | None = None
+
+    def pause(self) -> None:
+        """``migrate-pause`` on the destination in postcopy."""
+        if self.postcopy is not None:
+            self.postcopy.pause()
+
+    def recover(self, uri: str) -> None:
+        """``migrate-recover`` (the command checked the state)."""
+        if self.postcopy is None:
+            raise CommandError("Migrate recover can only be run when postcopy is paused.")
+        self.postcopy.recover(uri)
 
     def close(self) -> None:
+        if self.postcopy is not None:
+            self.postcopy.close()
         if self._task is not None:
             self._task.cancel()
         if self._channel is not None:
@@ -205,6 +224,7 @@ class DestinationDriver:
         guest: GuestMemory | None = None
         complete: Complete | None = None
         source_running = True
+        discard: bytes | None = None
 
         def send_rp(data: bytes) -> None:
             if channel.has_return_path:
@@ -257,6 +277,20 @@ class DestinationDriver:
                             send_ack()
                     elif isinstance(event, EndOfPrecopy):
                         source_running = event.running
+                    elif isinstance(event, PostcopyAdvise):
+                        if not self.ctx.vm.config.enabled("postcopy-ram"):
+                            # QEMU's text counts the 16 bytes its advise command carries
+                            error_report("RAM postcopy is disabled but have 16 byte advise")
+                            raise StreamError("Invalid argument")
+                    elif isinstance(event, PostcopyDiscard):
+                        discard = event.bitmap
+                    elif isinstance(event, PostcopyListen):
+                        assert guest is not None and discard is not None
+                        post = self.postcopy = PostcopyIncoming(
+                            self.ctx, inc, guest, loaders, discard, fail=self._fail
+                        )
+                        await post.run(channel, decoder)
+                        return
                     elif isinstance(event, Complete):
                         complete = event
                     elif isinstance(event, EndOfStream):

@@ -27,7 +27,6 @@ from qmp_server.engine.devices import VfioSimConfig, VfioSimDevice
 from qmp_server.engine.guest import GuestMemory, Workload
 from qmp_server.engine.machine import MachineLayout
 from qmp_server.engine.migration import IncomingMigration, SourceMigration, in_schema_order
-from qmp_server.errors import CommandError
 from qmp_server.runtime.guest_runtime import WorkloadTicker, guest_workload, tune_malloc
 from qmp_server.runtime.migration_context import MigrationContext
 from qmp_server.runtime.migration_dest import DestinationDriver
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MigrationController"]
 
-_NO_POSTCOPY = "qmp-server does not model postcopy migration"
 
 
 class MigrationController:
@@ -131,14 +129,21 @@ class MigrationController:
     def cancel(self) -> None:
         self.source_driver.cancel()
 
+    def resume(self, uri: str) -> None:
+        self.source_driver.resume(uri)
+
     def start_postcopy(self) -> None:
-        raise CommandError(_NO_POSTCOPY)
+        self.source_driver.start_postcopy()
 
     def pause(self) -> None:
-        raise CommandError(_NO_POSTCOPY)
+        """``migrate-pause``: the side in postcopy (the command checked there is one)."""
+        if self.source.status in ("postcopy-active", "postcopy-recover"):
+            self.source_driver.pause()
+        else:
+            self.dest_driver.pause()
 
     def recover(self, uri: str) -> None:
-        raise CommandError(_NO_POSTCOPY)
+        self.dest_driver.recover(uri)
 
     def set_dirty_rate(self, rate: int) -> None:
         self.ticker.set_rate(rate)

@@ -54,6 +54,7 @@ from qmp_server.runtime.channel import (
 )
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
+from qmp_server.runtime.postcopy_source import PostcopyOutgoing
 
 __all__ = ["IN_PROGRESS", "SourceDriver"]
 
@@ -68,6 +69,10 @@ _MAX_WAIT = 0.05
 _RESUME_TIMEOUT = 60.0
 #: What QEMU 10.0's return-path thread reports when migrate_cancel shuts its channel down.
 _RP_CHANNEL_ERROR = "Channel error: Input/output error"
+_NO_RESUME = "Cannot resume if there is no paused migration"
+#: The states of a migration that ``migrate`` and ``migrate_cancel`` see as under way.
+_RUNNING = ("setup", "active", "pre-switchover", "device", "cancelling")
+_POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-recover-setup")
 
 
 class _SetupFailed(Exception):
@@ -98,6 +103,11 @@ class SourceDriver:
         self._qemu: QemuStream | None = None
         #: migrate_cancel found an open return path (10.0 reports its channel error)
         self._cancel_rp_error = False
+        #: migrate-start-postcopy was accepted during this migration
+        self._postcopy_requested = False
+        #: the migration after its switch to postcopy
+        self.postcopy: PostcopyOutgoing | None = None
+        self._rp_task: asyncio.Task[None] | None = None
 
     def prepare(self) -> None:
         """Warm the devices' digest caches, off the loop.
@@ -130,7 +140,7 @@ class SourceDriver:
                 raise CommandError(f"unknown migration protocol: {uri}") from None
             except ValueError as err:
                 raise CommandError(str(err)) from None
-        if src.status in ("setup", "active", "pre-switchover", "device", "cancelling"):
+        if src.status in _RUNNING or src.status in _POSTCOPY:
             raise CommandError(IN_PROGRESS)
         if vm.runstate == "inmigrate":
             raise CommandError("Guest is waiting for an incoming migration")
@@ -150,6 +160,8 @@ class SourceDriver:
         self._cancelled = False
         self._rp_lost = False
         self._resumed_received = False
+        self._postcopy_requested = False
+        self.postcopy = None
         self._high_count = 0
         self._continue.clear()
         self._resumed.clear()
@@ -186,8 +198,33 @@ class SourceDriver:
     def continue_migration(self) -> None:
         self._continue.set()
 
+    def resume(self, uri: str) -> None:
+        """``migrate`` with ``resume: true`` (a paused postcopy only)."""
+        if self.postcopy is None:
+            raise CommandError(_NO_RESUME)
+        self.postcopy.resume(uri)
+
+    def start_postcopy(self) -> None:
+        """``migrate-start-postcopy`` passed QEMU's checks: switch at the next iteration (once
+        the switchover gate is open, as QEMU 10.0 does, live)."""
+        if self.state.status in ("setup", "active") and self.ctx.vm.config.enabled("postcopy-ram"):
+            self._postcopy_requested = True
+            self._gate.set()
+
+    def pause(self) -> None:
+        """``migrate-pause`` on the source in postcopy."""
+        if self.postcopy is not None:
+            self.postcopy.pause()
+
     def cancel(self) -> None:
-        if self.state.status not in ("setup", "active", "pre-switchover", "device"):
+        status = self.state.status
+        if status in _POSTCOPY:
+            if self.ctx.profile.since(10, 0):
+                raise CommandError("Postcopy migration in progress, cannot cancel.")
+            if self.postcopy is not None and status != "postcopy-recover-setup":
+                self.postcopy.cancel()  # 7.2: cancelling, for good (live)
+            return
+        if status not in ("setup", "active", "pre-switchover", "device"):
             return
         self._cancelled = True
         self.state.set_status("cancelling")
@@ -218,7 +255,18 @@ class SourceDriver:
 
     # -- the task ---------------------------------------------------------------------------
     def _return_path_on(self, channel: Channel) -> bool:
-        return channel.has_return_path and self.ctx.vm.config.enabled("return-path")
+        """QEMU opens the return path for ``return-path``, and for postcopy, which needs it."""
+        cfg = self.ctx.vm.config
+        return channel.has_return_path and (
+            cfg.enabled("return-path") or cfg.enabled("postcopy-ram")
+        )
+
+    def _start_rp_reader(self, channel: Channel | None) -> None:
+        if self._rp_task is not None:
+            self._rp_task.cancel()
+            self._rp_task = None
+        if channel is not None:
+            self._rp_task = asyncio.get_running_loop().create_task(self._read_return_path(channel))
 
     async def _run(
         self,
@@ -227,7 +275,6 @@ class SourceDriver:
         prepared: Channel | None = None,
     ) -> None:
         src = self.state
-        rp_task: asyncio.Task[None] | None = None
         try:
             try:
                 channel = prepared or await connect(address, file)
@@ -239,7 +286,7 @@ class SourceDriver:
                 return
             self._channel = channel
             if self._return_path_on(channel):
-                rp_task = asyncio.get_running_loop().create_task(self._read_return_path(channel))
+                self._start_rp_reader(channel)
             await self._precopy(channel)
         except asyncio.CancelledError:
             if not self._cancelled:
@@ -256,8 +303,7 @@ class SourceDriver:
             logger.exception("outgoing migration failed")
             self._fail(f"internal error: {err!r}")
         finally:
-            if rp_task is not None:
-                rp_task.cancel()
+            self._start_rp_reader(None)
             if self._channel is not None and src.status != "completed":
                 self._channel.abort()
             self._channel = None
@@ -291,21 +337,28 @@ class SourceDriver:
                     event = decoder.next_event()
                     if isinstance(event, NeedData):
                         break
-                    if isinstance(event, RpSwitchoverAck):
-                        self.state.switchover_acked = True
-                        self.ack_state = "received"
-                        self._gate.set()
-                    elif isinstance(event, RpResumed):
-                        self._resumed_received = True
-                        self._resumed.set()
-                    elif isinstance(event, RpShut) and event.status != 0:
-                        self._fail("Detected IO failure for postcopy. Migration paused.")
-                    elif isinstance(event, RpClosed) and not event.clean:
-                        self._rp_lost = True
-                        self._resumed.set()
+                    self._on_rp_event(event)
                 if not data:
                     return
         except (OSError, StreamError):
+            if self.postcopy is not None:
+                self.postcopy.channel_broken()
+            self._rp_lost = True
+            self._resumed.set()
+
+    def _on_rp_event(self, event: object) -> None:
+        if self.postcopy is not None and self.postcopy.on_rp_event(event):
+            return
+        if isinstance(event, RpSwitchoverAck):
+            self.state.switchover_acked = True
+            self.ack_state = "received"
+            self._gate.set()
+        elif isinstance(event, RpResumed):
+            self._resumed_received = True
+            self._resumed.set()
+        elif isinstance(event, RpShut) and event.status != 0:
+            self._fail("Detected IO failure for postcopy. Migration paused.")
+        elif isinstance(event, RpClosed) and not event.clean:
             self._rp_lost = True
             self._resumed.set()
 
@@ -344,6 +397,8 @@ class SourceDriver:
         )
         if return_path:
             head += enc.open_return_path()
+        if ctx.vm.config.enabled("postcopy-ram"):
+            head += enc.postcopy_advise()
         for dev in ctx.devices:
             dev.save_setup(switchover_ack=ack)
         qemu.setup(return_path=return_path)
@@ -363,6 +418,9 @@ class SourceDriver:
         period_base = 0  # QEMU's first period starts with the stream: setup bytes count
         while True:
             now = time.monotonic()
+            if self._postcopy_requested and self._can_switchover():
+                await self._run_postcopy(channel, enc, sender)
+                return
             if src.period_due(now):
                 src.ram.remaining = sender.remaining * PAGE_SIZE
                 src.update_period(now, int(ctx.param("downtime-limit")))
@@ -408,6 +466,23 @@ class SourceDriver:
                 continue
             await self._iterate(channel, enc, sender, limit, period_base)
             await asyncio.sleep(0)  # QMP, the return path and the workload run between sections
+
+    async def _run_postcopy(
+        self,
+        channel: Channel,
+        enc: StreamEncoder,
+        sender: PageSender,
+        unsent: list[bytes] | None = None,
+    ) -> None:
+        """The switch to postcopy and the rest of the migration (runtime/postcopy_source)."""
+        qemu = self._qemu
+        assert qemu is not None
+        post = self.postcopy = PostcopyOutgoing(
+            self.ctx, self.state, qemu, read_return_path=self._start_rp_reader
+        )
+        await post.switch(channel, enc, sender, self._resync, unsent or [])
+        await post.run(channel, enc)
+        self._channel = None  # closed by the postcopy phase (finished, or aborted)
 
     async def _send_setup(self, channel: Channel, head: bytes) -> None:
         """The setup's bytes.  A channel that fails here fails after ``active``, as in QEMU,
