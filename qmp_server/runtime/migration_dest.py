@@ -53,6 +53,7 @@ from qmp_server.runtime.channel import (
 from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.postcopy_dest import PostcopyIncoming
+from qmp_server.runtime.postcopy_source import PREEMPT_ACK
 
 __all__ = ["DestinationDriver"]
 
@@ -79,6 +80,9 @@ class DestinationDriver:
         self._exit_on_error = True
         #: the load after the switch to postcopy
         self.postcopy: PostcopyIncoming | None = None
+        #: ``postcopy-preempt``: the second connection, for requested pages
+        self.preempt_channel: Channel | None = None
+        self._preempt_ready = asyncio.Event()
 
     def pause(self) -> None:
         """``migrate-pause`` on the destination in postcopy."""
@@ -191,14 +195,44 @@ class DestinationDriver:
         return None if mon is None else mon.named.take(name)
 
     async def _accept(self, listener: socket.socket) -> None:
-        """One migration per listener (QEMU closes it once the source connected)."""
+        """One migration per listener.  QEMU keeps listening while it loads: with
+        ``postcopy-preempt`` the second connection is the preempt channel (7.2 waits for it
+        before it loads anything, 10.0 at the switch), any other is dropped (live)."""
         loop = asyncio.get_running_loop()
         try:
             conn, _ = await loop.sock_accept(listener)
-        finally:
+        except BaseException:
             listener.close()
             self._listener = None
-        await self._load(Channel(conn, return_path=True))
+            raise
+        extra = loop.create_task(self._accept_extra(listener))
+        try:
+            if self._wants_preempt() and not self.ctx.profile.since(10, 0):
+                await self._preempt_ready.wait()
+            await self._load(Channel(conn, return_path=True))
+        finally:
+            extra.cancel()
+            listener.close()
+            self._listener = None
+
+    def _wants_preempt(self) -> bool:
+        cfg = self.ctx.vm.config
+        return cfg.enabled("postcopy-ram") and cfg.enabled("postcopy-preempt")
+
+    async def _accept_extra(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            if self._wants_preempt() and self.preempt_channel is None:
+                channel = Channel(conn, return_path=True)
+                channel.send_nowait(PREEMPT_ACK)
+                self.preempt_channel = channel
+                self._preempt_ready.set()
+                continue
+            error_report(
+                "socket_accept_incoming_migration: Extra incoming migration connection; ignoring"
+            )
+            conn.close()
 
     async def _load_from(self, address: Address, file: io.BufferedIOBase | None = None) -> None:
         if address.scheme == "file":
@@ -286,9 +320,13 @@ class DestinationDriver:
                         discard = event.bitmap
                     elif isinstance(event, PostcopyListen):
                         assert guest is not None and discard is not None
+                        if self._wants_preempt():
+                            await self._preempt_ready.wait()  # 10.0 waits here (live)
                         post = self.postcopy = PostcopyIncoming(
                             self.ctx, inc, guest, loaders, discard, fail=self._fail
                         )
+                        if self.preempt_channel is not None:
+                            post.add_preempt(self.preempt_channel)
                         await post.run(channel, decoder)
                         return
                     elif isinstance(event, Complete):

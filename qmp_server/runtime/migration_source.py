@@ -108,6 +108,8 @@ class SourceDriver:
         #: the migration after its switch to postcopy
         self.postcopy: PostcopyOutgoing | None = None
         self._rp_task: asyncio.Task[None] | None = None
+        #: ``postcopy-preempt``: the second connection, opened with the first
+        self._preempt: Channel | None = None
 
     def prepare(self) -> None:
         """Warm the devices' digest caches, off the loop.
@@ -287,6 +289,13 @@ class SourceDriver:
             self._channel = channel
             if self._return_path_on(channel):
                 self._start_rp_reader(channel)
+            cfg = self.ctx.vm.config
+            if (
+                cfg.enabled("postcopy-ram")
+                and cfg.enabled("postcopy-preempt")
+                and address.scheme in ("tcp", "unix")
+            ):
+                self._preempt = await connect(address)
             await self._precopy(channel)
         except asyncio.CancelledError:
             if not self._cancelled:
@@ -304,6 +313,9 @@ class SourceDriver:
             self._fail(f"internal error: {err!r}")
         finally:
             self._start_rp_reader(None)
+            if self._preempt is not None and src.status != "postcopy-paused":
+                self._preempt.abort()
+                self._preempt = None
             if self._channel is not None and src.status != "completed":
                 self._channel.abort()
             self._channel = None
@@ -478,7 +490,11 @@ class SourceDriver:
         qemu = self._qemu
         assert qemu is not None
         post = self.postcopy = PostcopyOutgoing(
-            self.ctx, self.state, qemu, read_return_path=self._start_rp_reader
+            self.ctx,
+            self.state,
+            qemu,
+            read_return_path=self._start_rp_reader,
+            preempt=self._preempt,
         )
         await post.switch(channel, enc, sender, self._resync, unsent or [])
         await post.run(channel, enc)

@@ -79,6 +79,30 @@ class PostcopyIncoming:
         self._complete: Complete | None = None
         self._listener: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._preempt_task: asyncio.Task[None] | None = None
+
+    def add_preempt(self, channel: Channel) -> None:
+        """``postcopy-preempt``: requested pages also arrive on this channel."""
+        self._preempt_task = asyncio.get_running_loop().create_task(self._read_preempt(channel))
+
+    async def _read_preempt(self, channel: Channel) -> None:
+        decoder = StreamDecoder(recovery=True)
+        try:
+            while True:
+                data = await channel.recv(1 << 20)
+                decoder.receive_data(data)
+                while True:
+                    event = decoder.next_event()
+                    if isinstance(event, NeedData):
+                        break
+                    if isinstance(event, (RamRun, RamList, ZeroRun, ZeroList)):
+                        self._load_pages(event)
+                if not data:
+                    return
+        except (StreamError, OSError):
+            return  # the main channel decides (a source that paused closed both)
+        finally:
+            channel.abort()
 
     # -- commands ---------------------------------------------------------------------------
     def pause(self) -> None:
@@ -108,9 +132,14 @@ class PostcopyIncoming:
         if self._listener is not None:
             self._listener.close()
         self._listener = sock
+        if not self.ctx.profile.since(10, 0) and self.ctx.events_on():
+            # 7.2 announces ``setup`` again, without leaving postcopy-paused (live)
+            self.ctx.vm.emit("MIGRATION", {"status": "setup"})
         self._task = asyncio.get_running_loop().create_task(self._accept(sock))
 
     def close(self) -> None:
+        if self._preempt_task is not None:
+            self._preempt_task.cancel()
         if self._task is not None:
             self._task.cancel()
         if self._listener is not None:
@@ -158,7 +187,10 @@ class PostcopyIncoming:
             self._channel = None
             if not self._running:
                 # the guest never ran here: QEMU's listen thread fails the load (live 7.2)
-                self._fail(str(err) or type(err).__name__)
+                error_report("check_section_footer: Read section footer failed: -5")
+                error_report("postcopy_ram_listen_thread: loadvm failed: -22")
+                error_report("error while loading state for instance 0x0 of device 'kvm-tpr-opt'")
+                self._fail("Operation not permitted")
                 return
             self._pause()
         except DeviceLoadError as err:

@@ -41,11 +41,15 @@ from qmp_server.runtime.channel import Address, Channel, connect, parse_uri
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 
-__all__ = ["PAUSED_TEXT", "PostcopyOutgoing"]
+__all__ = ["PAUSED_TEXT", "PREEMPT_ACK", "PostcopyOutgoing"]
+
+#: The destination's first byte on a preempt channel it accepted.
+PREEMPT_ACK = b"P"
 
 #: What both QEMUs print when a postcopy channel breaks (live 7.2 and 10.0).
 PAUSED_TEXT = "Detected IO failure for postcopy. Migration paused."
 _USER_PAUSE = "Postcopy migration is paused by the user"
+_PREEMPT_BROKEN = "Unable to write to socket: Broken pipe"
 _CHANNEL_ERROR = "Channel error: Input/output error"
 #: How long the source waits for the destination's bitmap on a recovery connection.
 _RECOVER_TIMEOUT = 30.0
@@ -69,6 +73,7 @@ class PostcopyOutgoing:
         qemu: QemuStream,
         *,
         read_return_path: Callable[[Channel | None], None],
+        preempt: Channel | None = None,
     ) -> None:
         self.ctx = ctx
         self.state = state
@@ -85,6 +90,11 @@ class PostcopyOutgoing:
         self._last_sent = -1
         self._vm_was_running = True
         self.cancelled = False
+        #: ``postcopy-preempt``: requested pages go on this second channel
+        self._preempt = preempt
+        self._preempt_enc: StreamEncoder | None = None
+        #: the destination's SHUT (or a clean close): the load is over
+        self._shut = asyncio.Event()
 
     # -- commands ---------------------------------------------------------------------------
     @property
@@ -125,6 +135,7 @@ class PostcopyOutgoing:
             self._channel.abort()
         self._wake.set()
         self._bitmap_done.set()
+        self._shut.set()
 
     # -- return path ---------------------------------------------------------------------------
     def on_rp_event(self, event: object) -> bool:
@@ -138,6 +149,10 @@ class PostcopyOutgoing:
             self._bitmap += event.data
         elif isinstance(event, RpBitmapEnd):
             self._bitmap_done.set()
+        elif (isinstance(event, RpShut) and event.status == 0) or (
+            isinstance(event, RpClosed) and event.clean
+        ):
+            self._shut.set()
         elif (isinstance(event, RpShut) and event.status != 0) or (
             isinstance(event, RpClosed) and not event.clean
         ):
@@ -196,8 +211,16 @@ class PostcopyOutgoing:
                 parts += enc.device_parts(chunk)
                 device_bytes += len(chunk.data)
                 src.count_device_bytes(len(chunk.data))
+        if self._preempt is not None and not new_order:
+            await channel.send(parts)  # 7.2 sets the preempt channel up before RUN (live)
+            parts = []
+            await self._open_preempt()
+            if self._broken is not None:
+                return  # no RUN: the destination's load fails, this side pauses (live 7.2)
         parts.append(enc.postcopy_run(self._vm_was_running))
         await channel.send(parts)
+        if self._preempt is not None and new_order:
+            await self._open_preempt()
         qemu.end_section(downtime=True, final=True)
         qemu.complete(device_bytes)
         qemu.postcopy = True
@@ -206,6 +229,23 @@ class PostcopyOutgoing:
         src.downtime_ms = max(int((time.monotonic() - downtime_start) * 1000), 0)
         if new_order:
             src.set_status("postcopy-active")
+
+    async def _open_preempt(self) -> None:
+        """Wait for the destination to take the preempt channel (it drops it, and the
+        write fails, when its ``postcopy-preempt`` is off)."""
+        preempt = self._preempt
+        assert preempt is not None
+        try:
+            ack = await asyncio.wait_for(preempt.recv(1), _RECOVER_TIMEOUT)
+        except (OSError, TimeoutError):
+            ack = b""
+        if ack != PREEMPT_ACK:
+            self._preempt = None
+            preempt.abort()
+            self._break(_PREEMPT_BROKEN)
+            return
+        self._preempt_enc = StreamEncoder()
+        await preempt.send([self._preempt_enc.recover(self.ctx.guest.size_bytes)])
 
     # -- the page stream -----------------------------------------------------------------------
     async def run(self, channel: Channel, enc: StreamEncoder) -> None:
@@ -255,8 +295,13 @@ class PostcopyOutgoing:
                 count = qemu.fit(cost, period_base + limit.allowance)
                 count = max(count, 1)
                 pages, zero, cost = pages[:count], zero[:count], cost.head(count)
-            encoded = encode_guest_pages_parts(enc, guest, pages, zero=zero, max_pages=STEP_PAGES)
-            await channel.send(encoded.parts)
+            out, out_enc = channel, enc
+            if urgent and self._preempt is not None and self._preempt_enc is not None:
+                out, out_enc = self._preempt, self._preempt_enc
+            encoded = encode_guest_pages_parts(
+                out_enc, guest, pages, zero=zero, max_pages=STEP_PAGES
+            )
+            await out.send(encoded.parts)
             plan.sent(pages)
             self._last_sent = int(pages[-1])
             qemu.add_pages(pages, cost, downtime=True, exact_flushes=not limit.unlimited)
@@ -270,7 +315,14 @@ class PostcopyOutgoing:
         ctx = self.ctx
         digests = [(dev.id, dev.digest()) for dev in ctx.devices]
         await channel.send([enc.complete(ctx.guest.digest(), digests)])
+        # QEMU's source completes once the destination closed the return path (its SHUT):
+        # a destination that never loads keeps it in postcopy-active (live, preempt)
+        await self._shut.wait()
+        if self._broken is not None:
+            raise _ChannelBroken(self._broken)
         await channel.finish()
+        if self._preempt is not None:
+            self._preempt.abort()
         ctx.vm.runstate = "postmigrate"
         self.state.ram.remaining = 0
         self.state.complete(time.monotonic(), None)
@@ -284,8 +336,15 @@ class PostcopyOutgoing:
             self._channel = None
             if self.ctx.profile.since(10, 0):
                 src.error_desc = desc
+                if desc == _CHANNEL_ERROR:
+                    # the RAM section's save handler fails first (live 10.0)
+                    error_report("failed to save SaveStateEntry with id(name): 1(ram): -5")
+                error_report("Unable to shutdown socket: Bad file descriptor")
             src.set_status("postcopy-paused")
             error_report(PAUSED_TEXT)
+            if desc == _PREEMPT_BROKEN and not self.ctx.profile.since(10, 0):
+                for _ in range(3):  # 7.2's return-path thread on the shut channel (live)
+                    error_report("Unable to read from socket: Bad file descriptor")
             self._broken = None
             self._resume_to = loop.create_future()
             address = await self._resume_to
