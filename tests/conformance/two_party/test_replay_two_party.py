@@ -40,9 +40,8 @@ def _cases() -> list[Any]:
                 marks.append(pytest.mark.live_qemu)
             replay = tp.load_scenario(path.stem).get("replay", True)
             if replay is False or (isinstance(replay, list) and version not in replay):
-                # recorded from QEMU for reference (postcopy: not modelled yet; some of its
-                # failure paths are races even in QEMU); record_two_party.py --check shows
-                # which are stable
+                # recorded from QEMU for reference, or a race in that version's QEMU
+                # (record_two_party.py --check shows which are stable)
                 marks.append(pytest.mark.skip(reason="recorded for reference only"))
             cases.append(pytest.param(version, path.stem, marks=marks,
                                       id=f"two-party-{version}/{path.stem}"))  # fmt: skip
