@@ -86,6 +86,7 @@ def derive_family(name: str, config: dict[str, Any]) -> dict[str, Any]:
         "block_runs": {b: r for b, r in runs.items() if b != main and r},
         "hot_pages": hot,
         "device_state_bytes": stream["device_state"]["bytes"],
+        "vmdesc_bytes": stream["device_state"]["vmdesc_bytes"],
         "command_bytes": stream.get("command_bytes", 0),
     }
 

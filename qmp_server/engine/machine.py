@@ -84,6 +84,8 @@ class MachineLayout:
     device_state_bytes: int = 0
     #: QEMU commands on the stream besides RAM and devices (10.0's switchover start)
     command_bytes: int = 0
+    #: of ``device_state_bytes``, the JSON description at the end (not sent in postcopy)
+    vmdesc_bytes: int = 0
 
     @property
     def total(self) -> int:
@@ -221,4 +223,5 @@ def layout_for(
         configuration_bytes=int(rec["configuration_bytes"]),
         device_state_bytes=int(rec["device_state_bytes"]),
         command_bytes=int(rec["command_bytes"]),
+        vmdesc_bytes=int(rec.get("vmdesc_bytes", 0)),
     )

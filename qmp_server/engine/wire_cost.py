@@ -107,8 +107,10 @@ class QemuStream:
         *,
         configuration_bytes: int,
         device_state_bytes: int,
+        vmdesc_bytes: int = 0,
     ) -> None:
         self.blocks = blocks
+        self.vmdesc_bytes = vmdesc_bytes
         self.configuration_bytes = configuration_bytes
         self.device_state_bytes = device_state_bytes
         #: 8.2+: ``transferred`` is every flushed byte (rule 2)
@@ -183,6 +185,12 @@ class QemuStream:
     def complete(self, device_bytes: int = 0) -> None:
         """After the final RAM section: device state, ``EOF``, the description; flushed."""
         self._file.unbuffered(self.device_state_bytes + device_bytes)
+
+    def postcopy_switch(self, device_bytes: int = 0) -> None:
+        """The switch to postcopy: the device state goes in one package, without the JSON
+        description that ends a precopy stream; RAM bytes from here on are postcopy bytes."""
+        self._file.unbuffered(self.device_state_bytes - self.vmdesc_bytes + device_bytes)
+        self.postcopy = True
 
     def device_data(self, nbytes: int) -> None:
         """Device data sent during precopy (``vfio-sim``): payload as one buffer."""

@@ -389,6 +389,7 @@ class SourceDriver:
             BlockMap(layout.block_list()),
             configuration_bytes=layout.configuration_bytes,
             device_state_bytes=layout.device_state_bytes,
+            vmdesc_bytes=layout.vmdesc_bytes,
         )
 
     async def _precopy(self, channel: Channel) -> None:

@@ -51,6 +51,8 @@ PAUSED_TEXT = "Detected IO failure for postcopy. Migration paused."
 _USER_PAUSE = "Postcopy migration is paused by the user"
 _PREEMPT_BROKEN = "Unable to write to socket: Broken pipe"
 _CHANNEL_ERROR = "Channel error: Input/output error"
+#: QEMU's MAX_WAIT: a RAM section ends after 50 ms even if the rate limit allows more.
+_MAX_WAIT = 0.05
 #: How long the source waits for the destination's bitmap on a recovery connection.
 _RECOVER_TIMEOUT = 30.0
 
@@ -222,8 +224,7 @@ class PostcopyOutgoing:
         if self._preempt is not None and new_order:
             await self._open_preempt()
         qemu.end_section(downtime=True, final=True)
-        qemu.complete(device_bytes)
-        qemu.postcopy = True
+        qemu.postcopy_switch(device_bytes)
         src.account(qemu)
         src.ram.remaining = self.plan.remaining * PAGE_SIZE
         src.downtime_ms = max(int((time.monotonic() - downtime_start) * 1000), 0)
@@ -275,6 +276,9 @@ class PostcopyOutgoing:
         guest = ctx.guest
         limit = RateLimit(int(ctx.param("max-postcopy-bandwidth")))
         period_base = qemu.rate_bytes
+        # QEMU sends postcopy pages in RAM sections as in precopy: each ends when the rate
+        # limit is exceeded or after 50 ms, with an EOS counted as postcopy bytes
+        section_end: float | None = None
         while plan.remaining:
             if self._broken is not None:
                 raise _ChannelBroken(self._broken)
@@ -285,10 +289,16 @@ class PostcopyOutgoing:
                 period_base = qemu.rate_bytes
             pages, urgent = plan.next_pages(STEP_PAGES)
             if not urgent and limit.exceeded(qemu.rate_bytes - period_base):
+                if section_end is not None:
+                    qemu.end_section(downtime=False)
+                    section_end = None
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), src.period_left(now) or 0.001)
                 continue
+            if section_end is None:
+                qemu.begin_section()
+                section_end = now + _MAX_WAIT
             zero = guest.zero_mask(pages)
             cost = qemu.cost(pages, zero)
             if not urgent and not limit.unlimited:
@@ -307,8 +317,12 @@ class PostcopyOutgoing:
             qemu.add_pages(pages, cost, downtime=True, exact_flushes=not limit.unlimited)
             src.account(qemu)
             src.ram.remaining = plan.remaining * PAGE_SIZE
+            if not plan.remaining or time.monotonic() >= section_end:
+                qemu.end_section(downtime=False)
+                section_end = None
             await asyncio.sleep(0)  # requests, QMP and the destination's guest run between steps
-        qemu.flush()
+        if section_end is not None:
+            qemu.end_section(downtime=False)
         src.account(qemu)
 
     async def _finish(self, channel: Channel, enc: StreamEncoder) -> None:
