@@ -112,10 +112,16 @@ class PostcopyIncoming:
 
     def recover(self, uri: str) -> None:
         """``migrate-recover URI``: listen there for the source's ``migrate`` ``resume``."""
+        if not self.ctx.profile.since(10, 0) and self.ctx.events_on():
+            # 7.2 announces ``setup`` first, even for a URI it then refuses, and stays in
+            # postcopy-paused (live)
+            self.ctx.vm.emit("MIGRATION", {"status": "setup"})
         try:
             address = parse_uri(uri, file_ok=False)
-        except (LookupError, ValueError) as err:
-            raise CommandError(str(err) or f"unknown migration protocol: {uri}") from None
+        except LookupError:
+            raise CommandError(f"unknown migration protocol: {uri}") from None
+        except ValueError as err:
+            raise CommandError(str(err)) from None
         if address.scheme not in ("tcp", "unix"):
             raise CommandError(f"unknown migration protocol: {uri}")
         try:
@@ -129,12 +135,12 @@ class PostcopyIncoming:
             ]
         else:
             self.state.socket_address = [{"type": "unix", "path": address.path}]
+        # a second migrate-recover replaces the first (live: both are accepted)
+        if self._task is not None:
+            self._task.cancel()
         if self._listener is not None:
             self._listener.close()
         self._listener = sock
-        if not self.ctx.profile.since(10, 0) and self.ctx.events_on():
-            # 7.2 announces ``setup`` again, without leaving postcopy-paused (live)
-            self.ctx.vm.emit("MIGRATION", {"status": "setup"})
         self._task = asyncio.get_running_loop().create_task(self._accept(sock))
 
     def close(self) -> None:
@@ -182,7 +188,7 @@ class PostcopyIncoming:
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
-        except (StreamError, OSError) as err:
+        except (StreamError, OSError):
             channel.abort()
             self._channel = None
             if not self._running:
@@ -291,7 +297,8 @@ class PostcopyIncoming:
             conn, _ = await loop.sock_accept(listener)
         finally:
             listener.close()
-            self._listener = None
+            if self._listener is listener:
+                self._listener = None
         channel = Channel(conn, return_path=True)
         decoder = StreamDecoder(zero_copy=True, recovery=True)
         self.state.set_status("postcopy-recover")

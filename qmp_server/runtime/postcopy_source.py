@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 
@@ -55,6 +56,14 @@ _CHANNEL_ERROR = "Channel error: Input/output error"
 _MAX_WAIT = 0.05
 #: How long the source waits for the destination's bitmap on a recovery connection.
 _RECOVER_TIMEOUT = 30.0
+
+
+class _ConnectFailed(Exception):
+    """``migrate`` ``resume`` could not connect."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__(desc)
+        self.desc = desc
 
 
 class _ChannelBroken(Exception):
@@ -122,8 +131,10 @@ class PostcopyOutgoing:
             raise CommandError("Cannot resume if there is no paused migration")
         try:
             address = parse_uri(uri, file_ok=False)
-        except (LookupError, ValueError) as err:
-            raise CommandError(str(err) or f"unknown migration protocol: {uri}") from None
+        except LookupError:
+            raise CommandError(f"unknown migration protocol: {uri}") from None
+        except ValueError as err:
+            raise CommandError(str(err)) from None
         if self.ctx.profile.since(10, 0):
             # 10.0 enters postcopy-recover-setup before the command returns (live)
             self.state.set_status("postcopy-recover-setup")
@@ -344,21 +355,9 @@ class PostcopyOutgoing:
     # -- pause and recovery --------------------------------------------------------------------
     async def _pause(self, desc: str) -> tuple[Channel, StreamEncoder] | None:
         """``postcopy-paused`` until a resume connects; None when cancelled."""
-        src = self.state
+        self._report_pause(desc)
         loop = asyncio.get_running_loop()
         while True:
-            self._channel = None
-            if self.ctx.profile.since(10, 0):
-                src.error_desc = desc
-                if desc == _CHANNEL_ERROR:
-                    # the RAM section's save handler fails first (live 10.0)
-                    error_report("failed to save SaveStateEntry with id(name): 1(ram): -5")
-                error_report("Unable to shutdown socket: Bad file descriptor")
-            src.set_status("postcopy-paused")
-            error_report(PAUSED_TEXT)
-            if desc == _PREEMPT_BROKEN and not self.ctx.profile.since(10, 0):
-                for _ in range(3):  # 7.2's return-path thread on the shut channel (live)
-                    error_report("Unable to read from socket: Bad file descriptor")
             self._broken = None
             self._resume_to = loop.create_future()
             address = await self._resume_to
@@ -366,13 +365,40 @@ class PostcopyOutgoing:
                 return None
             try:
                 return await self._reconnect(address)
-            except (OSError, StreamError, TimeoutError, EOFError) as err:
-                desc = str(err) or _CHANNEL_ERROR
+            except _ConnectFailed as err:
+                # back to postcopy-paused, quietly (live: 7.2 shows no event, 10.0 the
+                # failure as error-desc after postcopy-recover-setup)
+                error_report(err.desc)
+                if self.ctx.profile.since(10, 0):
+                    self.state.error_desc = err.desc
+                self.state.set_status("postcopy-paused")
+            except (OSError, StreamError, TimeoutError, EOFError):
+                self._report_pause(self._broken or _CHANNEL_ERROR)
+
+    def _report_pause(self, desc: str) -> None:
+        """Enter ``postcopy-paused`` after a broken channel, with each version's stderr."""
+        src = self.state
+        self._channel = None
+        if self.ctx.profile.since(10, 0):
+            src.error_desc = desc
+            if desc == _CHANNEL_ERROR:
+                # the RAM section's save handler fails first (live 10.0)
+                error_report("failed to save SaveStateEntry with id(name): 1(ram): -5")
+            error_report("Unable to shutdown socket: Bad file descriptor")
+        src.set_status("postcopy-paused")
+        error_report(PAUSED_TEXT)
+        if desc == _PREEMPT_BROKEN and not self.ctx.profile.since(10, 0):
+            for _ in range(3):  # 7.2's return-path thread on the shut channel (live)
+                error_report("Unable to read from socket: Bad file descriptor")
 
     async def _reconnect(self, address: Address) -> tuple[Channel, StreamEncoder]:
         """The recovery handshake: connect, learn what the destination misses, go on."""
         src = self.state
-        channel = await connect(address)
+        try:
+            channel = await connect(address)
+        except OSError as err:
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise _ConnectFailed(f"Failed to connect to '{address.describe()}': {reason}") from None
         self._channel = channel
         src.set_status("postcopy-recover")
         self._bitmap = bytearray()
