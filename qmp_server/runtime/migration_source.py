@@ -462,7 +462,11 @@ class SourceDriver:
             if decision is Decision.COMPLETE:
                 # no await between the sync and the stop: the guest must not run in between
                 # (QEMU stops it within a fraction of a millisecond of its decision)
-                await self._complete(channel, enc, sender, synced)
+                # QEMU tests a requested postcopy start before the precopy completion
+                if self._postcopy_requested:
+                    await self._run_postcopy(channel, enc, sender, synced)
+                else:
+                    await self._complete(channel, enc, sender, synced)
                 return
             if synced:
                 await channel.send(synced)
@@ -474,7 +478,10 @@ class SourceDriver:
                     # QEMU 10.0 tests the gate after the pass's exact sync, so a wait that
                     # ends (the ACK, or `stop`) switches over on that pass: after `stop`,
                     # STOP, device, the final PASS, completed (live).
-                    await self._complete(channel, enc, sender)
+                    if self._postcopy_requested:
+                        await self._run_postcopy(channel, enc, sender)
+                    else:
+                        await self._complete(channel, enc, sender)
                     return
                 continue
             await self._iterate(channel, enc, sender, limit, period_base)

@@ -112,3 +112,30 @@ async def test_cancel_refused_in_postcopy_on_10(rig: Rig) -> None:
         await source.run("migrate_cancel")
     await source.params(max_postcopy_bandwidth=0)
     assert await source.wait_status("completed", "failed") == "completed"
+
+
+@pytest.mark.parametrize("version", ["8.1", "10.0"])
+async def test_postcopy_waits_for_the_switchover_ack_and_carries_devices(
+    rig: Rig, version: str
+) -> None:
+    """A vfio-sim device that needs 400 ms to allocate on the destination: with
+    ``switchover-ack`` the switch to postcopy waits for its ACK (as QEMU 10.0 gates it, live),
+    then the device's state travels before the destination runs, and its digest matches."""
+    device = ("-device", "vfio-sim,id=nic0,initial-bytes=2M,state-bytes=64K,load-ms=400")
+    caps = {"postcopy_ram": True, "return_path": True, "switchover_ack": True}
+    source, dest, uri = await rig.pair(
+        "--compat", version, "-machine", "pc", "-m", "64", "-nodefaults", *device,
+        caps=caps, uri=rig.unix_uri(),
+    )  # fmt: skip
+    await source.params(max_bandwidth=64 * MiB)
+    await source.run("x-set-dirty-rate", {"rate": 2 * MiB})
+    await source.run("migrate", {"uri": uri})
+    await source.wait_status("active")
+    await source.run("migrate-start-postcopy")
+    assert await source.wait_status("postcopy-active", "completed") == "postcopy-active"
+    assert await dest.wait_status("completed", "failed") == "completed"
+    assert await source.wait_status("completed", "failed") == "completed"
+    src_digest = await source.digest()
+    assert (await dest.digest())["devices"] == src_digest["devices"]
+    info = await source.run("query-migrate")
+    assert info["vfio"]["transferred"] >= 2 * MiB
