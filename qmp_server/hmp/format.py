@@ -116,6 +116,11 @@ def info_migrate(profile: Profile, info: Mapping[str, Any]) -> str:
         lines.append(f"xbzrle overflow: {xbzrle['overflow']}")
     if info.get("cpu-throttle-percentage"):
         lines.append(f"cpu throttle percentage: {info['cpu-throttle-percentage']}")
+    if "postcopy-blocktime" in info:
+        lines.append(f"postcopy blocktime: {info['postcopy-blocktime']}")
+    if "postcopy-vcpu-blocktime" in info:
+        per_vcpu = ",".join(str(v) for v in info["postcopy-vcpu-blocktime"])
+        lines.append(f"postcopy vcpu blocktime: {per_vcpu}")
     addresses = info.get("socket-address")
     if addresses:
         lines.append("socket address: [")
