@@ -110,6 +110,8 @@ class SourceDriver:
         self._rp_task: asyncio.Task[None] | None = None
         #: ``postcopy-preempt``: the second connection, opened with the first
         self._preempt: Channel | None = None
+        #: everything sent, waiting for a return path the transport cannot have
+        self._stuck = False
 
     def prepare(self) -> None:
         """Warm the devices' digest caches, off the loop.
@@ -164,6 +166,7 @@ class SourceDriver:
         self._resumed_received = False
         self._postcopy_requested = False
         self.postcopy = None
+        self._stuck = False
         self._high_count = 0
         self._continue.clear()
         self._resumed.clear()
@@ -230,6 +233,8 @@ class SourceDriver:
             return
         self._cancelled = True
         self.state.set_status("cancelling")
+        if self._stuck:
+            return  # QEMU's cancel cannot end a wait for the missing return path (live)
         channel = self._channel
         # QEMU 10.0: a return path open on the aborted channel fails with an I/O error, which
         # becomes the cancelled migration's error-desc (live: with return-path only)
@@ -262,6 +267,10 @@ class SourceDriver:
         return channel.has_return_path and (
             cfg.enabled("return-path") or cfg.enabled("postcopy-ram")
         )
+
+    def _wants_return_path(self) -> bool:
+        cfg = self.ctx.vm.config
+        return cfg.enabled("return-path") or cfg.enabled("postcopy-ram")
 
     def _start_rp_reader(self, channel: Channel | None) -> None:
         if self._rp_task is not None:
@@ -680,6 +689,13 @@ class SourceDriver:
                 logger.warning("destination did not report its resume; downtime is the source's")
             if not self._resumed_received and self._rp_lost:
                 raise EOFError("the destination closed the return path before resuming")
+        elif self._wants_return_path():
+            # ``return-path``/``postcopy-ram`` on a transport without one (exec:, file:):
+            # QEMU sends everything, then waits for a return path that cannot come, the
+            # guest stopped; migrate_cancel leaves it ``cancelling`` (live 7.2 and 10.0)
+            await channel.finish()
+            self._stuck = True
+            await asyncio.Event().wait()
         await channel.finish()
         vm.runstate = "postmigrate"
         src.ram.remaining = 0
