@@ -63,6 +63,24 @@ def test_powerdown_with_no_shutdown_stops_then_reset_and_cont(tmp_path: Path) ->
         srv.stop()
 
 
+def test_button_right_after_a_reset_is_honoured_once_rebooted(tmp_path: Path) -> None:
+    """``virsh reset`` then ``virsh shutdown``: the button reaches the rebooted guest."""
+    srv = start_server(tmp_path, [*PC, "-no-shutdown"])
+    try:
+        client = Client(srv.socket)
+        client.cmd("system_reset")
+        client.cmd("system_powerdown")  # before SeaBIOS's own reset
+        assert client.wait_event("SHUTDOWN")["data"] == {"guest": True,
+                                                         "reason": "guest-shutdown"}  # fmt: skip
+        client.wait_event("STOP")
+        # wait_event took SHUTDOWN and STOP; the rest came before them
+        assert _names(client) == ["RESET", "POWERDOWN", "RESET"]
+        assert client.events[2]["data"] == {"guest": True, "reason": "guest-reset"}
+        assert client.cmd("query-status")["return"]["status"] == "shutdown"
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("acpi_off", [["-machine", "pc,acpi=off"], ["-M", "pc", "-no-acpi"]])
 def test_without_acpi_the_button_does_nothing(tmp_path: Path, acpi_off: list[str]) -> None:
     srv = start_server(tmp_path, [*acpi_off, "-m", "64", "-nodefaults"])
