@@ -102,6 +102,73 @@ def test_button_pressed_while_paused_is_handled_once_running() -> None:
     assert [e[0] for e in events] == ["STOP", "POWERDOWN", "RESUME", "SHUTDOWN", "STOP"]
 
 
+_HOST_RESET = ("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+_FIRMWARE_RESET = ("RESET", {"guest": True, "reason": "guest-reset"})
+_GUEST_SHUTDOWN = ("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+
+
+def test_button_pressed_while_rebooting_is_honoured_once_rebooted() -> None:
+    """virsh reset, then virsh shutdown before the firmware's reset: the button is queued."""
+    vm, events, timers = make_vm(acpi=True, firmware=True, no_shutdown=True)
+    vm.power.reset()
+    vm.power.powerdown()
+    assert vm.power.rebooting and vm.power.button_queued
+    timers.run()  # the firmware's reset ends the reboot; the guest now sees the button
+    assert events == [_HOST_RESET, ("POWERDOWN", None), _FIRMWARE_RESET]
+    timers.run()
+    assert events[3:] == [_GUEST_SHUTDOWN, ("STOP", None)]
+    assert vm.runstate == "shutdown"
+    timers.run()
+    assert len(events) == 5 and not timers.pending  # honoured once
+
+
+def test_button_pressed_after_the_reboot_is_honoured() -> None:
+    vm, events, timers = make_vm(acpi=True, firmware=True)
+    vm.power.reset()
+    timers.run()
+    vm.power.powerdown()
+    timers.run()
+    assert events == [_HOST_RESET, _FIRMWARE_RESET, ("POWERDOWN", None), _GUEST_SHUTDOWN]
+    assert vm.shutdown_reason == "guest-shutdown"
+
+
+def test_another_reset_drops_the_queued_button() -> None:
+    vm, events, timers = make_vm(acpi=True, firmware=True)
+    vm.power.reset()
+    vm.power.powerdown()
+    vm.power.reset()
+    timers.run()
+    timers.run()
+    assert events == [_HOST_RESET, ("POWERDOWN", None), _HOST_RESET, _FIRMWARE_RESET]
+    assert vm.runstate == "running" and not vm.power.button_queued
+
+
+def test_a_reset_voids_the_pending_button() -> None:
+    """Button, reset, button while rebooting: one shutdown, timed from the reboot's end."""
+    vm, events, timers = make_vm(acpi=True, firmware=True)
+    vm.power.powerdown()
+    vm.power.reset()
+    vm.power.powerdown()
+    timers.run()  # the first press's delay (voided by the reset) and the firmware's reset
+    assert events == [("POWERDOWN", None), _HOST_RESET, ("POWERDOWN", None), _FIRMWARE_RESET]
+    timers.run()
+    assert events[4:] == [_GUEST_SHUTDOWN]
+
+
+def test_button_queued_while_paused_after_a_reset() -> None:
+    vm, events, timers = make_vm(acpi=True, firmware=True, no_shutdown=True)
+    vm.stop("paused")
+    vm.power.reset()
+    vm.power.powerdown()
+    timers.run()
+    assert vm.runstate == "prelaunch" and vm.power.button_queued
+    vm.start()
+    timers.run()
+    timers.run()
+    assert [e[0] for e in events] == ["STOP", "RESET", "POWERDOWN", "RESUME", "RESET",
+                                      "SHUTDOWN", "STOP"]  # fmt: skip
+
+
 def test_no_reboot_turns_reset_into_shutdown() -> None:
     vm, events, _ = make_vm(no_reboot=True, no_shutdown=True)
     vm.power.reset()

@@ -97,7 +97,16 @@ def test_domain_life(libvirt_host: LibvirtHost, emulators: dict[str, Path], libv
         assert "Job type:" in v("domjobinfo", name).stdout
         assert "actual 65536" in v("dommemstat", name).stdout
         assert "state.state=1" in v("domstats", name).stdout
-        v("shutdown", name)
+        v("domdirtyrate-calc", name, "--seconds", "1")  # calc-dirty-rate, then query-dirty-rate
+        deadline = time.monotonic() + 30
+        while "dirtyrate.calc_status=2" not in (stats := v("domstats", "--dirtyrate",
+                                                            name).stdout):  # fmt: skip
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.3)
+        assert "dirtyrate.megabytes_per_second=" in stats
+        v("reset", name)  # system_reset: the guest reboots and keeps running
+        assert _wait_state(libvirt_host, name, "running") == "running"
+        v("shutdown", name)  # a button pressed while the guest reboots counts once it is up
         assert _wait_state(libvirt_host, name, "shut off") == "shut off"
         v("start", name)
         v("destroy", name)
