@@ -56,3 +56,26 @@ async def test_a_failed_destination_answers_nothing_after_failed(rig: Rig) -> No
     with pytest.raises(Exception):  # noqa: B017 - a disconnect, whichever class
         await asyncio.wait_for(dest.run("query-migrate"), 10)
     assert exit_code(dest.server) == 1
+
+
+@pytest.mark.parametrize(("compat", "waiting"), [("7.2", "active"), ("10.0", "device")])
+@pytest.mark.parametrize("cap", ["return_path", "postcopy_ram"])
+async def test_a_return_path_over_exec_never_comes(
+    rig: Rig, compat: str, waiting: str, cap: str
+) -> None:
+    """QEMU 7.2 and 10.0 (live, ad hoc): with ``return-path`` or ``postcopy-ram`` on, a
+    migration to ``exec:`` sends everything, then waits for a return path the transport cannot
+    carry -- the guest stopped, ``active`` (7.2) or ``device`` (10.0) -- and migrate_cancel
+    leaves it ``cancelling``."""
+    source = await rig.side("--compat", compat, *MACHINE)
+    await source.caps(**{cap: True})
+    await source.run("migrate", {"uri": "exec:cat > /dev/null"})
+    await source.wait_query(lambda q: q.get("ram", {}).get("remaining") == 0 and
+                            q["status"] == waiting)  # fmt: skip
+    await asyncio.sleep(0.5)
+    assert (await source.run("query-migrate"))["status"] == waiting
+    assert await source.status() == "finish-migrate"
+    await source.run("migrate_cancel")
+    await asyncio.sleep(0.3)
+    assert (await source.run("query-migrate"))["status"] == "cancelling"
+    assert await source.status() == "finish-migrate"
