@@ -23,12 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qmp_server.errors import CommandError
 from qmp_server.runtime.socket_writer import SocketWriter, recv_nowait
 
 __all__ = [
     "Address",
     "Buffer",
     "Channel",
+    "command_uri",
     "connect",
     "exec_channel",
     "fd_channel",
@@ -92,6 +94,16 @@ def parse_uri(uri: str, *, file_ok: bool) -> Address:
                 raise ValueError(f"file URI has bad offset {option}") from None
         return Address("file", path=path, offset=offset)
     raise LookupError(uri)
+
+
+def command_uri(uri: str) -> Address:
+    """A URI given to ``migrate-recover`` or a resuming ``migrate``, with QEMU's errors."""
+    try:
+        return parse_uri(uri, file_ok=False)
+    except LookupError:
+        raise CommandError(f"unknown migration protocol: {uri}") from None
+    except ValueError as err:
+        raise CommandError(str(err)) from None
 
 
 def fd_not_found(address: Address) -> str:
@@ -188,6 +200,11 @@ class Channel:
         assert self._writer is not None
         await self._writer.send(views, total)
         return total
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far is in the kernel (the writer thread is idle)."""
+        if self._writer is not None:
+            await self._writer.drain()
 
     def send_nowait(self, data: bytes) -> None:
         """A small return-path message: written at once, or by a task if the socket is full."""

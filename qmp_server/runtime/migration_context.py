@@ -23,7 +23,7 @@ from qmp_server.profiles import Profile
 if TYPE_CHECKING:
     from qmp_server.engine.vm import VirtualMachine
 
-__all__ = ["MigrationContext", "error_report"]
+__all__ = ["MigrationContext", "error_report", "stop_for_switchover"]
 
 
 @dataclass
@@ -65,3 +65,16 @@ def error_report(message: str) -> None:
     """QEMU's error_report(): the program name, then the message, on stderr."""
     with contextlib.suppress(OSError, ValueError):  # stderr may be a closed pipe
         sys.stderr.write(f"qmp-server: {message}\n")
+
+
+def stop_for_switchover(ctx: MigrationContext, now: float) -> bool:
+    """QEMU's vm_stop_force_state(FINISH_MIGRATE): STOP only if the guest was running; the
+    workload and the devices stop with it.  Returns whether the guest was running."""
+    vm = ctx.vm
+    was_running = vm.running
+    if not vm.stop("finish-migrate"):
+        vm.runstate = "finish-migrate"
+    ctx.workload.set_running(False, now)
+    for dev in ctx.devices:
+        dev.set_running(False, now)
+    return was_running

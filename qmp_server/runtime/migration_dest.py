@@ -27,7 +27,6 @@ from qmp_server.engine.stream import (
     DeviceData,
     EndOfPrecopy,
     EndOfStream,
-    NeedData,
     OpenReturnPath,
     PostcopyAdvise,
     PostcopyDiscard,
@@ -54,6 +53,7 @@ from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.postcopy_dest import PostcopyIncoming
 from qmp_server.runtime.postcopy_source import PREEMPT_ACK
+from qmp_server.runtime.stream_reader import stream_events
 
 __all__ = ["DestinationDriver"]
 
@@ -267,81 +267,71 @@ class DestinationDriver:
         def send_ack() -> None:
             send_rp(rp.switchover_ack())
 
-        unyielded = 0
+        def poll_loaders() -> None:
+            now = time.monotonic()
+            for loader in loaders.values():
+                if loader.poll(now):
+                    send_ack()
+
         try:
-            while True:
-                view = decoder.get_buffer(_READ_SIZE)
-                n = await channel.recv_into(view)
-                del view
-                decoder.buffer_updated(n)
-                unyielded += n
-                if loaders:
-                    now = time.monotonic()
-                    for loader in loaders.values():
-                        if loader.poll(now):
-                            send_ack()
-                while True:
-                    event = decoder.next_event()
-                    if isinstance(event, NeedData):
-                        break
-                    if guest is not None and apply_ram_event(guest, event):
-                        continue
-                    if isinstance(event, StreamHeader):
-                        size = self.ctx.guest.size_bytes
-                        if event.ram_size != size:
-                            raise StreamError(
-                                f"Length mismatch: pc.ram: {event.ram_size:#x} in != "
-                                f"{size:#x}: Invalid argument"
-                            )
-                        guest = guest_for_header(event, self.ctx.layout.firmware_pages)
-                    elif isinstance(event, DeviceData):
-                        found = loaders.get(event.chunk.device_id)
-                        if found is None:
-                            raise StreamError(
-                                f"Unknown savevm section or instance '{event.chunk.device_id}' 0. "
-                                "Make sure that your current VM setup matches your saved VM setup, "
-                                "including any hotplugged devices"
-                            )
-                        if found.receive(event.chunk, time.monotonic()):
-                            send_ack()
-                        self._arm_loader_timer(found, send_ack)
-                    elif isinstance(event, OpenReturnPath):
-                        send_rp(rp.open())
-                        if gate.open_return_path():
-                            send_ack()
-                    elif isinstance(event, EndOfPrecopy):
-                        source_running = event.running
-                    elif isinstance(event, PostcopyAdvise):
-                        if not self.ctx.vm.config.enabled("postcopy-ram"):
-                            # QEMU's text counts the 16 bytes its advise command carries
-                            error_report("RAM postcopy is disabled but have 16 byte advise")
-                            raise StreamError("Invalid argument")
-                    elif isinstance(event, PostcopyDiscard):
-                        discard = event.bitmap
-                    elif isinstance(event, PostcopyListen):
-                        assert guest is not None and discard is not None
-                        if self._wants_preempt():
-                            await self._preempt_ready.wait()  # 10.0 waits here (live)
-                        post = self.postcopy = PostcopyIncoming(
-                            self.ctx, inc, guest, loaders, discard, fail=self._fail
+            async for event in stream_events(
+                channel,
+                decoder,
+                read_size=_READ_SIZE,
+                yield_bytes=_YIELD_BYTES,
+                on_data=poll_loaders if loaders else None,
+            ):
+                if guest is not None and apply_ram_event(guest, event):
+                    continue
+                if isinstance(event, StreamHeader):
+                    size = self.ctx.guest.size_bytes
+                    if event.ram_size != size:
+                        raise StreamError(
+                            f"Length mismatch: pc.ram: {event.ram_size:#x} in != "
+                            f"{size:#x}: Invalid argument"
                         )
-                        if self.preempt_channel is not None:
-                            post.add_preempt(self.preempt_channel)
-                        await post.run(channel, decoder)
-                        return
-                    elif isinstance(event, Complete):
-                        complete = event
-                    elif isinstance(event, EndOfStream):
-                        assert guest is not None and complete is not None
-                        await self._finish_load(
-                            guest, complete, loaders, send_rp, rp, source_running
+                    guest = guest_for_header(event, self.ctx.layout.firmware_pages)
+                elif isinstance(event, DeviceData):
+                    found = loaders.get(event.chunk.device_id)
+                    if found is None:
+                        raise StreamError(
+                            f"Unknown savevm section or instance '{event.chunk.device_id}' 0. "
+                            "Make sure that your current VM setup matches your saved VM setup, "
+                            "including any hotplugged devices"
                         )
-                        return
-                if n == 0:
-                    raise StreamError("Unexpected end of migration stream")
-                if unyielded >= _YIELD_BYTES:
-                    unyielded = 0
-                    await asyncio.sleep(0)
+                    if found.receive(event.chunk, time.monotonic()):
+                        send_ack()
+                    self._arm_loader_timer(found, send_ack)
+                elif isinstance(event, OpenReturnPath):
+                    send_rp(rp.open())
+                    if gate.open_return_path():
+                        send_ack()
+                elif isinstance(event, EndOfPrecopy):
+                    source_running = event.running
+                elif isinstance(event, PostcopyAdvise):
+                    if not self.ctx.vm.config.enabled("postcopy-ram"):
+                        # QEMU's text counts the 16 bytes its advise command carries
+                        error_report("RAM postcopy is disabled but have 16 byte advise")
+                        raise StreamError("Invalid argument")
+                elif isinstance(event, PostcopyDiscard):
+                    discard = event.bitmap
+                elif isinstance(event, PostcopyListen):
+                    assert guest is not None and discard is not None
+                    if self._wants_preempt():
+                        await self._preempt_ready.wait()  # 10.0 waits here (live)
+                    post = self.postcopy = PostcopyIncoming(
+                        self.ctx, inc, guest, loaders, discard, fail=self._fail
+                    )
+                    if self.preempt_channel is not None:
+                        post.add_preempt(self.preempt_channel)
+                    await post.run(channel, decoder)
+                    return
+                elif isinstance(event, Complete):
+                    complete = event
+                elif isinstance(event, EndOfStream):
+                    assert guest is not None and complete is not None
+                    await self._finish_load(guest, complete, loaders, send_rp, rp, source_running)
+                    return
         except asyncio.CancelledError:
             raise
         except (StreamError, DeviceLoadError, OSError) as err:

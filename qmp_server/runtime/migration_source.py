@@ -52,7 +52,11 @@ from qmp_server.runtime.channel import (
     parse_uri,
     write_error,
 )
-from qmp_server.runtime.migration_context import MigrationContext, error_report
+from qmp_server.runtime.migration_context import (
+    MigrationContext,
+    error_report,
+    stop_for_switchover,
+)
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 from qmp_server.runtime.postcopy_source import PostcopyOutgoing
 
@@ -639,13 +643,7 @@ class SourceDriver:
         src = self.state
         vm = ctx.vm
         downtime_start = time.monotonic()
-        # QEMU's vm_stop_force_state(FINISH_MIGRATE): STOP only if the guest was running
-        self._vm_was_running = vm.running
-        if not vm.stop("finish-migrate"):
-            vm.runstate = "finish-migrate"
-        ctx.workload.set_running(False, downtime_start)
-        for dev in ctx.devices:
-            dev.set_running(False, downtime_start)
+        self._vm_was_running = stop_for_switchover(ctx, downtime_start)
         if unsent:
             await channel.send(unsent)
         if vm.config.enabled("pause-before-switchover"):

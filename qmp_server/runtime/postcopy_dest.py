@@ -40,10 +40,11 @@ from qmp_server.engine.stream import (
     ZeroRun,
 )
 from qmp_server.errors import CommandError
-from qmp_server.runtime.channel import Channel, listen, parse_uri
+from qmp_server.runtime.channel import Channel, command_uri, listen
 from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.postcopy_source import PAUSED_TEXT
+from qmp_server.runtime.stream_reader import stream_events
 
 __all__ = ["PostcopyIncoming"]
 
@@ -116,12 +117,7 @@ class PostcopyIncoming:
             # 7.2 announces ``setup`` first, even for a URI it then refuses, and stays in
             # postcopy-paused (live)
             self.ctx.vm.emit("MIGRATION", {"status": "setup"})
-        try:
-            address = parse_uri(uri, file_ok=False)
-        except LookupError:
-            raise CommandError(f"unknown migration protocol: {uri}") from None
-        except ValueError as err:
-            raise CommandError(str(err)) from None
+        address = command_uri(uri)
         if address.scheme not in ("tcp", "unix"):
             raise CommandError(f"unknown migration protocol: {uri}")
         try:
@@ -167,25 +163,12 @@ class PostcopyIncoming:
 
     async def _read(self, channel: Channel, decoder: StreamDecoder) -> None:
         self._channel = channel
-        unyielded = 0
         try:
-            while True:
-                view = decoder.get_buffer(_READ_SIZE)
-                n = await channel.recv_into(view)
-                del view
-                decoder.buffer_updated(n)
-                unyielded += n
-                while True:
-                    event = decoder.next_event()
-                    if isinstance(event, NeedData):
-                        break
-                    if await self._on_event(event):
-                        return
-                if n == 0:
-                    raise StreamError("Unexpected end of migration stream")
-                if unyielded >= _YIELD_BYTES:
-                    unyielded = 0
-                    await asyncio.sleep(0)
+            async for event in stream_events(
+                channel, decoder, read_size=_READ_SIZE, yield_bytes=_YIELD_BYTES
+            ):
+                if await self._on_event(event):
+                    return
         except asyncio.CancelledError:
             raise
         except (StreamError, OSError):

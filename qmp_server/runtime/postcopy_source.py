@@ -38,8 +38,12 @@ from qmp_server.engine.stream import (
 )
 from qmp_server.engine.wire_cost import QemuStream
 from qmp_server.errors import CommandError
-from qmp_server.runtime.channel import Address, Channel, connect, parse_uri
-from qmp_server.runtime.migration_context import MigrationContext, error_report
+from qmp_server.runtime.channel import Address, Channel, command_uri, connect
+from qmp_server.runtime.migration_context import (
+    MigrationContext,
+    error_report,
+    stop_for_switchover,
+)
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 
 __all__ = ["PAUSED_TEXT", "PREEMPT_ACK", "PostcopyOutgoing"]
@@ -129,12 +133,7 @@ class PostcopyOutgoing:
         """``migrate`` with ``resume: true``: reconnect and go on where postcopy stopped."""
         if not self.paused or self._resume_to is None or self._resume_to.done():
             raise CommandError("Cannot resume if there is no paused migration")
-        try:
-            address = parse_uri(uri, file_ok=False)
-        except LookupError:
-            raise CommandError(f"unknown migration protocol: {uri}") from None
-        except ValueError as err:
-            raise CommandError(str(err)) from None
+        address = command_uri(uri)
         if self.ctx.profile.since(10, 0):
             # 10.0 enters postcopy-recover-setup before the command returns (live)
             self.state.set_status("postcopy-recover-setup")
@@ -190,19 +189,13 @@ class PostcopyOutgoing:
         """Stop the guest, tell the destination what it misses, send the device state and
         let the destination run: QEMU's postcopy_start, in each version's event order."""
         ctx = self.ctx
-        vm = ctx.vm
         src = self.state
         self._channel = channel
         downtime_start = time.monotonic()
         new_order = ctx.profile.since(10, 0)
         if not new_order:
             src.set_status("postcopy-active")  # 7.2: before STOP (live)
-        self._vm_was_running = vm.running
-        if not vm.stop("finish-migrate"):
-            vm.runstate = "finish-migrate"
-        ctx.workload.set_running(False, downtime_start)
-        for dev in ctx.devices:
-            dev.set_running(False, downtime_start)
+        self._vm_was_running = stop_for_switchover(ctx, downtime_start)
         if new_order:
             src.set_status("device")
         sender.resync(resync())
@@ -226,6 +219,7 @@ class PostcopyOutgoing:
                 src.count_device_bytes(len(chunk.data))
         if self._preempt is not None and not new_order:
             await channel.send(parts)  # 7.2 sets the preempt channel up before RUN (live)
+            await channel.flush()
             parts = []
             await self._open_preempt()
             if self._broken is not None:
@@ -233,6 +227,7 @@ class PostcopyOutgoing:
         parts.append(enc.postcopy_run(self._vm_was_running))
         await channel.send(parts)
         if self._preempt is not None and new_order:
+            await channel.flush()
             await self._open_preempt()
         qemu.end_section(downtime=True, final=True)
         qemu.postcopy_switch(device_bytes)
