@@ -53,7 +53,8 @@ _IGNORED_FLAGS = frozenset(
 _WITH_ARG = frozenset(
     {"qmp", "qmp-pretty", "chardev", "mon", "machine", "M", "m", "incoming", "global", "name",
      "device", "compat", "host", "http", "http-token-file", "http-cors", "poll-us",
-     "guest-fill", "dirty-rate", "pidfile", "uuid", "add-fd", "monitor"}
+     "guest-fill", "dirty-rate", "dirty-write-bytes",
+     "dirty-working-set", "pidfile", "uuid", "add-fd", "monitor"}
 ) | _IGNORED_WITH_ARG  # fmt: skip
 
 USAGE = f"""\
@@ -100,6 +101,8 @@ qmp-server options:
   --guest-fill idle|zero|random  guest RAM content at start (default idle: what an idle
                      SeaBIOS guest of the machine holds, as recorded from QEMU)
   --dirty-rate SIZE  bytes per second the guest workload dirties (default 0)
+  --dirty-write-bytes SIZE  bytes each guest write changes in a page (default 4096: all)
+  --dirty-working-set SIZE  the guest writes within this much of its RAM (default: all)
   --poll-us N        busy-poll sockets up to N microseconds after activity (default 0)
   --version          print the version and exit
   --help             print this help and exit
@@ -134,6 +137,10 @@ class Options:
     guest_fill: Literal["zero", "random", "idle"] = "idle"
     guest_seed: int = 1
     dirty_rate: int = 0
+    #: bytes each write of the workload changes in its page (XBZRLE's case: a few)
+    dirty_write_bytes: int = 4096
+    #: how much of RAM the workload writes to (0: all of it)
+    dirty_working_set: int = 0
     #: ``-daemonize``: fork; the parent returns once the monitors listen
     daemonize: bool = False
     #: ``-pidfile PATH``
@@ -506,6 +513,20 @@ def parse_args(argv: Sequence[str]) -> Options | None:
                 opts.dirty_rate = parse_size(value, "b", name="dirty-rate")
             except ValueError as err:
                 raise UsageError(f"--dirty-rate {value}: {err}") from None
+        elif name == "dirty-write-bytes":
+            assert value is not None
+            try:
+                opts.dirty_write_bytes = parse_size(value, "b", name="dirty-write-bytes")
+            except ValueError as err:
+                raise UsageError(f"--dirty-write-bytes {value}: {err}") from None
+            if not 1 <= opts.dirty_write_bytes <= 4096:
+                raise UsageError(f"--dirty-write-bytes {value}: expected 1 to 4096 bytes")
+        elif name == "dirty-working-set":
+            assert value is not None
+            try:
+                opts.dirty_working_set = parse_size(value, "b", name="dirty-working-set")
+            except ValueError as err:
+                raise UsageError(f"--dirty-working-set {value}: {err}") from None
     opts.guest_chardevs = {cid: spec for cid, spec in chardevs.items() if cid not in used}
     return opts
 

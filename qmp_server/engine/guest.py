@@ -630,6 +630,8 @@ class Workload:
         max_pages_per_advance: int = 1 << 16,
         hot_pages: npt.ArrayLike | None = None,
         hot_interval: float = 1 / 18.2,
+        write_bytes: int = PAGE_SIZE,
+        working_set: int = 0,
     ) -> None:
         if rate_bytes_per_s < 0:
             raise ValueError("the dirty rate must be non-negative")
@@ -647,6 +649,27 @@ class Workload:
         self._debt = 0.0  # bytes owed, < PAGE_SIZE after each advance
         #: postcopy on the destination: writes go through the gate, which may block them
         self.faults: FaultGate | None = None
+        #: bytes each write changes in the page it dirties (a page: rewritten whole)
+        self.write_bytes = PAGE_SIZE
+        self.set_write_bytes(write_bytes)
+        #: the pages writes go to (None: all of RAM); a working set makes pages dirty again
+        self._working_set: npt.NDArray[np.int64] | None = None
+        self.set_working_set(working_set)
+
+    def set_working_set(self, nbytes: int) -> None:
+        """Writes go to a fixed random set of ``nbytes`` of RAM (0: anywhere in RAM)."""
+        pages = min(nbytes // PAGE_SIZE, self.guest.page_count)
+        if pages <= 0 or pages >= self.guest.page_count:
+            self._working_set = None
+            return
+        chosen = self._rng.choice(self.guest.page_count, size=pages, replace=False)
+        self._working_set = np.sort(chosen.astype(np.int64))
+
+    def set_write_bytes(self, nbytes: int) -> None:
+        """Writes that change ``nbytes`` contiguous bytes of a page (1..4096)."""
+        if not 1 <= nbytes <= PAGE_SIZE:
+            raise ValueError(f"a write changes 1 to {PAGE_SIZE} bytes")
+        self.write_bytes = nbytes
 
     @property
     def active(self) -> bool:
@@ -709,6 +732,25 @@ class Workload:
         self.guest.mark_dirty(self.hot_pages)
         return int(self.hot_pages.size)
 
+    def _content(self, indexes: npt.NDArray[np.int64]) -> bytes:
+        """What the guest writes into ``indexes``: whole random pages, or each page as it is
+        with ``write_bytes`` random bytes at a random place."""
+        n = int(indexes.size)
+        if self.write_bytes >= PAGE_SIZE:
+            content = self._rng.integers(
+                0, _MASK64, size=n * WORDS_PER_PAGE, dtype=np.uint64, endpoint=True
+            )
+            return content.astype(_U64, copy=False).tobytes()
+        width = self.write_bytes
+        pages = np.frombuffer(self.guest.read_page_list(indexes), dtype=np.uint8)
+        pages = pages.reshape(n, PAGE_SIZE).copy()
+        starts = self._rng.integers(0, PAGE_SIZE - width + 1, size=n)
+        columns = starts[:, None] + np.arange(width)
+        pages[np.arange(n)[:, None], columns] = self._rng.integers(
+            0, 256, size=(n, width), dtype=np.uint8
+        )
+        return pages.tobytes()
+
     def advance(self, now: float) -> int:
         """Write the pages owed up to ``now``; return how many pages were written."""
         hot = self._tick_hot_pages(now)
@@ -722,11 +764,12 @@ class Workload:
         # more than the work itself; 1 MiB blocks are recycled by the allocator.
         for done in range(0, count, _BATCH_PAGES):
             n = min(_BATCH_PAGES, count - done)
-            indexes = self._rng.integers(0, self.guest.page_count, size=n, dtype=np.int64)
-            content = self._rng.integers(
-                0, _MASK64, size=n * WORDS_PER_PAGE, dtype=np.uint64, endpoint=True
-            )
-            data = content.astype(_U64, copy=False).tobytes()
+            if self._working_set is None:
+                indexes = self._rng.integers(0, self.guest.page_count, size=n, dtype=np.int64)
+            else:
+                picks = self._rng.integers(0, self._working_set.size, size=n)
+                indexes = self._working_set[picks]
+            data = self._content(indexes)
             if self.faults is not None:
                 self.faults.write(indexes, data, now)
                 if self.faults.blocked:

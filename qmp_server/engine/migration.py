@@ -25,6 +25,7 @@ from typing import Any
 
 from qmp_server.engine.guest import PAGE_SIZE
 from qmp_server.engine.wire_cost import QemuStream
+from qmp_server.engine.xbzrle import XbzrleSender
 from qmp_server.profiles import Profile
 
 __all__ = [
@@ -141,6 +142,8 @@ class SourceMigration:
     dirty_bytes_last_sync: int = 0
     #: the bytes QEMU's stream holds so far, as its bandwidth measure sees them
     stream_bytes: int = 0
+    #: the ``xbzrle-cache`` members while the capability is on (engine/xbzrle.py)
+    xbzrle: XbzrleSender | None = None
     _period: _Period | None = None
     _pages_sent: int = 0
     #: when the dirty-page rate was last computed (QEMU: at most once a second)
@@ -235,6 +238,8 @@ class SourceMigration:
             elapsed = now - self._rate_since
             if elapsed >= 1.0:
                 self.ram.dirty_pages_rate = int(self._rate_pages / elapsed)
+                if self.xbzrle is not None:
+                    self.xbzrle.update_rates()
                 self._rate_pages = 0
                 self._rate_since = now
         # 7.2 estimates the downtime from what remains; 8.1+ from what the sync found dirty
@@ -302,6 +307,8 @@ class SourceMigration:
             if self.setup_time_ms is not None:
                 info["setup-time"] = self.setup_time_ms
             info["ram"] = self.ram.as_qapi(self.profile)
+            if self.xbzrle is not None:
+                info["xbzrle-cache"] = self.xbzrle.stats.as_qapi()
             if self.vfio_transferred is not None:
                 info["vfio"] = {"transferred": self.vfio_transferred}
             if self.throttle_percentage:
@@ -312,6 +319,8 @@ class SourceMigration:
             info["downtime"] = self.downtime_ms or 0
             info["setup-time"] = self.setup_time_ms or 0
             info["ram"] = self.ram.as_qapi(self.profile)
+            if self.xbzrle is not None:
+                info["xbzrle-cache"] = self.xbzrle.stats.as_qapi()
             if self.vfio_transferred is not None:
                 info["vfio"] = {"transferred": self.vfio_transferred}
             return in_schema_order(info)

@@ -50,6 +50,7 @@ import xxhash
 
 from qmp_server.engine.devices import DeviceChunk, DeviceChunkKind
 from qmp_server.engine.guest import FILL_CODES, PAGE_SIZE, Fill, GuestMemory
+from qmp_server.engine.xbzrle import decode as decode_xbzrle
 from qmp_server.errors import ProtocolError
 
 __all__ = [
@@ -92,6 +93,7 @@ __all__ = [
     "StreamEvent",
     "StreamHeader",
     "SyncMarker",
+    "XbzrlePage",
     "ZeroList",
     "ZeroRun",
     "apply_ram_event",
@@ -125,6 +127,7 @@ class Tag(enum.IntEnum):
     RAM_LIST = 0x11
     ZERO_RUN = 0x12
     ZERO_LIST = 0x13
+    XBZRLE = 0x14
     DEVICE = 0x20
     SYNC = 0x30
     OPEN_RETURN_PATH = 0x31
@@ -212,6 +215,14 @@ class RamList:
 class ZeroRun:
     start: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class XbzrlePage:
+    """Page ``index`` as an XBZRLE delta against the content the destination holds."""
+
+    index: int
+    delta: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +321,7 @@ StreamEvent = (
     | RamList
     | ZeroRun
     | ZeroList
+    | XbzrlePage
     | DeviceData
     | SyncMarker
     | OpenReturnPath
@@ -449,6 +461,12 @@ class StreamEncoder:
     def zero_run(self, start: int, count: int) -> bytes:
         """``ZERO_RUN``: ``count`` zero pages from ``start`` (no page data)."""
         return self._record(Tag.ZERO_RUN, _ZRUN.pack(start, count))
+
+    def xbzrle(self, index: int, delta: bytes) -> bytes:
+        """``XBZRLE``: page ``index`` as a delta (``engine/xbzrle.py``), 1..page size bytes."""
+        if not 0 < len(delta) <= self.page_size:
+            raise ValueError("an XBZRLE delta is 1 to page-size bytes")
+        return self._record(Tag.XBZRLE, _U64.pack(index), delta)
 
     def zero_list(self, indexes: Sequence[int] | npt.NDArray[np.int64]) -> bytes:
         """``ZERO_LIST``: zero pages at ``indexes``."""
@@ -775,6 +793,14 @@ class StreamDecoder:
             (count,) = _U32.unpack_from(payload)
             self._expect_len(tag, payload, 4 + 8 * count)
             return ZeroList(self._indexes(tag, payload[4:]))
+        if tag is Tag.XBZRLE:
+            if len(payload) < 8:
+                raise self._fail("record XBZRLE too short")
+            (index,) = _U64.unpack_from(payload)
+            self._check_pages(tag, index, index + 1)
+            if not 0 < len(payload) - 8 <= ps:
+                raise self._fail(f"record XBZRLE: a delta of {len(payload) - 8} bytes")
+            return XbzrlePage(index, bytes(payload[8:]))
         if tag is Tag.DEVICE:
             return self._device(payload)
         if tag is Tag.SYNC:
@@ -1093,6 +1119,12 @@ def apply_ram_event(guest: GuestMemory, event: object) -> bool:
         guest.load_page_list(event.indexes, event.data)
     elif isinstance(event, ZeroList):
         guest.load_zero_page_list(event.indexes)
+    elif isinstance(event, XbzrlePage):
+        try:
+            page = decode_xbzrle(event.delta, guest.read_page(event.index))
+        except ValueError as err:
+            raise StreamError(f"page {event.index}: {err}") from None
+        guest.load_page_list([event.index], page)
     else:
         return False
     return True

@@ -273,6 +273,17 @@ class QemuStream:
         for k in range(start, n):
             file.page(int(cost.bytes[k]), bool(cost.normal[k]))
 
+    def add_xbzrle(self, page: int, delta_len: int, *, downtime: bool) -> None:
+        """An XBZRLE page: its header (and block name), the flag, the length, the delta, all
+        copied into QEMU's buffer."""
+        block = int(self.blocks.block_of(np.array([page], dtype=np.int64))[0])
+        nbytes = PAGE_HEADER_BYTES + 1 + 2 + delta_len
+        if block != self._last_block:
+            nbytes += int(self.blocks.name_bytes[block])
+        self._last_block = block
+        self._count_ram(nbytes, downtime)
+        self._file.small(nbytes)
+
     def _count_ram(self, nbytes: int, downtime: bool) -> None:
         if self.postcopy:
             self.postcopy_bytes += nbytes

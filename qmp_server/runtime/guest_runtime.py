@@ -16,7 +16,7 @@ import ctypes.util
 import time
 from collections.abc import Callable
 
-from qmp_server.engine.guest import GuestMemory, Workload
+from qmp_server.engine.guest import PAGE_SIZE, GuestMemory, Workload
 from qmp_server.engine.machine import MachineLayout
 from qmp_server.runtime.migration_context import MigrationContext
 
@@ -38,13 +38,30 @@ def tune_malloc() -> None:
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's maximum on 64-bit)
 
 
-def guest_workload(guest: GuestMemory, layout: MachineLayout, rate: int, *, seed: int) -> Workload:
-    """The guest's program: ``--dirty-rate`` bytes/s, and an idle guest's timer tick.
+def guest_workload(
+    guest: GuestMemory,
+    layout: MachineLayout,
+    rate: int,
+    *,
+    seed: int,
+    write_bytes: int = PAGE_SIZE,
+    working_set: int = 0,
+) -> Workload:
+    """The guest's program: ``--dirty-rate`` bytes/s (writes of ``--dirty-write-bytes``),
+    and an idle guest's timer tick.
 
     Only the ``idle`` content has firmware pages to tick in (the other fills model no firmware).
     """
     hot = layout.hot_pages if guest.fill == "idle" else None
-    return Workload(guest, rate, seed=seed, now=time.monotonic(), hot_pages=hot)
+    return Workload(
+        guest,
+        rate,
+        seed=seed,
+        now=time.monotonic(),
+        hot_pages=hot,
+        write_bytes=write_bytes,
+        working_set=working_set,
+    )
 
 
 class WorkloadTicker:
@@ -66,8 +83,10 @@ class WorkloadTicker:
         if self._task is not None:
             self._task.cancel()
 
-    def set_rate(self, rate: int) -> None:
+    def set_rate(self, rate: int, write_bytes: int | None = None) -> None:
         self.ctx.workload.set_rate(rate, time.monotonic())
+        if write_bytes is not None:
+            self.ctx.workload.set_write_bytes(write_bytes)
 
     async def _run(self) -> None:
         ctx = self.ctx

@@ -377,7 +377,9 @@ class DestinationDriver:
                 raise StreamError(f"{device_id}: device state digest mismatch")
         ctx = self.ctx
         ctx.guest = guest
-        ctx.workload = guest_workload(guest, ctx.layout, ctx.workload.rate, seed=11)
+        ctx.workload = guest_workload(
+            guest, ctx.layout, ctx.workload.rate, seed=11, write_bytes=ctx.workload.write_bytes
+        )
         vm = ctx.vm
         # QEMU: autostart only if the source's guest was running (its global state)
         if vm.autostart and source_running:

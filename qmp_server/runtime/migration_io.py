@@ -51,13 +51,22 @@ class MigrationController:
         layout: MachineLayout,
         dirty_rate: int,
         exit_process: Callable[[int, str], None],
+        dirty_write_bytes: int = 4096,
+        dirty_working_set: int = 0,
     ) -> None:
         self.vm = vm
         self.ctx = MigrationContext(
             vm=vm,
             guest=guest,
             devices=[VfioSimDevice(cfg, seed=i + 1) for i, cfg in enumerate(devices)],
-            workload=guest_workload(guest, layout, dirty_rate, seed=7),
+            workload=guest_workload(
+                guest,
+                layout,
+                dirty_rate,
+                seed=7,
+                write_bytes=dirty_write_bytes,
+                working_set=dirty_working_set,
+            ),
             device_configs=devices,
             layout=layout,
         )
@@ -145,8 +154,8 @@ class MigrationController:
     def recover(self, uri: str) -> None:
         self.dest_driver.recover(uri)
 
-    def set_dirty_rate(self, rate: int) -> None:
-        self.ticker.set_rate(rate)
+    def set_dirty_rate(self, rate: int, write_bytes: int | None = None) -> None:
+        self.ticker.set_rate(rate, write_bytes)
 
     def digest(self) -> dict[str, Any]:
         loaders = self.dest_driver.loaders

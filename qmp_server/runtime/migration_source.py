@@ -40,7 +40,8 @@ from qmp_server.engine.stream import (
     StreamEncoder,
     StreamError,
 )
-from qmp_server.engine.wire_cost import BlockMap, QemuStream
+from qmp_server.engine.wire_cost import BlockMap, PagesCost, QemuStream
+from qmp_server.engine.xbzrle import XbzrleSender
 from qmp_server.errors import CommandError
 from qmp_server.runtime.channel import (
     Address,
@@ -203,6 +204,11 @@ class SourceDriver:
     def _begin(self, now: float) -> None:
         """``setup`` (QEMU's migrate_init: counters reset, the ACK flag back to false)."""
         self.state.begin(now, self.ctx.guest.size_bytes, int(self.ctx.param("downtime-limit")))
+        self.state.xbzrle = (
+            XbzrleSender(int(self.ctx.param("xbzrle-cache-size")))
+            if self.ctx.vm.config.enabled("xbzrle")
+            else None
+        )
 
     def continue_migration(self) -> None:
         self._continue.set()
@@ -573,9 +579,10 @@ class SourceDriver:
                 if count < pages.size:
                     pages, zero, cost = pages[:count], zero[:count], cost.head(count)
             if count:
-                encoded = sender.take(pages, zero)
-                await channel.send(encoded.parts)
-                qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=not limit.unlimited)
+                await self._send_step(
+                    channel, enc, sender, pages, zero, cost,
+                    downtime=downtime, exact_flushes=not limit.unlimited,
+                )  # fmt: skip
                 src.account(qemu)
                 src.ram.remaining = sender.remaining * PAGE_SIZE
             if limit.exceeded(qemu.rate_bytes - period_base) or time.monotonic() >= deadline:
@@ -583,6 +590,44 @@ class SourceDriver:
             await asyncio.sleep(0)
         qemu.end_section(downtime=downtime)
         src.account(qemu)
+
+    async def _send_step(
+        self,
+        channel: Channel,
+        enc: StreamEncoder,
+        sender: PageSender,
+        pages: np.ndarray,
+        zero: np.ndarray,
+        cost: PagesCost,
+        *,
+        downtime: bool,
+        exact_flushes: bool,
+        last_stage: bool = False,
+    ) -> None:
+        """Send a step's pages: in full, or as XBZRLE deltas once the first pass is done."""
+        qemu = self._qemu
+        assert qemu is not None
+        xbzrle = self.state.xbzrle
+        if xbzrle is None:
+            encoded = sender.take(pages, zero)
+            await channel.send(encoded.parts)
+            qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=exact_flushes)
+            return
+        first = 0
+        if not (xbzrle.enabled or sender.completed_pass):
+            # the round ends where the walk wraps, possibly inside this step
+            before = np.concatenate(([sender.last_page], pages[:-1]))
+            wraps = np.flatnonzero(pages < before)
+            first = int(wraps[0]) if wraps.size else int(pages.size)
+        full, deltas = xbzrle.split(
+            pages, zero, self.ctx.guest.read_page, last_stage=last_stage, first=first
+        )
+        encoded = sender.take(pages, zero, keep=full)
+        await channel.send([*encoded.parts, *(enc.xbzrle(p, d) for p, d in deltas)])
+        qemu.add_pages(pages[full], PagesCost(cost.bytes[full], cost.normal[full]),
+                       downtime=downtime, exact_flushes=exact_flushes)  # fmt: skip
+        for page, delta in deltas:
+            qemu.add_xbzrle(page, len(delta), downtime=downtime)
 
     async def _wait_gate(self, seconds: float) -> None:
         self._gate.clear()
@@ -664,9 +709,10 @@ class SourceDriver:
         )
         while sender.remaining:
             pages, zero = sender.peek(STEP_PAGES)
-            encoded = sender.take(pages, zero)
-            await channel.send(encoded.parts)
-            qemu.add_pages(pages, qemu.cost(pages, zero), downtime=True, exact_flushes=False)
+            await self._send_step(
+                channel, enc, sender, pages, zero, qemu.cost(pages, zero),
+                downtime=True, exact_flushes=False, last_stage=True,
+            )  # fmt: skip
         qemu.end_section(downtime=True, final=True)
         device_bytes = 0
         for dev in ctx.devices:

@@ -39,6 +39,8 @@ class PageSender:
         self.cursor = 0
         #: the last page taken (-1: none yet); the walk goes on from there after a sync
         self.last_page = -1
+        #: a pass was walked to its end (QEMU's first round: XBZRLE may start)
+        self.completed_pass = False
         self._win_start = 0
         self._win_zero: np.ndarray | None = None
 
@@ -85,11 +87,23 @@ class PageSender:
         take = int(normal[max_normal]) if normal.size > max_normal else int(zero_part.size)
         return self.pages[cursor : cursor + take], zero_part[:take]
 
-    def take(self, pages: np.ndarray, zero: np.ndarray) -> EncodedPages:
-        """Encode the first pages of the last :meth:`peek` (``pages``/``zero`` its prefixes)."""
+    def take(
+        self, pages: np.ndarray, zero: np.ndarray, keep: np.ndarray | None = None
+    ) -> EncodedPages:
+        """Encode the first pages of the last :meth:`peek` (``pages``/``zero`` its prefixes);
+        ``keep``: the mask of those to encode in full (the others went as XBZRLE deltas or
+        not at all), all of them by default."""
         self.cursor += int(pages.size)
         if pages.size:
+            # QEMU's round ends where its walk wraps at the end of RAM
+            wrapped = (0 <= int(pages[0]) < self.last_page) or bool(
+                np.any(pages[1:] < pages[:-1])
+            )
+            if wrapped or self.cursor >= self.pages.size:
+                self.completed_pass = True
             self.last_page = int(pages[-1])
+        if keep is not None:
+            pages, zero = pages[keep], zero[keep]
         return encode_guest_pages_parts(
             self.enc, self.guest, pages, zero=zero, max_pages=STEP_PAGES
         )

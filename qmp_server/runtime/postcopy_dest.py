@@ -236,7 +236,13 @@ class PostcopyIncoming:
         """``POSTCOPY_RUN``: this process now runs the guest it is still receiving."""
         ctx = self.ctx
         ctx.guest = self.guest
-        workload = guest_workload(self.guest, ctx.layout, ctx.workload.rate, seed=11)
+        workload = guest_workload(
+            self.guest,
+            ctx.layout,
+            ctx.workload.rate,
+            seed=11,
+            write_bytes=ctx.workload.write_bytes,
+        )
         workload.faults = self.faults
         ctx.workload = workload
         self._running = True

@@ -193,6 +193,8 @@ class Runtime:
             guest=guest,
             layout=layout,
             dirty_rate=options.dirty_rate,
+            dirty_write_bytes=options.dirty_write_bytes,
+            dirty_working_set=options.dirty_working_set,
             exit_process=self._exit,
         )
         self.vm.migration_hooks = self.migration
