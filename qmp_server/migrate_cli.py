@@ -185,6 +185,8 @@ class MigrationResult:
     dest_final: dict[str, Any] = field(default_factory=dict)
     #: how many times a paused postcopy was recovered (``--recover``)
     recoveries: int = 0
+    #: Ctrl-C in postcopy: qmp-migrate stopped following a migration it cannot cancel
+    left_running: bool = False
 
     @property
     def in_postcopy(self) -> bool:
@@ -223,6 +225,7 @@ class MigrationResult:
             "postcopy-blocktime": self.dest_final.get("postcopy-blocktime"),
             "postcopy-vcpu-blocktime": self.dest_final.get("postcopy-vcpu-blocktime"),
             "recoveries": self.recoveries,
+            "left-running": self.left_running,
             "statuses": self.statuses,
             "dest-statuses": self.dest_statuses,
             "digests-equal": self.digests_equal,
@@ -510,13 +513,16 @@ async def _migrate(
                     deadline = None  # virsh --timeout-postcopy: switch instead of cancelling
                     await _start_postcopy(source, switch, f"--timeout {options.timeout:g} s "
                                           "elapsed", result, progress)  # fmt: skip
-                elif status in POSTCOPY_STATES or result.postcopy_reason is not None:
+                elif status in POSTCOPY_STATES:
                     deadline = None  # the guest runs on the destination: nothing to cancel
                     progress.note("migration: --timeout elapsed in postcopy: not cancelled")
                 else:
                     result.cancelled_because = f"--timeout {options.timeout:g} s elapsed"
                     break
             if interrupted is not None and interrupted.is_set():
+                if status in POSTCOPY_STATES:
+                    result.left_running = True  # cancelling would lose the guest
+                    break
                 result.cancelled_because = "interrupted (SIGINT)"
                 break
             wait = POLL_INTERVAL
@@ -590,6 +596,15 @@ async def _migrate(
             else f"operation failed: job '{JOB}' unexpectedly failed"
         )
         result.exit_status = EXIT_FAILED
+    elif result.left_running and result.status in POSTCOPY_STATES:
+        # libvirt: VIR_ERR_OPERATION_INVALID "cannot abort migration in post-copy mode"
+        result.error = (
+            "requested operation is not valid: cannot abort migration in post-copy mode "
+            "(it goes on without qmp-migrate)"
+        )
+        result.exit_status = EXIT_CANCELLED_INTERRUPT
+        result.source_runstate = await _runstate(source)
+        return
     elif result.status == "postcopy-paused":
         # libvirt: VIR_ERR_OPERATION_FAILED "job '%1$s' failed in post-copy phase"
         result.error = f"operation failed: job '{JOB}' failed in post-copy phase"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -249,3 +250,27 @@ def test_progress_texts() -> None:
     assert postcopy_detail(paused) == ", postcopy sent 0 B, 1 page request"
     assert blocktime_text({"status": "completed"}) is None
     assert blocktime_text({"postcopy-blocktime": 5, "postcopy-vcpu-blocktime": []}) == "5 ms"
+
+
+def test_ctrl_c_in_postcopy_leaves_the_migration_running(qmp_server: Start, tmp_path: Path) -> None:
+    src = qmp_server("-m", "64M", "--guest-fill", "random", monitors=2)
+    dst = qmp_server("-m", "64M", "-incoming", "defer")
+    proc = subprocess.Popen(
+        migrate_cmd(src, dst, tmp_path, "--postcopy", "--max-bandwidth", "1M",
+                    "--max-postcopy-bandwidth", "1M"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    src2 = Monitor(src.extra_sockets[0])
+    try:
+        src2.wait_status("postcopy-active")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert src2.cmd("query-migrate")["status"] == "postcopy-active"  # not cancelled
+    finally:
+        src2.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "cannot abort migration in post-copy mode" in err.strip().splitlines()[-1]
+    summary = json.loads(out)
+    assert summary["left-running"] is True and summary["status"] == "postcopy-active"
