@@ -37,7 +37,8 @@ The sequence (libvirt's, see docs/user-guide.md "Migrating with qmp-migrate"):
 
 On ``--timeout`` or Ctrl-C the migration is cancelled with ``migrate_cancel``; a source left
 paused is resumed with ``cont`` (Proxmox's abort path).  Once postcopy has begun nothing is
-cancelled (the guest already runs on the destination): ``--timeout`` no longer applies.  A
+cancelled (the guest already runs on the destination): ``--timeout`` no longer applies, and
+Ctrl-C leaves the migration running (exit status 130).  A
 postcopy left ``postcopy-paused`` (no ``--recover``) ends the run with both sides paused, their
 capabilities untouched, for a manual recovery (docs/user-guide.md).
 
