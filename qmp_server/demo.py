@@ -1,16 +1,22 @@
 """``python -m qmp_server.demo``: what precopy-initial-data / switchover-ack is for, in a minute.
 
-Three qmp-server processes (``host-a``, ``host-b``, ``host-c``) model three hosts.  One guest,
-with a ``vfio-sim`` device whose destination needs ``load-ms`` to allocate its resources,
-migrates twice, driven exactly as ``qmp-migrate`` drives it (libvirt's sequence over qemu.qmp):
+Four qmp-server processes (``host-a`` .. ``host-d``) model four hosts.  One guest, with a
+``vfio-sim`` device whose destination needs ``load-ms`` to allocate its resources, migrates
+three times, driven exactly as ``qmp-migrate`` drives it (libvirt's sequence over qemu.qmp):
 
 1. host-a -> host-b with the capability off: the destination starts loading the device's
    initial data only after the source stopped the guest, so that time is downtime;
 2. host-b -> host-c with the capability on: the source waits for the destination's ACK over the
    return path before it stops the guest, so the load happens while the guest still runs.
+3. host-c -> host-d (unless ``--no-postcopy``): the guest now dirties memory faster than the
+   link carries it, so precopy cannot converge; after the first full pass the migration
+   switches to postcopy (``--postcopy-after-precopy``), and the guest runs on host-d while its
+   remaining pages arrive, the ones it touches first.
 
-Both downtimes are printed side by side, with the guest digests of each hop.  host-b and host-c
-keep serving afterwards (for qmp-shell, qmp-tui and the dashboard) unless ``--exit``.
+The first two downtimes are printed side by side, with the guest digests of each hop; the
+third hop prints its downtime, the pages sent after the switch, the page requests and the
+destination's blocktime.  The last two hosts keep serving afterwards (for qmp-shell, qmp-tui
+and the dashboard) unless ``--exit``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from qemu.qmp import QMPClient
+
 from qmp_server.engine.sizes import format_size, parse_size
 from qmp_server.migrate_cli import (
     MigrateOptions,
@@ -37,8 +45,13 @@ from qmp_server.migrate_cli import (
     Progress,
     run_migration,
 )
+from qmp_server.migrate_postcopy import blocktime_text
 
-HOSTS = ("host-a", "host-b", "host-c")
+HOSTS = ("host-a", "host-b", "host-c", "host-d")
+#: Hop 3: the guest's dirty rate on host-c, the link's bandwidth, and host-d's guest's rate.
+POSTCOPY_DIRTY_RATE = "256M"
+POSTCOPY_BANDWIDTH = "128M"
+POSTCOPY_DEST_DIRTY_RATE = "16M"
 
 
 @dataclass
@@ -130,6 +143,17 @@ def _command_line(options: MigrateOptions) -> str:
              "--dest", _short(options.dest), "--uri", options.uri]  # fmt: skip
     if options.switchover_ack:
         words.append("--switchover-ack")
+    if options.postcopy:
+        words.append("--postcopy")
+    if options.postcopy_after_precopy:
+        words.append("--postcopy-after-precopy")
+    if options.postcopy_blocktime:
+        words.append("--postcopy-blocktime")
+    if options.max_bandwidth is not None:
+        words += ["--max-bandwidth", format_size(options.max_bandwidth).replace(" MiB", "M")]
+    if options.max_postcopy_bandwidth is not None:
+        size = format_size(options.max_postcopy_bandwidth).replace(" MiB", "M")
+        words += ["--max-postcopy-bandwidth", size]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -192,6 +216,51 @@ async def _demo(hosts: dict[str, Host], run_dir: Path) -> list[MigrationResult]:
     return results
 
 
+async def _set_dirty_rate(host: Host, rate: int) -> None:
+    """``x-set-dirty-rate`` on a host (its monitor serves one client: connect, set, leave)."""
+    client = QMPClient(f"demo-{host.name}")
+    await client.connect(host.sock)
+    try:
+        await client.execute("x-set-dirty-rate", {"rate": rate})
+    finally:
+        await client.disconnect()
+
+
+async def _postcopy_hop(hosts: dict[str, Host], run_dir: Path) -> MigrationResult:
+    """Hop 3: a guest that outruns the link, switched to postcopy after the first pass."""
+    await _set_dirty_rate(hosts["host-c"], parse_size(POSTCOPY_DIRTY_RATE))
+    bandwidth = parse_size(POSTCOPY_BANDWIDTH)
+    options = MigrateOptions(
+        source=hosts["host-c"].sock,
+        dest=hosts["host-d"].sock,
+        uri=f"unix:{_short(str(run_dir / 'mig-host-c-host-d.sock'))}",
+        switchover_ack=True,
+        max_bandwidth=bandwidth,
+        postcopy=True,
+        postcopy_after_precopy=True,
+        max_postcopy_bandwidth=bandwidth,
+        postcopy_blocktime=True,
+    )
+    print(f"\n3) host-c → host-d, postcopy: the guest now dirties {POSTCOPY_DIRTY_RATE}/s, "
+          f"the link carries {POSTCOPY_BANDWIDTH}/s")  # fmt: skip
+    print(f"$ {_command_line(options)}")
+    result = await run_migration(options, Progress(sys.stdout))
+    if result.status != "completed":
+        print(f"error: {result.error}")
+        return result
+    ram = result.final.get("ram") or {}
+    print(f"   completed: downtime {result.final.get('downtime')} ms, "
+          f"total {result.final.get('total-time')} ms")  # fmt: skip
+    if result.in_postcopy:
+        print(f"   switched to postcopy ({result.postcopy_reason}); "
+              f"{format_size(int(ram.get('postcopy-bytes', 0)))} came after the switch, "
+              f"{ram.get('postcopy-requests')} page requests from host-d's guest")  # fmt: skip
+        blocked = blocktime_text(result.dest_final)
+        if blocked is not None:
+            print(f"   host-d's vCPUs waited for pages: {blocked}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="qmp-server-demo",
@@ -207,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         help="first dashboard port (default 8080; a free one if taken)",
     )
     parser.add_argument("--no-http", action="store_true", help="no REST mirror or dashboard")
+    parser.add_argument(
+        "--no-postcopy", action="store_true", help="skip hop 3 (host-c → host-d in postcopy)"
+    )
     parser.add_argument("--memory", default="256M", help="guest RAM (default 256M)")
     parser.add_argument(
         "--initial-bytes",
@@ -231,15 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     initial = format_size(parse_size(args.initial_bytes))
     print("qmp-server demo: one guest migrates twice, first without, then with the")
     print("switchover ACK (precopy-initial-data, released in QEMU 8.1 as switchover-ack).")
+    if not args.no_postcopy:
+        print("Then it migrates once more, switching to postcopy when precopy cannot converge.")
     print(f"The guest has {args.memory} of RAM (random content, dirtied at {args.dirty_rate}/s)")
     print(f"and a vfio-sim device with {initial} of initial precopy data; loading it on the")
     print(f"destination (resource allocation) takes {args.load_ms} ms.\n")
     hosts: dict[str, Host] = {}
     port = None if args.no_http else args.http_port
     try:
-        for name in HOSTS:
+        for name in HOSTS[:3] if args.no_postcopy else HOSTS:
             extra = (["--guest-fill", "random", "--dirty-rate", args.dirty_rate]
                      if name == "host-a" else ["-incoming", "defer"])  # fmt: skip
+            if name == "host-d":  # its guest touches pages while they still arrive
+                extra += ["--dirty-rate", POSTCOPY_DEST_DIRTY_RATE]
             http = None if port is None or name == "host-a" else _free_port(port)
             hosts[name] = host = _start(name, run_dir, [*common, *extra], http)
             if http is not None:
@@ -249,16 +325,23 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(_demo(hosts, run_dir))
         if len(results) != 2 or not all(r.digests_equal for r in results):
             return 1
-        off_on = [hosts["host-b"], hosts["host-c"]]
         print("\nResult:")
         print(_table(results[0], results[1], "ACK"))
         saved = (results[0].final.get("downtime") or 0) - (results[1].final.get("downtime") or 0)
         print(f"\nWith the ACK the {args.load_ms} ms device load happened before the guest "
               f"stopped: {saved} ms less downtime.")  # fmt: skip
         _stop(hosts.pop("host-a"))
+        if not args.no_postcopy:
+            third = asyncio.run(_postcopy_hop(hosts, run_dir))
+            if third.status != "completed" or not third.in_postcopy:
+                return 1
+            _stop(hosts.pop("host-b"))
+        previous, current = list(hosts.values())[-2:]
+        off_on = [previous, current]
         if args.exit:
             return 0
-        print("\nhost-b (the guest's previous home) and host-c (where it runs now) keep serving;")
+        print(f"\n{previous.name} (the guest's previous home) and {current.name} (where it runs "
+              "now) keep serving;")  # fmt: skip
         print("Ctrl-C stops them. Connect with (one client per monitor, as in QEMU):")
         shell = _tool("qmp-shell")
         for host in off_on:

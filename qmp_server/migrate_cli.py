@@ -4,6 +4,8 @@
 
     qmp-migrate --source ENDPOINT --dest ENDPOINT --uri URI [--incoming-uri URI]
                 [--switchover-ack] [--pause-before-switchover]
+                [--postcopy [--postcopy-after-precopy] [--max-postcopy-bandwidth SIZE]
+                 [--postcopy-blocktime] [--timeout-postcopy] [--recover URI]]
                 [--max-bandwidth SIZE] [--downtime-limit MS] [--timeout S] [--json]
 
 An ENDPOINT is a unix socket path or ``HOST:PORT``.  The driver works with qmp-server and with
@@ -17,17 +19,28 @@ The sequence (libvirt's, see docs/user-guide.md "Migrating with qmp-migrate"):
 3. ``migrate-set-capabilities`` on each side with every capability it reported, each with an
    explicit ``true``/``false``: ``return-path`` on both; the switchover-ACK capability on both
    under the name the side reports (``precopy-initial-data`` or ``switchover-ack``) when
-   ``--switchover-ack`` is given; ``pause-before-switchover`` on the source when asked.
+   ``--switchover-ack`` is given; ``pause-before-switchover`` on the source when asked;
+   ``postcopy-ram`` on both with ``--postcopy``, ``postcopy-blocktime`` on the destination
+   with ``--postcopy-blocktime``.
 4. ``migrate-set-parameters`` on the source (only the parameters given).
 5. ``migrate-incoming`` on the destination, ``migrate`` on the source.
 6. Follow ``MIGRATION`` events; answer ``pre-switchover`` with ``migrate-continue``; poll
-   ``query-migrate`` for the progress display.
-7. ``query-migrate`` for the final statistics; the guest digests of both sides.
+   ``query-migrate`` for the progress display.  With ``--postcopy``: ``migrate-start-postcopy``
+   when :class:`~qmp_server.migrate_postcopy.PostcopySwitch` says so; in ``postcopy-paused``,
+   with ``--recover URI``, ``migrate-recover`` on the destination (exec-oob when the monitor
+   offers OOB: a real QEMU's destination may not answer in-band commands then) and ``migrate``
+   with ``resume: true`` on the source.
+7. ``query-migrate`` for the final statistics (after postcopy, the destination's too: it
+   holds the blocktime); the guest digests of both sides.
 8. Reset: every capability back to ``false`` on both sides (``events`` is left on, as libvirt
    leaves it), the saved parameters restored on the source.
 
 On ``--timeout`` or Ctrl-C the migration is cancelled with ``migrate_cancel``; a source left
-paused is resumed with ``cont`` (Proxmox's abort path).
+paused is resumed with ``cont`` (Proxmox's abort path).  Once postcopy has begun nothing is
+cancelled (the guest already runs on the destination): ``--timeout`` no longer applies, and
+Ctrl-C leaves the migration running (exit status 130).  A
+postcopy left ``postcopy-paused`` (no ``--recover``) ends the run with both sides paused, their
+capabilities untouched, for a manual recovery (docs/user-guide.md).
 
 Exit status: 0 the migration completed; 1 it failed, or a command was refused, or a monitor
 could not be reached; 2 usage error; 3 cancelled because ``--timeout`` elapsed; 130 cancelled
@@ -52,6 +65,12 @@ from typing import Any, TextIO
 from qemu.qmp import ExecuteError, QMPClient
 
 from qmp_server.engine.sizes import format_size, parse_size
+from qmp_server.migrate_postcopy import (
+    POSTCOPY_STATES,
+    PostcopySwitch,
+    blocktime_text,
+    postcopy_detail,
+)
 
 __all__ = [
     "ACK_CAPABILITIES",
@@ -84,6 +103,12 @@ FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 POLL_INTERVAL = 0.2
 #: How long a cancelled migration may take to report ``cancelled`` (seconds).
 CANCEL_WAIT = 10.0
+#: How long the destination may take to report a status the source already reached (seconds).
+DEST_WAIT = 10.0
+#: How many times ``--recover`` recovers a paused postcopy before giving up.
+MAX_RECOVERIES = 5
+#: The source's events the driver follows.
+SOURCE_EVENTS = ("MIGRATION", "MIGRATION_PASS")
 
 
 class MigrationError(Exception):
@@ -128,6 +153,12 @@ class MigrateOptions:
     max_bandwidth: int | None = None
     downtime_limit: int | None = None
     timeout: float | None = None
+    postcopy: bool = False
+    postcopy_after_precopy: bool = False
+    max_postcopy_bandwidth: int | None = None
+    postcopy_blocktime: bool = False
+    timeout_postcopy: bool = False
+    recover_uri: str | None = None
 
 
 @dataclass
@@ -147,6 +178,22 @@ class MigrationResult:
     dest_runstate: str | None = None
     cancelled_because: str | None = None
     reset_errors: list[str] = field(default_factory=list)
+    #: why ``migrate-start-postcopy`` was sent (None: it was not)
+    postcopy_reason: str | None = None
+    #: the destination's MIGRATION statuses, as seen
+    dest_statuses: list[str] = field(default_factory=list)
+    #: the destination's last ``query-migrate`` (after postcopy: with the blocktime)
+    dest_final: dict[str, Any] = field(default_factory=dict)
+    #: how many times a paused postcopy was recovered (``--recover``)
+    recoveries: int = 0
+    #: Ctrl-C in postcopy: qmp-migrate stopped following a migration it cannot cancel
+    left_running: bool = False
+
+    @property
+    def in_postcopy(self) -> bool:
+        """Whether the migration really went through postcopy (a switch requested in the
+        last pass can lose the race against completion: precopy then ends it)."""
+        return "postcopy-active" in self.statuses
 
     @property
     def digests_equal(self) -> bool | None:
@@ -171,7 +218,17 @@ class MigrationResult:
             "setup-time": self.final.get("setup-time"),
             "transferred": ram.get("transferred"),
             "vfio-transferred": vfio.get("transferred"),
+            "postcopy": options.postcopy,
+            "postcopy-requested": self.postcopy_reason,
+            "postcopy-active": self.in_postcopy,
+            "postcopy-bytes": ram.get("postcopy-bytes"),
+            "postcopy-requests": ram.get("postcopy-requests"),
+            "postcopy-blocktime": self.dest_final.get("postcopy-blocktime"),
+            "postcopy-vcpu-blocktime": self.dest_final.get("postcopy-vcpu-blocktime"),
+            "recoveries": self.recoveries,
+            "left-running": self.left_running,
             "statuses": self.statuses,
+            "dest-statuses": self.dest_statuses,
             "digests-equal": self.digests_equal,
             "source-digest": self.source_digest,
             "dest-digest": self.dest_digest,
@@ -179,6 +236,7 @@ class MigrationResult:
             "dest-runstate": self.dest_runstate,
             "reset-errors": self.reset_errors,
             "query-migrate": self.final,
+            "dest-query-migrate": self.dest_final,
         }
 
 
@@ -234,7 +292,11 @@ class Progress:
         if self.tty:
             filled = percent * self.BAR // 100
             bar = "#" * filled + "." * (self.BAR - filled)
-            self._write(f"\rMigration: [{percent:3d} %] [{bar}] {status:<15}")
+            extra = ""
+            if status in POSTCOPY_STATES:
+                ram = info.get("ram") or {}
+                extra = f" req {ram.get('postcopy-requests', 0)}"
+            self._write(f"\rMigration: [{percent:3d} %] [{bar}] {status:<22}{extra}")
             self._drawn = True
             return
         now = time.monotonic()
@@ -247,6 +309,7 @@ class Progress:
                     f" of {format_size(int(ram.get('total', 0)))},"
                     f" sent {format_size(int(ram.get('transferred', 0)))}"
                 )
+            detail += postcopy_detail(info)
             self._write(f"Migration: [{percent:3d} %] {status}{detail}\n")
             self._last_line = now
             self._last_percent = percent
@@ -278,9 +341,17 @@ class _Side:
             ) from None
         self.connected = True
 
-    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    @property
+    def oob(self) -> bool:
+        """Whether the monitor offered out-of-band execution (qemu.qmp then enabled it)."""
+        greeting = self.client.greeting
+        return greeting is not None and "oob" in greeting.QMP.capabilities
+
+    async def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, *, oob: bool = False
+    ) -> Any:
         try:
-            return await self.client.execute(command, arguments)
+            return await self.client.execute(command, arguments, oob=oob)
         except ExecuteError as err:
             raise _QMPCommandError(self.name, command, str(err)) from None
         except Exception as err:  # the connection went away (the process exited)
@@ -294,6 +365,19 @@ class _Side:
             with contextlib.suppress(Exception):
                 await self.client.disconnect()
             self.connected = False
+
+
+def _check_postcopy(options: MigrateOptions, source: _Side, dest: _Side) -> None:
+    """libvirt refuses a postcopy flag the QEMU lacks before it sends anything."""
+    wanted = [(side, "postcopy-ram") for side in (source, dest) if options.postcopy]
+    if options.postcopy_blocktime:
+        wanted.append((dest, "postcopy-blocktime"))
+    for side, name in wanted:
+        if name not in side.capabilities:
+            raise MigrationError(
+                f"argument unsupported: Migration option '{name}' is not supported by "
+                f"{side.name} QEMU binary"
+            )
 
 
 def _ack_name(capabilities: Sequence[str]) -> str | None:
@@ -347,9 +431,10 @@ async def run_migration(
                 "argument unsupported: Migration option 'pause-before-switchover' is not "
                 "supported by source QEMU binary"
             )
+        _check_postcopy(options, source, dest)
         # 2. save the parameters we are going to change.
         params = await source.execute("query-migrate-parameters")
-        for key in ("max-bandwidth", "downtime-limit"):
+        for key in ("max-bandwidth", "downtime-limit", "max-postcopy-bandwidth"):
             if key in params:
                 saved_params[key] = params[key]
         # 3. capabilities, explicitly, on each side.
@@ -361,6 +446,10 @@ async def run_migration(
                 on.add(name)
             if side is source and options.pause_before_switchover:
                 on.add("pause-before-switchover")
+            if options.postcopy:
+                on.add("postcopy-ram")
+            if side is dest and options.postcopy_blocktime:
+                on.add("postcopy-blocktime")
             await side.execute(
                 "migrate-set-capabilities",
                 {"capabilities": _capability_list(side.capabilities, on)},
@@ -371,6 +460,8 @@ async def run_migration(
             new_params["max-bandwidth"] = options.max_bandwidth
         if options.downtime_limit is not None:
             new_params["downtime-limit"] = options.downtime_limit
+        if options.max_postcopy_bandwidth is not None:
+            new_params["max-postcopy-bandwidth"] = options.max_postcopy_bandwidth
         if new_params:
             await source.execute("migrate-set-parameters", new_params)
         # 5.-7.
@@ -381,7 +472,9 @@ async def run_migration(
         result.exit_status = EXIT_FAILED
     finally:
         progress.finish()
-        if configured:
+        if configured and result.status not in POSTCOPY_STATES:
+            # a postcopy left paused is still a migration: QEMU refuses the reset, and the
+            # capabilities are what a manual recovery needs
             await _reset(source, dest, saved_params, result)
         await source.disconnect()
         await dest.disconnect()
@@ -396,20 +489,41 @@ async def _migrate(
     result: MigrationResult,
     interrupted: asyncio.Event | None,
 ) -> None:
-    with source.client.listener("MIGRATION") as events:
+    with (
+        source.client.listener(SOURCE_EVENTS) as events,
+        dest.client.listener("MIGRATION") as dest_events,
+    ):
+        watch = _DestWatch(dest_events, result)
         await dest.execute("migrate-incoming", {"uri": options.incoming_uri or options.uri})
         await source.execute("migrate", {"uri": options.uri, "resume": False})
         started = time.monotonic()
         deadline = None if options.timeout is None else started + options.timeout
+        switch = None
+        if options.postcopy:
+            switch = PostcopySwitch(options.postcopy_after_precopy, options.timeout_postcopy)
         continued = False
+        pause_handled = False
+        passes = 0
         status = "setup"
         next_poll = 0.0
         while status not in FINAL_STATUSES:
+            watch.drain()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                result.cancelled_because = f"--timeout {options.timeout:g} s elapsed"
-                break
+                if switch is not None and switch.on_timeout and status == "active":
+                    deadline = None  # virsh --timeout-postcopy: switch instead of cancelling
+                    await _start_postcopy(source, switch, f"--timeout {options.timeout:g} s "
+                                          "elapsed", result, progress)  # fmt: skip
+                elif status in POSTCOPY_STATES:
+                    deadline = None  # the guest runs on the destination: nothing to cancel
+                    progress.note("migration: --timeout elapsed in postcopy: not cancelled")
+                else:
+                    result.cancelled_because = f"--timeout {options.timeout:g} s elapsed"
+                    break
             if interrupted is not None and interrupted.is_set():
+                if status in POSTCOPY_STATES:
+                    result.left_running = True  # cancelling would lose the guest
+                    break
                 result.cancelled_because = "interrupted (SIGINT)"
                 break
             wait = POLL_INTERVAL
@@ -420,7 +534,9 @@ async def _migrate(
                 event = await asyncio.wait_for(events.get(), wait)
             except TimeoutError:
                 event = None
-            if event is not None:
+            if event is not None and event["event"] == "MIGRATION_PASS":
+                passes = max(passes, int(event["data"]["pass"]))
+            elif event is not None:
                 status = str(event["data"]["status"])
                 result.statuses.append(status)
                 progress.note(f"migration: {status}")
@@ -429,19 +545,35 @@ async def _migrate(
                 continued = True
                 await source.execute("migrate-continue", {"state": "pre-switchover"})
                 progress.note("migration: pre-switchover answered with migrate-continue")
+            if switch is not None and (reason := switch.due(status, passes)) is not None:
+                await _start_postcopy(source, switch, reason, result, progress)
+            if status != "postcopy-paused":
+                pause_handled = False
+            elif not pause_handled:
+                pause_handled = True
+                if options.recover_uri is None or result.recoveries >= MAX_RECOVERIES:
+                    break  # both sides stay paused: see the error and the user guide
+                await _recover(source, dest, options.recover_uri, watch, result, progress)
             if time.monotonic() >= next_poll and status not in FINAL_STATUSES:
                 info = await source.execute("query-migrate")
                 progress.update(info)
                 next_poll = time.monotonic() + POLL_INTERVAL
                 polled = str(info.get("status", status))
+                sync = (info.get("ram") or {}).get("dirty-sync-count")
+                if isinstance(sync, int) and polled == "active":
+                    passes = max(passes, sync)
                 if polled in FINAL_STATUSES and polled not in result.statuses:
                     status = polled  # events are off or lost: polling still ends the loop
                     result.statuses.append(status)
         if result.cancelled_because is not None:
             status = await _cancel(source, events, result, progress)
-    final = await source.execute("query-migrate")
-    result.final = final
-    result.status = str(final.get("status", status))
+        final = await source.execute("query-migrate")
+        result.final = final
+        result.status = str(final.get("status", status))
+        if result.status == "completed" and result.in_postcopy:
+            # the destination completes last; its answer then holds the blocktime
+            await watch.wait_for("completed", DEST_WAIT)
+            result.dest_final = await dest.execute("query-migrate")
     progress.update(final)
     progress.finish()
     if result.status == "completed":
@@ -465,11 +597,79 @@ async def _migrate(
             else f"operation failed: job '{JOB}' unexpectedly failed"
         )
         result.exit_status = EXIT_FAILED
+    elif result.left_running and result.status in POSTCOPY_STATES:
+        # libvirt: VIR_ERR_OPERATION_INVALID "cannot abort migration in post-copy mode"
+        result.error = (
+            "requested operation is not valid: cannot abort migration in post-copy mode "
+            "(it goes on without qmp-migrate)"
+        )
+        result.exit_status = EXIT_CANCELLED_INTERRUPT
+        result.source_runstate = await _runstate(source)
+        return
+    elif result.status == "postcopy-paused":
+        # libvirt: VIR_ERR_OPERATION_FAILED "job '%1$s' failed in post-copy phase"
+        result.error = f"operation failed: job '{JOB}' failed in post-copy phase"
+        result.exit_status = EXIT_FAILED
+        # a real QEMU's paused destination may not answer in-band: ask the source only
+        result.source_runstate = await _runstate(source)
+        return
     else:
         result.error = f"operation failed: job '{JOB}' ended in status '{result.status}'"
         result.exit_status = EXIT_FAILED
     result.source_runstate = await _runstate(source)
     result.dest_runstate = await _runstate(dest)
+
+
+class _DestWatch:
+    """The destination's ``MIGRATION`` statuses, read without asking its monitor anything."""
+
+    def __init__(self, events: Any, result: MigrationResult) -> None:
+        self.events = events
+        self.result = result
+
+    def drain(self) -> None:
+        for event in self.events.clear():
+            self._take(event)
+
+    def _take(self, event: Any) -> None:
+        self.result.dest_statuses.append(str(event["data"]["status"]))
+
+    async def wait_for(self, status: str, seconds: float) -> bool:
+        """Wait (at most ``seconds``) until the destination's last status is ``status``."""
+        self.drain()
+        deadline = time.monotonic() + seconds
+        while not self.result.dest_statuses or self.result.dest_statuses[-1] != status:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                self._take(await asyncio.wait_for(self.events.get(), left))
+            except TimeoutError:
+                return False
+        return True
+
+
+async def _start_postcopy(
+    source: _Side, switch: PostcopySwitch, reason: str, result: MigrationResult,
+    progress: Progress,
+) -> None:  # fmt: skip
+    switch.reason = result.postcopy_reason = reason
+    progress.note(f"migration: {reason}: sending migrate-start-postcopy")
+    await source.execute("migrate-start-postcopy")
+
+
+async def _recover(
+    source: _Side, dest: _Side, uri: str, watch: _DestWatch, result: MigrationResult,
+    progress: Progress,
+) -> None:  # fmt: skip
+    """A paused postcopy: ``migrate-recover`` on the destination, ``migrate`` ``resume``."""
+    progress.note(f"migration: postcopy paused: recovering through {uri}")
+    # migrate-recover is refused until the destination itself noticed the broken channel
+    await watch.wait_for("postcopy-paused", DEST_WAIT)
+    await dest.execute("migrate-recover", {"uri": uri}, oob=dest.oob)
+    await source.execute("migrate", {"uri": uri, "resume": True})
+    result.recoveries += 1
+    progress.note("migration: migrate-recover and migrate resume sent")
 
 
 async def _cancel(source: _Side, events: Any, result: MigrationResult, progress: Progress) -> str:
@@ -480,6 +680,8 @@ async def _cancel(source: _Side, events: Any, result: MigrationResult, progress:
     while status not in FINAL_STATUSES and time.monotonic() < deadline:
         try:
             event: Any = await asyncio.wait_for(events.get(), POLL_INTERVAL)
+            if event["event"] != "MIGRATION":
+                continue
             status = str(event["data"]["status"])
             result.statuses.append(status)
             progress.note(f"migration: {status}")
@@ -584,6 +786,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop in pre-switchover and continue with migrate-continue (as libvirt does)",
     )
     parser.add_argument("--max-bandwidth", type=_size, metavar="SIZE", help="bytes/s, e.g. 64M")
+    postcopy = parser.add_argument_group("postcopy")
+    postcopy.add_argument(
+        "--postcopy",
+        action="store_true",
+        help="enable postcopy-ram on both sides and switch to postcopy (migrate-start-postcopy) "
+        "as soon as precopy is active, unless --postcopy-after-precopy or --timeout-postcopy",
+    )
+    postcopy.add_argument(
+        "--postcopy-after-precopy",
+        action="store_true",
+        help="with --postcopy: switch only once the first full pass did not converge (pass 2), "
+        "as virsh migrate --postcopy-after-precopy does",
+    )
+    postcopy.add_argument(
+        "--max-postcopy-bandwidth",
+        type=_size,
+        metavar="SIZE",
+        help="bytes/s of the background page stream in postcopy (max-postcopy-bandwidth)",
+    )
+    postcopy.add_argument(
+        "--postcopy-blocktime",
+        action="store_true",
+        help="enable postcopy-blocktime on the destination; the summary shows the blocktime",
+    )
+    postcopy.add_argument(
+        "--timeout-postcopy",
+        action="store_true",
+        help="with --postcopy and --timeout: when the timeout elapses in precopy, switch to "
+        "postcopy instead of cancelling",
+    )
+    postcopy.add_argument(
+        "--recover",
+        metavar="URI",
+        help="with --postcopy: when postcopy pauses, migrate-recover URI on the destination "
+        f"and migrate resume on the source (up to {MAX_RECOVERIES} times)",
+    )
     parser.add_argument(
         "--downtime-limit", type=int, metavar="MS", help="maximum downtime in milliseconds"
     )
@@ -614,6 +852,8 @@ def format_result(result: MigrationResult) -> str:
             lines.append(f"  transferred:  {format_size(int(ram.get('transferred', 0)))}")
         if vfio:
             lines.append(f"  of it VFIO:   {format_size(int(vfio.get('transferred', 0)))}")
+        if result.postcopy_reason is not None:
+            lines.extend(_postcopy_lines(result))
         if result.digests_equal is not None:
             same = "equal" if result.digests_equal else "DIFFERENT"
             lines.append(f"  guest digest: {same} on source and destination")
@@ -622,6 +862,24 @@ def format_result(result: MigrationResult) -> str:
             f"  runstate:     source {result.source_runstate}, destination {result.dest_runstate}"
         )
     return "\n".join(lines)
+
+
+def _postcopy_lines(result: MigrationResult) -> list[str]:
+    ram = result.final.get("ram") or {}
+    if not result.in_postcopy:
+        return [f"  postcopy:     requested ({result.postcopy_reason}); precopy completed first"]
+    lines = [f"  postcopy:     switched ({result.postcopy_reason})"]
+    sent, requests = ram.get("postcopy-bytes"), ram.get("postcopy-requests")
+    if isinstance(sent, int) and isinstance(requests, int):
+        lines.append(
+            f"                {format_size(sent)} sent after the switch, {requests} page requests"
+        )
+    blocktime = blocktime_text(result.dest_final)
+    if blocktime is not None:
+        lines.append(f"  blocktime:    {blocktime}, on the destination")
+    if result.recoveries:
+        lines.append(f"  recovered:    {result.recoveries} time(s) from postcopy-paused")
+    return lines
 
 
 def _install_sigint(interrupted: asyncio.Event) -> Callable[[], None]:
@@ -648,7 +906,14 @@ async def _main_async(options: MigrateOptions, progress: Progress) -> MigrationR
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qmp-migrate`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # virsh: the postcopy modifiers require --postcopy (a usage error, exit status 2)
+    for flag in ("postcopy_after_precopy", "timeout_postcopy", "recover", "postcopy_blocktime"):
+        if getattr(args, flag) and not args.postcopy:
+            parser.error(f"--{flag.replace('_', '-')} requires --postcopy")
+    if args.timeout_postcopy and args.timeout is None:
+        parser.error("--timeout-postcopy requires --timeout")
     options = MigrateOptions(
         source=args.source,
         dest=args.dest,
@@ -659,6 +924,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_bandwidth=args.max_bandwidth,
         downtime_limit=args.downtime_limit,
         timeout=args.timeout,
+        postcopy=args.postcopy,
+        postcopy_after_precopy=args.postcopy_after_precopy,
+        max_postcopy_bandwidth=args.max_postcopy_bandwidth,
+        postcopy_blocktime=args.postcopy_blocktime,
+        timeout_postcopy=args.timeout_postcopy,
+        recover_uri=args.recover,
     )
     # qemu.qmp logs disconnects and dropped replies; the result says what matters.
     logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)

@@ -21,6 +21,13 @@ Formulas (also in ``docs/rest-api.md``):
 The switchover ACK is reported as its own field (never as a status):
 ``"not-needed" | "pending" | "received" | "unknown"``.
 
+Postcopy: ``postcopy`` is true in the statuses where the guest runs on the destination while
+its RAM still comes (``postcopy-active``, ``-paused``, ``-recover-setup``, ``-recover``), and
+once ``ram.postcopy-bytes`` is non-zero (a completed postcopy migration).  The counters are
+QEMU's, passed through: ``ram.postcopy-bytes``, ``ram.postcopy-requests`` (the source) and
+``postcopy-blocktime`` / ``postcopy-vcpu-blocktime`` (the destination, at completion, with the
+``postcopy-blocktime`` capability on).
+
 >>> info = {"status": "active", "ram": {"total": 1000, "remaining": 250, "mbps": 0.008,
 ...         "dirty-pages-rate": 0, "page-size": 4096, "dirty-sync-count": 2}}
 >>> d = derive_migration(info, "pending")
@@ -28,17 +35,31 @@ The switchover ACK is reported as its own field (never as a status):
 (75.0, 1000.0, 0.25, 'pending')
 >>> derive_migration({}, None)["status"], derive_migration({}, None)["progress-percent"]
 ('none', None)
+>>> d = derive_migration({"status": "completed", "postcopy-blocktime": 7,
+...                       "postcopy-vcpu-blocktime": [7, 0]}, None)
+>>> d["postcopy"], d["postcopy-blocktime-ms"], d["postcopy-vcpu-blocktime-ms"]
+(False, 7.0, [7, 0])
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ACK_STATES", "ACTIVE_STATES", "PROGRESS_FORMULA", "derive_migration"]
+__all__ = [
+    "ACK_STATES",
+    "ACTIVE_STATES",
+    "POSTCOPY_STATES",
+    "PROGRESS_FORMULA",
+    "derive_migration",
+]
 
 ACK_STATES = ("not-needed", "pending", "received")
 #: States in which RAM is still being sent (ETA is meaningful).
 ACTIVE_STATES = frozenset({"active", "postcopy-active", "pre-switchover", "device"})
+#: States in which the guest runs on the destination while its RAM still comes.
+POSTCOPY_STATES = frozenset(
+    {"postcopy-active", "postcopy-paused", "postcopy-recover-setup", "postcopy-recover"}
+)
 PROGRESS_FORMULA = "100 * (ram.total - ram.remaining) / ram.total, clamped to [0, 100]"
 DEFAULT_PAGE_SIZE = 4096
 
@@ -70,12 +91,14 @@ def derive_migration(info: dict[str, Any], ack_state: str | None) -> dict[str, A
     :return: a dict with ``status``, ``progress-percent``, ``eta-seconds``,
         ``transfer-rate-bytes``, ``dirty-rate-bytes``, ``remaining-bytes``, ``total-bytes``,
         ``iteration``, ``expected-downtime-ms``, ``downtime-ms``, ``switchover-ack``,
-        ``progress-formula``; a value is None when it cannot be derived.
+        ``progress-formula``, ``postcopy``, ``postcopy-bytes``, ``postcopy-requests``,
+        ``postcopy-blocktime-ms``, ``postcopy-vcpu-blocktime-ms``; a value is None when it
+        cannot be derived.
     """
     status = info.get("status")
     status = status if isinstance(status, str) else "none"
     ram = info.get("ram") if isinstance(info.get("ram"), dict) else None
-    rate = dirty = remaining = total = iteration = None
+    rate = dirty = remaining = total = iteration = postcopy_bytes = requests = None
     if ram is not None:
         mbps = _num(ram.get("mbps"))
         rate = None if mbps is None else mbps * 1e6 / 8
@@ -86,6 +109,9 @@ def derive_migration(info: dict[str, Any], ack_state: str | None) -> dict[str, A
         total = _num(ram.get("total"))
         sync = ram.get("dirty-sync-count")
         iteration = sync if isinstance(sync, int) and not isinstance(sync, bool) else None
+        postcopy_bytes = _num(ram.get("postcopy-bytes"))
+        requests = _num(ram.get("postcopy-requests"))
+    per_vcpu = info.get("postcopy-vcpu-blocktime")
     eta: float | None = None
     if status in ACTIVE_STATES and remaining is not None and rate is not None:
         drain = rate - (dirty or 0.0)
@@ -104,4 +130,9 @@ def derive_migration(info: dict[str, Any], ack_state: str | None) -> dict[str, A
         "expected-downtime-ms": _num(info.get("expected-downtime")),
         "downtime-ms": _num(info.get("downtime")),
         "switchover-ack": ack_state if ack_state in ACK_STATES else "unknown",
+        "postcopy": status in POSTCOPY_STATES or bool(postcopy_bytes),
+        "postcopy-bytes": postcopy_bytes,
+        "postcopy-requests": requests,
+        "postcopy-blocktime-ms": _num(info.get("postcopy-blocktime")),
+        "postcopy-vcpu-blocktime-ms": per_vcpu if isinstance(per_vcpu, list) else None,
     }

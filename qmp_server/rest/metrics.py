@@ -96,6 +96,20 @@ class _MigrationCollector(Collector):
         for name in self._statuses:
             status.add_metric([name], 1.0 if name == current else 0.0)
         yield status
+        yield gauge("qmpmig_migration_postcopy_bytes",
+                    "RAM bytes sent after the switch to postcopy (ram.postcopy-bytes)",
+                    d["postcopy-bytes"])  # fmt: skip
+        requests = CounterMetricFamily(
+            "qmpmig_migration_postcopy_requests",
+            "Page requests the destination made in postcopy (ram.postcopy-requests)",
+        )
+        requests.add_metric([], float(d["postcopy-requests"] or 0))
+        yield requests
+        blocktime = d["postcopy-blocktime-ms"]
+        yield gauge("qmpmig_migration_postcopy_blocktime_seconds",
+                    "Destination time with every vCPU blocked on a missing page "
+                    "(postcopy-blocktime / 1000)",
+                    None if blocktime is None else blocktime / 1000)  # fmt: skip
         yield gauge("qmpmig_switchover_ack_pending",
                     "1 while the switchover waits for the destination's ACK",
                     1.0 if d["switchover-ack"] == "pending" else 0.0)  # fmt: skip

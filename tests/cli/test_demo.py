@@ -25,3 +25,21 @@ def test_demo_shows_both_downtimes(tmp_path: Path) -> None:
     assert off >= 800 > on
     assert re.search(r"^  guest digests equal\s+yes\s+yes$", out, re.M), out
     assert "less downtime" in out
+    # hop 3: a guest that outruns the link switches to postcopy after the first pass
+    assert "3) host-c → host-d, postcopy" in out
+    assert "--postcopy --postcopy-after-precopy --postcopy-blocktime" in out
+    assert "switched to postcopy (pass 2: the first full pass did not converge)" in out
+    assert re.search(r"page requests from host-d's guest$", out, re.M), out
+    assert re.search(r"^   host-d's vCPUs waited for pages: \d+ ms", out, re.M), out
+
+
+def test_demo_without_the_postcopy_hop(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qmp_server.demo", "--exit", "--dir", str(tmp_path / "run"),
+         "--memory", "64M", "--initial-bytes", "16M", "--load-ms", "300", "--no-http",
+         "--no-postcopy"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2) host-b → host-c" in proc.stdout
+    assert "host-d" not in proc.stdout

@@ -3,7 +3,7 @@
 A copy of the source tree (no .venv, no build products) in a temporary directory:
 
 1. ``scripts/demo.sh`` creates ``.venv``, installs the project and runs the demo, which keeps
-   host-b and host-c serving; 2. ``.venv/bin/qmp-shell run/host-c.sock`` talks to the guest's
+   host-c and host-d serving; 2. ``.venv/bin/qmp-shell run/host-d.sock`` talks to the guest's
    new home.  Then Ctrl-C ends the demo with status 0.
 
 A second test installs the project the non-editable way (``pip install <tree>`` into a fresh
@@ -61,7 +61,7 @@ def test_readme_commands_in_a_clean_tree(tmp_path: Path) -> None:
             if ready:
                 seen += os.read(demo.stdout.fileno(), 65536)
         shell = subprocess.run(
-            [".venv/bin/qmp-shell", "run/host-c.sock"], cwd=tree, env=clean_env(),
+            [".venv/bin/qmp-shell", "run/host-d.sock"], cwd=tree, env=clean_env(),
             input="query-status\n", capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert '"status": "running"' in shell.stdout, shell.stdout + shell.stderr

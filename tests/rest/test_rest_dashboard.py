@@ -7,6 +7,7 @@ Skipped when ``/usr/bin/chromium`` (or the playwright package) is missing.  Neve
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -97,3 +98,86 @@ async def test_dashboard_renders_and_follows_a_migration(
             await dst.disconnect()
     assert not problems, problems
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+async def test_dashboard_drives_a_postcopy_pause_and_recovery(
+    rest_server: Callable[..., RestServer], tmp_path: Path
+) -> None:
+    """Two dashboards, source and destination: switch, pause, recover, resume, blocktime."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    source = rest_server("-m", "64M", "--guest-fill", "random", token=True)
+    dest = rest_server("-m", "64M", "-incoming", "defer", "--dirty-rate", "1M", token=True)
+    src, dst = QMPClient("src"), QMPClient("dst")
+    await src.connect(source.socket)
+    await dst.connect(dest.socket)
+    caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
+    await src.execute("migrate-set-capabilities", {"capabilities": caps})
+    blocktime = [*caps, {"capability": "postcopy-blocktime", "state": True}]
+    await dst.execute("migrate-set-capabilities", {"capabilities": blocktime})
+    await src.execute("migrate-set-parameters", {"max-bandwidth": MiB,
+                                                 "max-postcopy-bandwidth": MiB})  # fmt: skip
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pages = []
+            for server in (source, dest):
+                page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                await page.goto(server.base_url + "/")
+                await page.fill("#token", str(server.token))
+                await page.click("#token-form button")
+                pages.append(page)
+            src_page, dst_page = pages
+            expect = playwright_api.expect
+            uri = f"unix:{tmp_path}/mig.sock"
+            await dst.execute("migrate-incoming", {"uri": uri})
+            await src.execute("migrate", {"uri": uri})
+            await expect(src_page.locator("#mig-status")).to_have_text("active", timeout=10_000)
+
+            # The source's button switches; both dashboards show postcopy.
+            await src_page.click("#start-postcopy")
+            for page in pages:
+                await expect(page.locator("#mig-status")).to_have_text(
+                    "postcopy-active", timeout=10_000)  # fmt: skip
+            await expect(src_page.locator("#postcopy")).to_be_visible()
+            await expect(src_page.locator("#postcopy-bytes")).not_to_have_text("–")
+            await expect(src_page.locator("#start-postcopy")).to_be_hidden()
+
+            # Pause from the source's dashboard: both sides paused, each with its hint.
+            await src_page.click("#pause-postcopy")
+            for page in pages:
+                await expect(page.locator("#mig-status")).to_have_text(
+                    "postcopy-paused", timeout=10_000)  # fmt: skip
+                await expect(page.locator("#postcopy-hint")).to_be_visible()
+            await expect(dst_page.locator("#postcopy-hint")).to_contain_text("exec-oob")
+            await expect(dst_page.locator("#recover")).to_have_text("listen (migrate-recover)")
+            await src_page.screenshot(path=str(ARTIFACTS / "dashboard-postcopy-paused.png"),
+                                      full_page=True)  # fmt: skip
+
+            # Recover: the destination listens first, then the source resumes.
+            recover = f"unix:{tmp_path}/recover.sock"
+            await dst_page.fill("#recover-uri", recover)
+            await dst_page.click("#recover")
+            await expect(dst_page.locator("#control-error")).to_be_hidden()
+            await src_page.fill("#recover-uri", recover)
+            await src_page.click("#recover")
+            await expect(src_page.locator("#control-error")).to_be_hidden()
+            await expect(src_page.locator("#mig-status")).to_have_text(
+                "postcopy-active", timeout=10_000)  # fmt: skip
+            await src.execute("migrate-set-parameters", {"max-postcopy-bandwidth": 256 * MiB})
+            for page in pages:
+                await expect(page.locator("#mig-status")).to_have_text(
+                    "completed", timeout=30_000)  # fmt: skip
+            # The destination shows its blocktime once completed.
+            await expect(dst_page.locator("#blocktime")).to_have_text(re.compile(r"^\d+ ms$"))
+            await expect(dst_page.locator("#vcpu-blocktime")).to_have_text(
+                re.compile(r"^\d+ ms$"))  # fmt: skip
+            await dst_page.screenshot(path=str(ARTIFACTS / "dashboard-postcopy-dest.png"),
+                                      full_page=True)  # fmt: skip
+        finally:
+            await browser.close()
+            await src.disconnect()
+            await dst.disconnect()
+    assert not problems, problems

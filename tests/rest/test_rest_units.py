@@ -124,3 +124,18 @@ def test_fastapi_is_not_imported_without_http() -> None:
             "for m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_postcopy_fields() -> None:
+    idle = derive_migration({"status": "active", "ram": _ram()}, None)
+    assert idle["postcopy"] is False and idle["postcopy-bytes"] is None
+    paused = derive_migration({"status": "postcopy-paused", "ram": _ram(
+        **{"postcopy-bytes": 4096, "postcopy-requests": 3})}, None)  # fmt: skip
+    assert paused["postcopy"] is True
+    assert (paused["postcopy-bytes"], paused["postcopy-requests"]) == (4096, 3)
+    done = derive_migration({"status": "completed", "ram": _ram(**{"postcopy-bytes": 1})}, None)
+    assert done["postcopy"] is True  # a completed migration that went through postcopy
+    dest = derive_migration({"status": "completed", "postcopy-blocktime": 12,
+                             "postcopy-vcpu-blocktime": [12, 3]}, None)  # fmt: skip
+    assert dest["postcopy-blocktime-ms"] == 12 and dest["postcopy-vcpu-blocktime-ms"] == [12, 3]
+    assert dest["postcopy"] is False  # the destination's answer has no RAM counters

@@ -1,6 +1,7 @@
 // qmp-server dashboard: plain JavaScript, no build step, no third-party code.
 // Data: GET /api/v1/{status,capabilities,parameters,migration} and the SSE stream
-// /api/v1/events; mutations (PATCH) carry the bearer token typed into the header form.
+// /api/v1/events; mutations (PATCH, and POST /api/v1/qmp/... for the postcopy controls)
+// carry the bearer token typed into the header form.
 "use strict";
 
 const state = {
@@ -15,6 +16,8 @@ const state = {
 const ACTIVE = new Set(["setup", "active", "postcopy-active", "postcopy-paused",
   "postcopy-recover", "postcopy-recover-setup", "pre-switchover", "device", "cancelling",
   "wait-unplug", "colo"]);
+const POSTCOPY = new Set(["postcopy-active", "postcopy-paused", "postcopy-recover-setup",
+  "postcopy-recover"]);
 const MAX_SAMPLES = 600;
 const MAX_LOG = 300;
 
@@ -212,6 +215,7 @@ async function loadMigration() {
   const errorDesc = info["error-desc"];
   $("mig-error").hidden = !errorDesc;
   $("mig-error").textContent = errorDesc || "";
+  showPostcopy(info, d);
 
   if (info.ram && ACTIVE.has(d.status)) {
     state.samples.push({
@@ -225,6 +229,56 @@ async function loadMigration() {
   }
   drawPlots();
   schedulePoll();
+}
+
+// -- postcopy: counters, blocktime, and the controls ----------------------------------------
+// The source's query-migrate has "ram"; the destination's has none (only its socket address
+// while incoming, and the blocktime once completed).
+function showPostcopy(info, d) {
+  const blocktime = d["postcopy-blocktime-ms"];
+  $("postcopy").hidden = !d.postcopy && blocktime === null;
+  $("postcopy-bytes").textContent = fmtBytes(d["postcopy-bytes"]);
+  $("postcopy-requests").textContent = d["postcopy-requests"] === null ? "–"
+    : String(d["postcopy-requests"]);
+  $("blocktime").textContent = fmtMs(blocktime);
+  const perVcpu = d["postcopy-vcpu-blocktime-ms"];
+  $("vcpu-blocktime").textContent = perVcpu ? perVcpu.map((v) => v + " ms").join(", ") : "–";
+  const source = info.ram !== undefined;
+  const hint = $("postcopy-hint");
+  hint.hidden = d.status !== "postcopy-paused";
+  hint.textContent = source
+    ? "Paused: once the destination listens (migrate-recover URI), resume here with migrate " +
+      "{uri: URI, resume: true}."
+    : "Paused: listen for the source again with migrate-recover URI (in QEMU send it as " +
+      "exec-oob: this monitor may not answer in-band now), then resume on the source.";
+  const write = canWrite();
+  $("controls").hidden = !write || !(d.status === "active" || POSTCOPY.has(d.status));
+  $("start-postcopy").hidden = !(source && d.status === "active");
+  $("pause-postcopy").hidden = !(d.status === "postcopy-active" || d.status === "postcopy-recover");
+  $("recover-form").hidden = d.status !== "postcopy-paused";
+  $("recover").textContent = source ? "resume (migrate resume)" : "listen (migrate-recover)";
+  $("recover-form").dataset.role = source ? "source" : "destination";
+}
+
+async function control(command, args) {
+  try {
+    await api("/api/v1/qmp/" + command, { method: "POST", body: JSON.stringify(args || {}) });
+    showError("control-error", null);
+  } catch (err) {
+    showError("control-error", err);
+  }
+  loadMigration();
+}
+
+function setupControls() {
+  $("start-postcopy").addEventListener("click", () => control("migrate-start-postcopy"));
+  $("pause-postcopy").addEventListener("click", () => control("migrate-pause"));
+  $("recover-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const uri = $("recover-uri").value.trim();
+    if ($("recover-form").dataset.role === "source") control("migrate", { uri, resume: true });
+    else control("migrate-recover", { uri });
+  });
 }
 
 function schedulePoll() {
@@ -355,6 +409,7 @@ async function start() {
     loadCapabilities();
     loadParameters();
   });
+  setupControls();
   await Promise.all([loadStatus(), loadCapabilities(), loadParameters(), loadMigration()]);
   connectEvents();
   // Changes made by other clients raise no event: re-read the settings now and then, unless
