@@ -110,7 +110,7 @@ def info_migrate(profile: Profile, info: Mapping[str, Any]) -> str:
         lines.append(f"cache size: {xbzrle['cache-size']} bytes")
         lines.append(f"xbzrle transferred: {xbzrle['bytes'] >> 10} kbytes")
         lines.append(f"xbzrle pages: {xbzrle['pages']} pages")
-        lines.append(f"xbzrle cache miss: {xbzrle['cache-miss']}")
+        lines.append(f"xbzrle cache miss: {xbzrle['cache-miss']} pages")
         lines.append(f"xbzrle cache miss rate: {xbzrle['cache-miss-rate']:0.2f}")
         lines.append(f"xbzrle encoding rate: {xbzrle.get('encoding-rate', 0):0.2f}")
         lines.append(f"xbzrle overflow: {xbzrle['overflow']}")

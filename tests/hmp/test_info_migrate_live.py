@@ -1,6 +1,6 @@
-"""HMP ``info migrate`` of a postcopy migration, against live QEMU 7.2 and 10.0.
+"""HMP ``info migrate`` of a postcopy and an XBZRLE migration, against live QEMU 7.2 and 10.0.
 
-The two-party recording ``postcopy-hmp-info`` asked each side for ``query-migrate`` and, right
+The two-party recordings ``postcopy-hmp-info`` and ``xbzrle-hmp-info`` asked each side for ``query-migrate`` and, right
 after, for ``info migrate`` (through ``human-monitor-command``).  Where nothing moved between
 the two (both sides once completed, the destination in postcopy-active), qmp-server's text for
 QEMU's QMP answer must be QEMU's own text: the postcopy counters, the destination's blocktime.
@@ -20,9 +20,9 @@ from qmp_server.profiles import PROFILES
 FIXTURES = Path(__file__).resolve().parent.parent / "conformance" / "two_party" / "fixtures"
 
 
-def _pairs(version: str) -> list[tuple[str, dict[str, Any], str]]:
+def _pairs(version: str, name: str) -> list[tuple[str, dict[str, Any], str]]:
     """(side, query-migrate return, the info migrate text that followed it)."""
-    data = json.loads((FIXTURES / f"qemu-{version}" / "postcopy-hmp-info.json").read_text())
+    data = json.loads((FIXTURES / f"qemu-{version}" / f"{name}.json").read_text())
     out = []
     for side in ("src", "dst"):
         last: dict[str, Any] | None = None
@@ -46,8 +46,16 @@ def _pairs(version: str) -> list[tuple[str, dict[str, Any], str]]:
 
 @pytest.mark.parametrize("version", ["7.2", "10.0"])
 def test_info_migrate_in_postcopy_is_qemus_text(version: str) -> None:
-    pairs = _pairs(version)
+    pairs = _pairs(version, "postcopy-hmp-info")
     assert {side for side, _, _ in pairs} == {"src", "dst"}
     assert any("postcopy blocktime" in text for _, _, text in pairs)
+    for _side, info, text in pairs:
+        assert info_migrate(PROFILES[version], info) == text.replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_info_migrate_with_xbzrle_is_qemus_text(version: str) -> None:
+    pairs = _pairs(version, "xbzrle-hmp-info")
+    assert any("xbzrle cache miss" in text for _, _, text in pairs)
     for _side, info, text in pairs:
         assert info_migrate(PROFILES[version], info) == text.replace("\r\n", "\n")
