@@ -1,4 +1,4 @@
-"""The postcopy records and return-path messages: round trips, order, corruption."""
+"""The postcopy and XBZRLE records and return-path messages: round trips, order, corruption."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def _postcopy_stream() -> bytes:
     )
     out += enc.open_return_path() + enc.postcopy_advise()
     out += enc.ram_run(0, b"\x05" * PAGE_SIZE) + enc.sync(1)
+    out += enc.xbzrle(0, b"\x10\x02\x07\x07")  # a re-sent page as a delta (engine/xbzrle.py)
     out += enc.sync(2) + enc.postcopy_discard(bitmap_of([3, 9, 69], PAGES))
     out += enc.postcopy_listen()
     out += enc.device(DeviceChunk("dev0", DeviceChunkKind.FINAL, 0, b"state"))
