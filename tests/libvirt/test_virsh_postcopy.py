@@ -123,6 +123,8 @@ def test_migrate_postcopy_from_another_virsh(libvirt_pair: Pair, busy_guest: str
         while on_source != "paused (post-copy)" and time.monotonic() < deadline:
             time.sleep(0.1)
             on_source = _reason(source, name)
+        # query-migrate in postcopy-active, as libvirt reads it
+        assert "Outgoing migration" in source.virsh("domjobinfo", name).stdout
         # max-postcopy-bandwidth, raised while postcopy runs: the rest goes at once
         source.virsh("migrate-setspeed", name, "1000", "--postcopy")
         assert _ended(proc) == (0, "")
