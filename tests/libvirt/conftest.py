@@ -20,11 +20,13 @@ def emulator_wrapper(directory: Path, compat: str) -> Path:
     """An executable libvirt can name as ``<emulator>``: qmp-server emulating ``compat``.
 
     libvirt runs the emulator with a cleared environment, so the wrapper names the interpreter
-    and the checkout explicitly.
+    and the checkout explicitly.  It also runs it in ``directory`` rather than libvirt's ``/``:
+    a relative path the emulator writes to (a bug) then stays inside the test's tree.
     """
     path = directory / f"qmp-server-{compat}"
     path.write_text(
         "#!/bin/sh\n"
+        f"cd {directory} || exit 1\n"
         f"PYTHONPATH={REPO} exec {sys.executable} -m qmp_server --compat {compat} \"$@\"\n"
     )
     path.chmod(0o755)
