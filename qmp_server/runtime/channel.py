@@ -36,6 +36,7 @@ __all__ = [
     "fd_channel",
     "fd_not_found",
     "listen",
+    "listening_address",
     "open_for_read",
     "open_for_write",
     "parse_uri",
@@ -104,6 +105,16 @@ def command_uri(uri: str) -> Address:
         raise CommandError(f"unknown migration protocol: {uri}") from None
     except ValueError as err:
         raise CommandError(str(err)) from None
+
+
+def listening_address(sock: socket.socket, address: Address) -> list[dict[str, Any]]:
+    """``query-migrate``'s ``socket-address`` of a listener: QEMU names an IPv6 socket's
+    family ``ipv6`` (``tcp:[::]:PORT``, live 7.2 and 10.0), an IPv4 one's ``ipv4``."""
+    if address.scheme != "tcp":
+        return [{"type": "unix", "path": address.path}]
+    host, port = sock.getsockname()[:2]
+    family = "ipv6" if sock.family == socket.AF_INET6 else "ipv4"
+    return [{"type": "inet", "host": host, "port": str(port), family: True}]
 
 
 def fd_not_found(address: Address) -> str:

@@ -46,6 +46,7 @@ from qmp_server.runtime.channel import (
     fd_channel,
     fd_not_found,
     listen,
+    listening_address,
     open_for_read,
     parse_uri,
 )
@@ -144,13 +145,7 @@ class DestinationDriver:
                 reason = os.strerror(err.errno) if err.errno else str(err)
                 where = f" to {address.path}" if address.scheme == "unix" else ""
                 raise CommandError(f"Failed to bind socket{where}: {reason}") from None
-            if address.scheme == "tcp":
-                host, port = sock.getsockname()[:2]
-                inc.socket_address = [
-                    {"type": "inet", "host": host, "port": str(port), "ipv4": True}
-                ]
-            else:
-                inc.socket_address = [{"type": "unix", "path": address.path}]
+            inc.socket_address = listening_address(sock, address)
             cfg.note_incoming(uri, started=True)
             inc.started = True
             self._listener = sock

@@ -523,7 +523,7 @@ class SourceDriver:
             read_return_path=self._start_rp_reader,
             preempt=self._preempt,
         )
-        await post.switch(channel, enc, sender, self._resync, unsent or [])
+        await post.switch(channel, enc, sender, self._resync, unsent or [], self._continue.wait)
         await post.run(channel, enc)
         self._channel = None  # closed by the postcopy phase (finished, or aborted)
 

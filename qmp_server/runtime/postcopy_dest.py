@@ -40,7 +40,7 @@ from qmp_server.engine.stream import (
     ZeroRun,
 )
 from qmp_server.errors import CommandError
-from qmp_server.runtime.channel import Channel, command_uri, listen
+from qmp_server.runtime.channel import Channel, command_uri, listen, listening_address
 from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.postcopy_source import PAUSED_TEXT
@@ -124,13 +124,7 @@ class PostcopyIncoming:
             sock = listen(address)
         except OSError as err:
             raise CommandError(f"Failed to bind socket: {err.strerror or err}") from None
-        if address.scheme == "tcp":
-            host, port = sock.getsockname()[:2]
-            self.state.socket_address = [
-                {"type": "inet", "host": host, "port": str(port), "ipv4": True}
-            ]
-        else:
-            self.state.socket_address = [{"type": "unix", "path": address.path}]
+        self.state.socket_address = listening_address(sock, address)
         # a second migrate-recover replaces the first (live: both are accepted)
         if self._task is not None:
             self._task.cancel()

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -38,7 +38,14 @@ from qmp_server.engine.stream import (
 )
 from qmp_server.engine.wire_cost import QemuStream
 from qmp_server.errors import CommandError
-from qmp_server.runtime.channel import Address, Channel, command_uri, connect
+from qmp_server.runtime.channel import (
+    Address,
+    Channel,
+    command_uri,
+    connect,
+    fd_channel,
+    fd_not_found,
+)
 from qmp_server.runtime.migration_context import (
     MigrationContext,
     error_report,
@@ -99,7 +106,7 @@ class PostcopyOutgoing:
         self._channel: Channel | None = None
         self._wake = asyncio.Event()
         self._broken: str | None = None
-        self._resume_to: asyncio.Future[Address] | None = None
+        self._resume_to: asyncio.Future[tuple[Address, Channel | None]] | None = None
         self._bitmap = bytearray()
         self._bitmap_done = asyncio.Event()
         self._last_sent = -1
@@ -134,10 +141,20 @@ class PostcopyOutgoing:
         if not self.paused or self._resume_to is None or self._resume_to.done():
             raise CommandError("Cannot resume if there is no paused migration")
         address = command_uri(uri)
+        prepared: Channel | None = None
+        if address.scheme == "fd":
+            # libvirt passes the new connection with getfd: QEMU takes it before it answers
+            mon = self.ctx.vm.cur_fds
+            fd = None if mon is None else mon.named.take(address.path)
+            if fd is None:
+                raise CommandError(fd_not_found(address))
+            prepared = fd_channel(fd, outgoing=True)
         if self.ctx.profile.since(10, 0):
             # 10.0 enters postcopy-recover-setup before the command returns (live)
             self.state.set_status("postcopy-recover-setup")
-        self._resume_to.set_result(address)
+        if prepared is not None:
+            self.state.set_status("postcopy-recover")  # connected already (live 7.2, libvirt)
+        self._resume_to.set_result((address, prepared))
 
     def _break(self, desc: str) -> None:
         if self._broken is None:
@@ -185,6 +202,7 @@ class PostcopyOutgoing:
         sender: PageSender,
         resync: Callable[[], np.ndarray],
         unsent: list[bytes],
+        wait_continue: Callable[[], Awaitable[object]],
     ) -> None:
         """Stop the guest, tell the destination what it misses, send the device state and
         let the destination run: QEMU's postcopy_start, in each version's event order."""
@@ -193,11 +211,18 @@ class PostcopyOutgoing:
         self._channel = channel
         downtime_start = time.monotonic()
         new_order = ctx.profile.since(10, 0)
-        if not new_order:
-            src.set_status("postcopy-active")  # 7.2: before STOP (live)
-        self._vm_was_running = stop_for_switchover(ctx, downtime_start)
-        if new_order:
-            src.set_status("device")
+        if ctx.vm.config.enabled("pause-before-switchover"):
+            # STOP, pre-switchover, and migrate-continue first, in both versions (live)
+            self._vm_was_running = stop_for_switchover(ctx, downtime_start)
+            src.set_status("pre-switchover")
+            await wait_continue()
+            src.set_status("device" if new_order else "postcopy-active")
+        else:
+            if not new_order:
+                src.set_status("postcopy-active")  # 7.2: before STOP (live)
+            self._vm_was_running = stop_for_switchover(ctx, downtime_start)
+            if new_order:
+                src.set_status("device")
         sender.resync(resync())
         owed = sender.pages[sender.cursor :]
         guest = ctx.guest
@@ -355,11 +380,11 @@ class PostcopyOutgoing:
         while True:
             self._broken = None
             self._resume_to = loop.create_future()
-            address = await self._resume_to
+            address, prepared = await self._resume_to
             if self.cancelled:
                 return None
             try:
-                return await self._reconnect(address)
+                return await self._reconnect(address, prepared)
             except _ConnectFailed as err:
                 # back to postcopy-paused, quietly (live: 7.2 shows no event, 10.0 the
                 # failure as error-desc after postcopy-recover-setup)
@@ -386,11 +411,13 @@ class PostcopyOutgoing:
             for _ in range(3):  # 7.2's return-path thread on the shut channel (live)
                 error_report("Unable to read from socket: Bad file descriptor")
 
-    async def _reconnect(self, address: Address) -> tuple[Channel, StreamEncoder]:
+    async def _reconnect(
+        self, address: Address, prepared: Channel | None = None
+    ) -> tuple[Channel, StreamEncoder]:
         """The recovery handshake: connect, learn what the destination misses, go on."""
         src = self.state
         try:
-            channel = await connect(address)
+            channel = prepared or await connect(address)
         except OSError as err:
             reason = os.strerror(err.errno) if err.errno else str(err)
             raise _ConnectFailed(f"Failed to connect to '{address.describe()}': {reason}") from None

@@ -134,34 +134,10 @@ def test_migrate_postcopy_from_another_virsh(libvirt_pair: Pair, busy_guest: str
             proc.wait()
     assert _reason(dest, name) == "running (migrated)"
     assert _reason(source, name) == "shut off (migrated)"
-    if on_source != "paused (post-copy)" and name.endswith("-72"):
-        pytest.xfail(_STOP_AFTER_POSTCOPY_ACTIVE)
     assert on_source == "paused (post-copy)"
 
 
-_STOP_AFTER_POSTCOPY_ACTIVE = (
-    "7.2 profile, intermittent: the source showed 'paused (migrating)', not 'paused "
-    "(post-copy)'.  libvirt sets pause-before-switchover; at migrate-start-postcopy qmp-server "
-    "sends MIGRATION postcopy-active, then STOP, where QEMU 7.2 and 10.0 send STOP, MIGRATION "
-    "pre-switchover, wait for migrate-continue, then postcopy-active (two-party scenario "
-    "postcopy-pause-before-switchover).  libvirt turns 'paused (migrating)' into 'paused "
-    "(post-copy)' on the postcopy-active event; with STOP last, a race decides."
-)
-
-
-_RESUME_OVER_FD = (
-    "qmp-server cannot resume postcopy over libvirt's fd: channel: libvirt sends getfd "
-    "'migrate' then {'execute':'migrate','arguments':{'detach':true,'resume':true,"
-    "'uri':'fd:migrate'}}; PostcopyOutgoing._reconnect passes the fd: address to "
-    "channel.connect(), which opens a file named 'migrate' in the emulator's cwd instead of "
-    "taking the getfd descriptor, so the source waits 30 s for the bitmap in postcopy-recover "
-    "and pauses again.  Real QEMU 7.2 under the same libvirt resumes over the descriptor: "
-    "MIGRATION postcopy-recover before the {} reply, then postcopy-active, completed."
-)
-
-
-@pytest.mark.xfail(reason=_RESUME_OVER_FD, strict=True)
-@pytest.mark.parametrize("busy_guest", ["7.2"], indirect=True)
+@pytest.mark.parametrize("busy_guest", ["7.2", "10.0"], indirect=True)
 def test_paused_postcopy_resumes(libvirt_pair: Pair, busy_guest: str) -> None:
     source, dest, address = libvirt_pair
     name = busy_guest

@@ -14,19 +14,12 @@ from pathlib import Path
 import pytest
 from migration_rig import MiB, Rig
 from server_process import free_port
-from test_postcopy import _switch
-
-_GAP = (
-    "PostcopyOutgoing._reconnect gives the fd: address to channel.connect(), which opens a "
-    "file named after the fd (the getfd descriptor is never taken): the source waits for "
-    "the destination's bitmap in postcopy-recover"
-)
+from test_postcopy_two_process import _switch
 
 
-@pytest.mark.xfail(reason=_GAP, strict=True)
 async def test_resume_over_a_getfd_socket(rig: Rig, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    monkeypatch.chdir(tmp_path)  # the servers' cwd: where the gap writes its file
+    monkeypatch.chdir(tmp_path)  # the servers' cwd: nothing may be written there
     port = free_port()
     source, dest, _ = await rig.pair(
         "--compat", "7.2", "-machine", "pc", "-m", "32", "-nodefaults",
