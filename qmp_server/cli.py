@@ -273,6 +273,18 @@ def _parse_add_fd(value: str) -> tuple[int, int, str | None]:
     return fd, fdset, fields.get("opaque")
 
 
+def _size_option(name: str, value: str | None, low: int = 0, high: int | None = None) -> int:
+    """``--NAME SIZE`` (QEMU's size suffixes, bytes by default), within ``low``..``high``."""
+    assert value is not None
+    try:
+        size = parse_size(value, "b", name=name)
+    except ValueError as err:
+        raise UsageError(f"--{name} {value}: {err}") from None
+    if size < low or (high is not None and size > high):
+        raise UsageError(f"--{name} {value}: expected {low} to {high} bytes")
+    return size
+
+
 def _parse_int_option(option: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value)
@@ -508,25 +520,11 @@ def parse_args(argv: Sequence[str]) -> Options | None:
                 "zero" if value == "zero" else "random" if value == "random" else "idle"
             )
         elif name == "dirty-rate":
-            assert value is not None
-            try:
-                opts.dirty_rate = parse_size(value, "b", name="dirty-rate")
-            except ValueError as err:
-                raise UsageError(f"--dirty-rate {value}: {err}") from None
+            opts.dirty_rate = _size_option(name, value)
         elif name == "dirty-write-bytes":
-            assert value is not None
-            try:
-                opts.dirty_write_bytes = parse_size(value, "b", name="dirty-write-bytes")
-            except ValueError as err:
-                raise UsageError(f"--dirty-write-bytes {value}: {err}") from None
-            if not 1 <= opts.dirty_write_bytes <= 4096:
-                raise UsageError(f"--dirty-write-bytes {value}: expected 1 to 4096 bytes")
+            opts.dirty_write_bytes = _size_option(name, value, 1, 4096)
         elif name == "dirty-working-set":
-            assert value is not None
-            try:
-                opts.dirty_working_set = parse_size(value, "b", name="dirty-working-set")
-            except ValueError as err:
-                raise UsageError(f"--dirty-working-set {value}: {err}") from None
+            opts.dirty_working_set = _size_option(name, value)
     opts.guest_chardevs = {cid: spec for cid, spec in chardevs.items() if cid not in used}
     return opts
 
