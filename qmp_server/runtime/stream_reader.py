@@ -27,7 +27,16 @@ async def stream_events(
     yield_bytes: int,
     on_data: Callable[[], None] | None = None,
 ) -> AsyncIterator[StreamEvent]:
-    """The decoder's events as bytes arrive; ``on_data`` runs after each receive."""
+    """The decoder's events as bytes arrive; ``on_data`` runs after each receive.
+
+    Events the decoder already holds come first: a reader that takes over a decoder (the
+    postcopy load after ``POSTCOPY_LISTEN``) must not wait for bytes that already came.
+    """
+    while True:
+        event = decoder.next_event()
+        if isinstance(event, NeedData):
+            break
+        yield event
     unyielded = 0
     while True:
         view = decoder.get_buffer(read_size)

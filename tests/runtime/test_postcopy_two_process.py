@@ -139,3 +139,26 @@ async def test_postcopy_waits_for_the_switchover_ack_and_carries_devices(
     assert (await dest.digest())["devices"] == src_digest["devices"]
     info = await source.run("query-migrate")
     assert info["vfio"]["transferred"] >= 2 * MiB
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_postcopy_that_arrives_in_one_read_completes(rig: Rig, version: str) -> None:
+    """An idle guest switched at once: the whole postcopy phase (LISTEN, RUN, the last pages,
+    COMPLETE) reaches the destination in one read, and the postcopy loader must take the
+    events already decoded before it waits for more (it used to wait for ever)."""
+    source, dest, uri = await rig.pair(
+        "--compat", version, "-machine", "pc", "-m", "1024", "-nodefaults",
+        caps={"postcopy_ram": True}, uri=rig.unix_uri(),
+    )  # fmt: skip
+    for _ in range(3):
+        source.mark()
+        dest.mark()
+        await source.run("migrate", {"uri": uri})
+        await source.wait_status("active")
+        await source.run("migrate-start-postcopy")
+        assert await source.wait_status("completed", "failed", within=15) == "completed"
+        assert await dest.wait_status("completed", "failed", within=15) == "completed"
+        source, dest, uri = await rig.pair(
+            "--compat", version, "-machine", "pc", "-m", "1024", "-nodefaults",
+            caps={"postcopy_ram": True}, uri=rig.unix_uri(),
+        )  # fmt: skip
