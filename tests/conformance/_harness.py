@@ -42,8 +42,11 @@ DEFAULT_QEMU = "qemu-system-x86_64"
 DEFAULT_SETTLE = 0.3
 #: How long a replay waits for each recorded line (seconds).
 LINE_TIMEOUT = 5.0
-#: How long a startup scenario may run before it counts as "started".
+#: How long a startup scenario may run, once its monitor socket exists, before it counts as
+#: "started".
 STARTUP_WAIT = 2.0
+#: How long a startup scenario may take to create its monitor socket or exit.
+STARTUP_LIMIT = 15.0
 #: Normalised program prefix in recorded stderr.
 PROG = "PROG: "
 #: Prefix qmp-server puts on its own diagnostics.
@@ -670,6 +673,12 @@ def run_startup(target: Target, scenario: dict[str, Any]) -> dict[str, Any]:
         sock = os.path.join(d, "qmp.sock")
         proc = Process(target, scenario.get("argv", []), sock)
         try:
+            # the wait starts once the monitor socket is up (or the process is gone): a
+            # loaded machine can take seconds just to start Python, which is not "started"
+            up_by = time.monotonic() + STARTUP_LIMIT
+            while (proc.proc.poll() is None and proc.port is None
+                   and not os.path.exists(sock) and time.monotonic() < up_by):  # fmt: skip
+                time.sleep(0.02)
             try:
                 rc = proc.proc.wait(timeout=float(scenario.get("wait", STARTUP_WAIT)))
             except subprocess.TimeoutExpired:
