@@ -658,6 +658,7 @@ class Workload:
 
     def set_working_set(self, nbytes: int) -> None:
         """Writes go to a fixed random set of ``nbytes`` of RAM (0: anywhere in RAM)."""
+        self.working_set_bytes = nbytes
         pages = min(nbytes // PAGE_SIZE, self.guest.page_count)
         if pages <= 0 or pages >= self.guest.page_count:
             self._working_set = None

@@ -373,7 +373,12 @@ class DestinationDriver:
         ctx = self.ctx
         ctx.guest = guest
         ctx.workload = guest_workload(
-            guest, ctx.layout, ctx.workload.rate, seed=11, write_bytes=ctx.workload.write_bytes
+            guest,
+            ctx.layout,
+            ctx.workload.rate,
+            seed=11,
+            write_bytes=ctx.workload.write_bytes,
+            working_set=ctx.workload.working_set_bytes,
         )
         vm = ctx.vm
         # QEMU: autostart only if the source's guest was running (its global state)

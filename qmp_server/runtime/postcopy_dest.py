@@ -236,6 +236,7 @@ class PostcopyIncoming:
             ctx.workload.rate,
             seed=11,
             write_bytes=ctx.workload.write_bytes,
+            working_set=ctx.workload.working_set_bytes,
         )
         workload.faults = self.faults
         ctx.workload = workload
