@@ -1,9 +1,10 @@
 """HMP ``info migrate`` of a postcopy and an XBZRLE migration, against live QEMU 7.2 and 10.0.
 
-The two-party recordings ``postcopy-hmp-info`` and ``xbzrle-hmp-info`` asked each side for ``query-migrate`` and, right
-after, for ``info migrate`` (through ``human-monitor-command``).  Where nothing moved between
-the two (both sides once completed, the destination in postcopy-active), qmp-server's text for
-QEMU's QMP answer must be QEMU's own text: the postcopy counters, the destination's blocktime.
+The two-party recordings ``postcopy-hmp-info`` and ``xbzrle-hmp-info`` asked each side for
+``query-migrate`` and, right after, for ``info migrate`` (through ``human-monitor-command``).
+Where nothing moved between the two (both sides once completed, the destination in
+postcopy-active), qmp-server's text for QEMU's QMP answer must be QEMU's own text: the
+postcopy counters, the destination's blocktime, the xbzrle cache lines.
 """
 
 from __future__ import annotations
