@@ -49,14 +49,13 @@ def _ms(seconds: float) -> int:
 #: States of the outgoing side in which the rate/period statistics are reported.
 _ACTIVE_LIKE = frozenset(
     {"active", "cancelling", "postcopy-active", "postcopy-paused", "postcopy-recover",
-     "pre-switchover", "device"}
+     "postcopy-recover-setup", "pre-switchover", "device"}
 )  # fmt: skip
 
 #: The postcopy states (QEMU 10.0 reports them with the switch's downtime, live).
 _POSTCOPY = frozenset(
     {"postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-recover-setup"}
 )
-_ACTIVE_LIKE = _ACTIVE_LIKE | {"postcopy-recover-setup"}
 
 StatusEmitter = Callable[[str, "dict[str, Any] | None"], None]
 

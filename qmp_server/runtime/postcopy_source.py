@@ -425,6 +425,7 @@ class PostcopyOutgoing:
         src.set_status("postcopy-recover")
         self._bitmap = bytearray()
         self._bitmap_done.clear()
+        self._shut.clear()  # the break set it: completion waits for this connection's SHUT
         self._read_return_path(channel)
         enc = StreamEncoder()
         guest = self.ctx.guest
