@@ -56,17 +56,22 @@ from qmp_server.errors import ProtocolError
 __all__ = [
     "CHECKSUM_XXH3_64",
     "CHECKSUM_XXH3_64_NO_PAGES",
+    "COMPRESSION_CODES",
     "MAGIC",
     "MAX_PAYLOAD",
     "NEED_DATA",
     "RP_BITMAP_CHUNK",
     "VERSION",
+    "ChannelHello",
+    "ChannelSync",
     "Checkpoint",
     "Complete",
+    "CompressedPages",
     "DeviceData",
     "EncodedPages",
     "EndOfPrecopy",
     "EndOfStream",
+    "MultifdSetup",
     "NeedData",
     "OpenReturnPath",
     "PostcopyAdvise",
@@ -128,6 +133,7 @@ class Tag(enum.IntEnum):
     ZERO_RUN = 0x12
     ZERO_LIST = 0x13
     XBZRLE = 0x14
+    COMPRESSED = 0x15
     DEVICE = 0x20
     SYNC = 0x30
     OPEN_RETURN_PATH = 0x31
@@ -139,6 +145,9 @@ class Tag(enum.IntEnum):
     RECOVER = 0x37
     POSTCOPY_RESUME = 0x38
     COMPLETE = 0x40
+    MULTIFD_SETUP = 0x50
+    CHANNEL = 0x51
+    CHANNEL_SYNC = 0x52
     CHECKSUM = 0x7E
     EOF = 0x7F
 
@@ -154,6 +163,12 @@ _DEV = struct.Struct("<BBB")  # kind, flags, id length
 _TAGS = {int(t) for t in Tag}
 #: Records that only a postcopy stream carries after the switch or on a recovery connection.
 _RECOVER = struct.Struct("<Q")  # ram size
+_MULTIFD = struct.Struct("<BB8s")  # channels, compression method, session
+_CHANNEL = struct.Struct("<BB8sQ")  # channel id, channels, session, ram size
+_COMPRESSED = struct.Struct("<BI")  # method, page count
+#: ``multifd-compression`` methods and their code in MULTIFD_SETUP and COMPRESSED records
+COMPRESSION_CODES: Final = {"none": 0, "zlib": 1, "zstd": 2}
+_CODE_COMPRESSION = {v: k for k, v in COMPRESSION_CODES.items()}
 _CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random", 2: "idle"}
 _LE64 = np.dtype("<u8")
 
@@ -240,6 +255,41 @@ class SyncMarker:
     """The source synced its dirty bitmap: ``pass_number`` is its dirty-sync-count."""
 
     pass_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class MultifdSetup:
+    """Main stream: pages travel on ``channels`` extra connections of this ``session``."""
+
+    channels: int
+    compression: str
+    session: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHello:
+    """First record of a multifd channel connection (instead of HEADER)."""
+
+    channel_id: int
+    channels: int
+    session: bytes
+    ram_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSync:
+    """Multifd channel: the pages that follow belong to dirty sync ``generation``."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompressedPages:
+    """Multifd channel: ``indexes`` pages, compressed together by ``compression``."""
+
+    compression: str
+    indexes: tuple[int, ...]
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +385,10 @@ StreamEvent = (
     | Complete
     | Checkpoint
     | EndOfStream
+    | MultifdSetup
+    | ChannelHello
+    | ChannelSync
+    | CompressedPages
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -528,6 +582,45 @@ class StreamEncoder:
     def postcopy_resume(self) -> bytes:
         return self._record(Tag.POSTCOPY_RESUME)
 
+    def multifd_setup(self, channels: int, compression: str, session: bytes) -> bytes:
+        """``MULTIFD_SETUP`` (main stream, setup): pages go on ``channels`` connections."""
+        if not 1 <= channels <= 255 or len(session) != 8:
+            raise ValueError("bad multifd setup")
+        code = COMPRESSION_CODES[compression]
+        return self._record(Tag.MULTIFD_SETUP, _MULTIFD.pack(channels, code, session))
+
+    def channel_hello(self, channel_id: int, channels: int, session: bytes, ram_size: int) -> bytes:
+        """Magic, version and ``CHANNEL``: the start of multifd channel ``channel_id``."""
+        if self._started:
+            raise ValueError("channel_hello() starts a stream")
+        if not 0 <= channel_id < channels <= 255 or len(session) != 8:
+            raise ValueError("bad multifd channel")
+        self._started = True
+        prefix = MAGIC + _U16.pack(VERSION)
+        self._hash.update(prefix)
+        self.bytes_encoded += len(prefix)
+        fields = _CHANNEL.pack(channel_id, channels, session, ram_size)
+        return prefix + self._record(Tag.CHANNEL, fields)
+
+    def channel_sync(self, generation: int) -> bytes:
+        """``CHANNEL_SYNC`` then a ``CHECKSUM``: what follows belongs to ``generation``."""
+        return self._record(Tag.CHANNEL_SYNC, _U32.pack(generation)) + self.checkpoint()
+
+    def compressed_parts(
+        self, compression: str, indexes: npt.NDArray[np.int64], data: Buffer
+    ) -> list[Buffer]:
+        """``COMPRESSED``: the pages ``indexes`` as one ``compression`` packet (hashed whole:
+        a flipped bit in it is caught by the next checksum, not only by the digest)."""
+        idx = np.asarray(indexes, dtype=_LE64)
+        head = _COMPRESSED.pack(COMPRESSION_CODES[compression], idx.size)
+        return self._record_parts(Tag.COMPRESSED, head, idx.tobytes(), data)
+
+    def channel_end(self) -> bytes:
+        """``CHECKSUM`` + ``EOF``: the end of a multifd channel."""
+        out = self.checkpoint() + self._record(Tag.EOF)
+        self._finished = True
+        return out
+
     def checkpoint(self) -> bytes:
         """``CHECKSUM``: the running checksum so far (lets the peer fail early)."""
         return self._record(Tag.CHECKSUM, _U64.pack(self._hash.intdigest()))
@@ -569,10 +662,18 @@ class StreamDecoder:
         (module rule 4); by default it is ``bytes``.
     :param recovery: the connection is a postcopy recovery: ``RECOVER`` comes instead of
         ``HEADER`` (checksum algorithm 2), then the rest of the postcopy stream.
+    :param channel: the connection is a multifd channel: ``CHANNEL`` comes instead of
+        ``HEADER`` (checksum algorithm 2), then page records, ``COMPRESSED``,
+        ``CHANNEL_SYNC`` and checksums; it ends with ``CHECKSUM`` + ``EOF``.
     """
 
     def __init__(
-        self, max_payload: int = MAX_PAYLOAD, *, zero_copy: bool = False, recovery: bool = False
+        self,
+        max_payload: int = MAX_PAYLOAD,
+        *,
+        zero_copy: bool = False,
+        recovery: bool = False,
+        channel: bool = False,
     ) -> None:
         self._buf = bytearray()
         self._start = 0  # first unparsed byte
@@ -585,9 +686,13 @@ class StreamDecoder:
         self._zero_copy = zero_copy
         self.header: StreamHeader | None = None
         self._pages = 0
-        self._hash_pages = not recovery  # checksum algorithm 1 hashes page contents too
+        # checksum algorithm 1 hashes page contents too
+        self._hash_pages = not (recovery or channel)
         self.bytes_decoded = 0
         self._recovery = recovery
+        self._channel = channel
+        self._multifd_setup = False
+        self._after_checksum = False
         #: postcopy records seen so far (their order is checked: module rule 1)
         self._postcopy: set[Tag] = set()
 
@@ -751,15 +856,26 @@ class StreamDecoder:
 
     def _dispatch(self, tag: Tag, payload: bytes, checksum_before: int) -> StreamEvent:
         state = self._state
+        after_checksum, self._after_checksum = self._after_checksum, tag is Tag.CHECKSUM
         if state is _State.HEADER:
-            first = Tag.RECOVER if self._recovery else Tag.HEADER
+            first = (
+                Tag.CHANNEL if self._channel else Tag.RECOVER if self._recovery else Tag.HEADER
+            )
             if tag is not first:
                 raise self._fail(f"expected {first.name} record, got {tag.name}")
+            if self._channel:
+                return self._channel_hello(payload)
             if self._recovery:
                 return self._recover(payload)
             return self._header(payload)
-        if tag in (Tag.HEADER, Tag.RECOVER):
+        if tag in (Tag.HEADER, Tag.RECOVER, Tag.CHANNEL):
             raise self._fail(f"a {tag.name} record after the start of the stream")
+        if self._channel:
+            return self._channel_record(tag, payload, checksum_before, after_checksum)
+        if tag in (Tag.COMPRESSED, Tag.CHANNEL_SYNC):
+            raise self._fail(f"a {tag.name} record outside a multifd channel")
+        if tag is Tag.MULTIFD_SETUP:
+            return self._multifd(payload)
         if state is _State.NEED_CHECKSUM and tag is not Tag.CHECKSUM:
             raise self._fail(f"expected CHECKSUM after COMPLETE, got {tag.name}")
         if state is _State.NEED_EOF and tag is not Tag.EOF:
@@ -876,6 +992,55 @@ class StreamDecoder:
         )
         self._state = _State.BODY
         return self.header
+
+    def _multifd(self, payload: bytes) -> MultifdSetup:
+        self._expect_len(Tag.MULTIFD_SETUP, payload, _MULTIFD.size)
+        if self._multifd_setup:
+            raise self._fail("a second MULTIFD_SETUP record")
+        channels, code, session = _MULTIFD.unpack(payload)
+        if channels == 0 or code not in _CODE_COMPRESSION:
+            raise self._fail(f"record MULTIFD_SETUP: bad channels {channels} or method {code}")
+        self._multifd_setup = True
+        return MultifdSetup(channels, _CODE_COMPRESSION[code], session)
+
+    def _channel_hello(self, payload: bytes) -> ChannelHello:
+        self._expect_len(Tag.CHANNEL, payload, _CHANNEL.size)
+        channel_id, channels, session, ram_size = _CHANNEL.unpack(payload)
+        if channel_id >= channels or ram_size % PAGE_SIZE:
+            raise self._fail(f"record CHANNEL: bad channel {channel_id}/{channels}")
+        self._pages = ram_size // PAGE_SIZE
+        self._state = _State.BODY
+        return ChannelHello(channel_id, channels, session, ram_size)
+
+    def _channel_record(
+        self, tag: Tag, payload: bytes, checksum_before: int, after_checksum: bool
+    ) -> StreamEvent:
+        """A record of a multifd channel (pages, syncs, checksums, the final EOF)."""
+        if tag in (Tag.RAM_RUN, Tag.RAM_LIST, Tag.ZERO_RUN, Tag.ZERO_LIST, Tag.CHECKSUM):
+            self._channel = False  # the main stream's rules for these records
+            try:
+                return self._dispatch(tag, payload, checksum_before)
+            finally:
+                self._channel = True
+        if tag is Tag.CHANNEL_SYNC:
+            self._expect_len(tag, payload, 4)
+            return ChannelSync(_U32.unpack(payload)[0])
+        if tag is Tag.COMPRESSED:
+            if len(payload) < _COMPRESSED.size:
+                raise self._fail("record COMPRESSED too short")
+            code, count = _COMPRESSED.unpack_from(payload)
+            end = _COMPRESSED.size + 8 * count
+            if code not in _CODE_COMPRESSION or code == 0 or count == 0 or len(payload) < end:
+                raise self._fail(f"record COMPRESSED: bad method {code} or {count} pages")
+            indexes = self._indexes(tag, bytes(payload[_COMPRESSED.size : end]))
+            return CompressedPages(_CODE_COMPRESSION[code], indexes, bytes(payload[end:]))
+        if tag is Tag.EOF:
+            self._expect_len(tag, payload, 0)
+            if not after_checksum:
+                raise self._fail("EOF of a multifd channel without its CHECKSUM")
+            self._state = _State.DONE
+            return EndOfStream()
+        raise self._fail(f"a {tag.name} record on a multifd channel")
 
     def _recover(self, payload: bytes) -> Recover:
         self._expect_len(Tag.RECOVER, payload, _RECOVER.size)

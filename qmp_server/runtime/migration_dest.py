@@ -27,6 +27,7 @@ from qmp_server.engine.stream import (
     DeviceData,
     EndOfPrecopy,
     EndOfStream,
+    MultifdSetup,
     OpenReturnPath,
     PostcopyAdvise,
     PostcopyDiscard,
@@ -35,6 +36,7 @@ from qmp_server.engine.stream import (
     StreamDecoder,
     StreamError,
     StreamHeader,
+    SyncMarker,
     apply_ram_event,
     guest_for_header,
 )
@@ -52,6 +54,7 @@ from qmp_server.runtime.channel import (
 )
 from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
+from qmp_server.runtime.multifd_dest import MultifdIncoming
 from qmp_server.runtime.postcopy_dest import PostcopyIncoming
 from qmp_server.runtime.postcopy_source import PREEMPT_ACK
 from qmp_server.runtime.stream_reader import stream_events
@@ -84,6 +87,8 @@ class DestinationDriver:
         #: ``postcopy-preempt``: the second connection, for requested pages
         self.preempt_channel: Channel | None = None
         self._preempt_ready = asyncio.Event()
+        #: ``multifd``: the extra connections that carry the pages
+        self.multifd: MultifdIncoming | None = None
 
     def pause(self) -> None:
         """``migrate-pause`` on the destination in postcopy."""
@@ -105,6 +110,8 @@ class DestinationDriver:
             self._channel.abort()
         if self._listener is not None:
             self._listener.close()
+        if self.multifd is not None:
+            self.multifd.close()
 
     def start_incoming(
         self, uri: str, *, at_startup: bool = False, exit_on_error: bool = True
@@ -200,6 +207,10 @@ class DestinationDriver:
             listener.close()
             self._listener = None
             raise
+        if self.ctx.vm.config.enabled("multifd"):
+            self.multifd = MultifdIncoming(
+                int(self.ctx.param("multifd-channels")), new_decompressor
+            )
         extra = loop.create_task(self._accept_extra(listener))
         try:
             if self._wants_preempt() and not self.ctx.profile.since(10, 0):
@@ -218,6 +229,9 @@ class DestinationDriver:
         loop = asyncio.get_running_loop()
         while True:
             conn, _ = await loop.sock_accept(listener)
+            if self.multifd is not None:
+                self.multifd.add_connection(conn)
+                continue
             if self._wants_preempt() and self.preempt_channel is None:
                 channel = Channel(conn, return_path=True)
                 channel.send_nowait(PREEMPT_ACK)
@@ -276,7 +290,14 @@ class DestinationDriver:
                 yield_bytes=_YIELD_BYTES,
                 on_data=poll_loaders if loaders else None,
             ):
-                if guest is not None and apply_ram_event(guest, event):
+                multifd = self.multifd
+                if guest is not None and (
+                    multifd.apply_main(event) if multifd else apply_ram_event(guest, event)
+                ):
+                    continue
+                if isinstance(event, SyncMarker):
+                    if multifd is not None:
+                        multifd.main_generation = event.pass_number
                     continue
                 if isinstance(event, StreamHeader):
                     size = self.ctx.guest.size_bytes
@@ -310,8 +331,15 @@ class DestinationDriver:
                         raise StreamError("Invalid argument")
                 elif isinstance(event, PostcopyDiscard):
                     discard = event.bitmap
+                elif isinstance(event, MultifdSetup):
+                    assert guest is not None
+                    if multifd is None:
+                        raise StreamError("multifd is not enabled on the destination")
+                    multifd.setup(event, guest)
                 elif isinstance(event, PostcopyListen):
                     assert guest is not None and discard is not None
+                    if multifd is not None:
+                        await multifd.wait_done()  # the channels' pages come first
                     if self._wants_preempt():
                         await self._preempt_ready.wait()  # 10.0 waits here (live)
                     post = self.postcopy = PostcopyIncoming(
@@ -325,6 +353,8 @@ class DestinationDriver:
                     complete = event
                 elif isinstance(event, EndOfStream):
                     assert guest is not None and complete is not None
+                    if multifd is not None:
+                        await multifd.wait_done()
                     await self._finish_load(guest, complete, loaders, send_rp, rp, source_running)
                     return
         except asyncio.CancelledError:
@@ -334,6 +364,9 @@ class DestinationDriver:
         finally:
             channel.abort()
             self._channel = None
+            if self.multifd is not None:
+                self.multifd.close()
+                self.multifd = None
 
     def _arm_loader_timer(self, loader: VfioSimLoader, send_ack: Callable[[], None]) -> None:
         """Poll a device again when its resource allocation (``load-ms``) is due to end."""
@@ -403,3 +436,8 @@ class DestinationDriver:
             # before 9.1; since then unless migrate-incoming had exit-on-error false, when
             # the error is only kept for query-migrate: nothing more on stderr, live 10.0).
             self.exit_process(1, desc)
+
+
+def new_decompressor(method: str) -> Callable[[bytes, int], bytes]:
+    """A multifd channel's decompressor (placeholder until the compression core lands)."""
+    raise StreamError(f"multifd-compression {method} is not supported")

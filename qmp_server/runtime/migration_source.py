@@ -29,6 +29,7 @@ import numpy as np
 
 from qmp_server.engine.guest import PAGE_SIZE
 from qmp_server.engine.migration import SourceMigration
+from qmp_server.engine.multifd import new_session, zero_page_rule
 from qmp_server.engine.precopy import ACK_WAIT_SYNC, Decision, PrecopySchedule, RateLimit
 from qmp_server.engine.stream import (
     NeedData,
@@ -58,6 +59,7 @@ from qmp_server.runtime.migration_context import (
     error_report,
     stop_for_switchover,
 )
+from qmp_server.runtime.multifd_source import MultifdOutgoing
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 from qmp_server.runtime.postcopy_source import PostcopyOutgoing
 
@@ -117,6 +119,10 @@ class SourceDriver:
         self._preempt: Channel | None = None
         #: everything sent, waiting for a return path the transport cannot have
         self._stuck = False
+        #: the migration's address (multifd channels connect to it too)
+        self._address: Address | None = None
+        #: ``multifd``: the extra channels that carry the pages
+        self._multifd: MultifdOutgoing | None = None
 
     def prepare(self) -> None:
         """Warm the devices' digest caches, off the loop.
@@ -296,6 +302,7 @@ class SourceDriver:
         prepared: Channel | None = None,
     ) -> None:
         src = self.state
+        self._address = address
         try:
             try:
                 channel = prepared or await connect(address, file)
@@ -332,6 +339,9 @@ class SourceDriver:
             self._fail(f"internal error: {err!r}")
         finally:
             self._start_rp_reader(None)
+            if self._multifd is not None:
+                self._multifd.close()
+                self._multifd = None
             if self._preempt is not None and src.status != "postcopy-paused":
                 self._preempt.abort()
                 self._preempt = None
@@ -431,6 +441,10 @@ class SourceDriver:
             head += enc.open_return_path()
         if ctx.vm.config.enabled("postcopy-ram"):
             head += enc.postcopy_advise()
+        multifd = self._multifd_for(channel)
+        session = new_session()
+        if multifd is not None:
+            head += enc.multifd_setup(multifd.channels, multifd.compression, session)
         for dev in ctx.devices:
             dev.save_setup(switchover_ack=ack)
         qemu.setup(return_path=return_path)
@@ -441,6 +455,9 @@ class SourceDriver:
         remaining = int(to_send.size) * PAGE_SIZE
         head += enc.sync(self._emit_pass(self._last_sync, 0, remaining))
         await self._send_setup(channel, head)
+        if multifd is not None and self._address is not None:
+            self._multifd = multifd
+            await multifd.open(self._address, session, src.ram.dirty_sync_count)
         src.account(qemu)
         src.ram.remaining = remaining
         src.activate(time.monotonic())
@@ -506,6 +523,21 @@ class SourceDriver:
             await self._iterate(channel, enc, sender, limit, period_base)
             await asyncio.sleep(0)  # QMP, the return path and the workload run between sections
 
+    def _multifd_for(self, channel: Channel) -> MultifdOutgoing | None:
+        """The multifd channels this migration uses (``multifd`` over a socket address)."""
+        ctx = self.ctx
+        address = self._address
+        if not ctx.vm.config.enabled("multifd") or address is None:
+            return None
+        if address.scheme not in ("tcp", "unix") or channel.sock is None:
+            return None
+        detection = ctx.param("zero-page-detection") if ctx.profile.since(9, 0) else None
+        return MultifdOutgoing(
+            ctx.guest,
+            int(ctx.param("multifd-channels")),
+            zero_page_rule(ctx.profile, None if detection is None else str(detection)),
+        )
+
     async def _run_postcopy(
         self,
         channel: Channel,
@@ -516,6 +548,9 @@ class SourceDriver:
         """The switch to postcopy and the rest of the migration (runtime/postcopy_source)."""
         qemu = self._qemu
         assert qemu is not None
+        if self._multifd is not None:
+            # postcopy pages go on the main channel (QEMU 7.2): the channels end first
+            await self._multifd.finish()
         post = self.postcopy = PostcopyOutgoing(
             self.ctx,
             self.state,
@@ -608,6 +643,15 @@ class SourceDriver:
         qemu = self._qemu
         assert qemu is not None
         xbzrle = self.state.xbzrle
+        multifd = self._multifd
+        if multifd is not None:
+            on_channels = multifd.pages_on_channels(zero)
+            encoded = sender.take(pages, zero, keep=~on_channels)
+            if encoded.parts:
+                await channel.send(encoded.parts)
+            await multifd.send_pages(pages[on_channels], zero[on_channels])
+            qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=exact_flushes)
+            return
         if xbzrle is None:
             encoded = sender.take(pages, zero)
             await channel.send(encoded.parts)
@@ -649,7 +693,9 @@ class SourceDriver:
         self.ctx.workload.advance(now)
         fresh = self.ctx.guest.sync_dirty()
         self._last_sync = now
-        self._emit_pass(now, int(fresh.size), self.state.ram.remaining)
+        number = self._emit_pass(now, int(fresh.size), self.state.ram.remaining)
+        if self._multifd is not None:
+            self._multifd.sync(number)
         return fresh
 
     def _throttle_check(self) -> None:
@@ -713,6 +759,8 @@ class SourceDriver:
                 channel, enc, sender, pages, zero, qemu.cost(pages, zero),
                 downtime=True, exact_flushes=False, last_stage=True,
             )  # fmt: skip
+        if self._multifd is not None:
+            await self._multifd.finish()
         qemu.end_section(downtime=True, final=True)
         device_bytes = 0
         for dev in ctx.devices:

@@ -1,0 +1,142 @@
+"""Multifd decisions, pure: where pages go, and which copy of a page wins on the destination.
+
+Why a module: with ``multifd`` the source's pages leave on several connections at once, so
+the destination receives them out of order.  A page sent in one dirty-sync round and again
+in a later round may arrive on two channels in either order; the later round must win.  QEMU
+orders them with a sync point on every channel at every dirty sync.  qmp-server keeps the
+same sync records (``CHANNEL_SYNC``, docs/stream-format.md) but does not stall the channels
+on them: each page carries the round it was sent in (its channel's last sync), and
+:class:`PageGenerations` admits a copy only if no later round's copy was loaded before it.
+
+Where zero pages go is a per-version fact (QEMU 7.2 and ``zero-page-detection=legacy``: the
+main thread finds them and sends them on the main channel; 9.0+ ``multifd``: the channels'
+threads find them and send them in their packets without data; ``none``: not looked for,
+sent with their data): :func:`zero_page_rule`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
+from qmp_server.engine.stream import CompressedPages, RamList, RamRun, ZeroList, ZeroRun
+from qmp_server.profiles import Profile
+
+__all__ = [
+    "PageGenerations",
+    "ZeroPageRule",
+    "apply_generation_event",
+    "new_session",
+    "zero_page_rule",
+]
+
+#: ``decompress(method, data, count)``: ``count`` pages, or ValueError
+Decompress = Callable[[str, bytes, int], bytes]
+
+
+class ZeroPageRule(enum.Enum):
+    """Who finds zero pages and where they travel."""
+
+    MAIN = "main"  # the main channel (QEMU 7.2; 9.0+ ``zero-page-detection=legacy``)
+    CHANNELS = "channels"  # each channel's packets, without data (9.0+ ``multifd``)
+    NONE = "none"  # not detected: sent with their data (9.0+ ``none``)
+
+
+def zero_page_rule(profile: Profile, zero_page_detection: str | None) -> ZeroPageRule:
+    """The zero-page rule of ``profile`` with its ``zero-page-detection`` parameter."""
+    if not profile.since(9, 0) or zero_page_detection in (None, "legacy"):
+        return ZeroPageRule.MAIN
+    if zero_page_detection == "none":
+        return ZeroPageRule.NONE
+    return ZeroPageRule.CHANNELS
+
+
+def new_session() -> bytes:
+    """An 8-byte id that ties a migration's channels to its main stream."""
+    return os.urandom(8)
+
+
+class PageGenerations:
+    """The dirty-sync round of the copy each page holds, on the destination.
+
+    A copy of round ``g`` is admitted when the page holds no copy of a later round; within a
+    round the source sends a page at most once, so the order of equal rounds never matters.
+    """
+
+    def __init__(self, page_count: int) -> None:
+        self._round = np.zeros(page_count, dtype=np.uint32)
+
+    def admit(self, indexes: npt.NDArray[np.int64], generation: int) -> npt.NDArray[np.bool_]:
+        """Which of ``indexes`` (distinct) to load for a copy of ``generation``; records it."""
+        ok: npt.NDArray[np.bool_] = self._round[indexes] <= generation
+        self._round[indexes[ok]] = generation
+        return ok
+
+    def admit_run(self, start: int, count: int, generation: int) -> npt.NDArray[np.bool_] | None:
+        """:meth:`admit` for pages ``start .. start+count-1``; None when all are admitted."""
+        rounds = self._round[start : start + count]
+        ok: npt.NDArray[np.bool_] = rounds <= generation
+        if ok.all():
+            rounds[:] = generation
+            return None
+        rounds[ok] = generation
+        return ok
+
+
+def _pick(data: bytes | bytearray | memoryview, ok: npt.NDArray[np.bool_]) -> bytes:
+    """The pages of ``data`` where ``ok`` is true, concatenated."""
+    view = memoryview(data)
+    return b"".join(view[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in np.flatnonzero(ok))
+
+
+def apply_generation_event(
+    guest: GuestMemory,
+    rounds: PageGenerations,
+    generation: int,
+    event: object,
+    decompress: Decompress,
+) -> bool:
+    """Load a page record of round ``generation`` into ``guest``, leaving out the pages that
+    already hold a later round's copy; False for an event that is not a page record.
+
+    :raise ValueError: a COMPRESSED packet that does not decompress to its pages.
+    """
+    if isinstance(event, RamRun):
+        count = len(event.data) // PAGE_SIZE
+        ok = rounds.admit_run(event.start, count, generation)
+        if ok is None:
+            guest.load_pages(event.start, event.data)
+        else:
+            idx = np.arange(event.start, event.start + count, dtype=np.int64)
+            guest.load_page_list(idx[ok], _pick(event.data, ok))
+    elif isinstance(event, ZeroRun):
+        ok = rounds.admit_run(event.start, event.count, generation)
+        if ok is None:
+            guest.load_zero_pages(event.start, event.count)
+        else:
+            idx = np.arange(event.start, event.start + event.count, dtype=np.int64)
+            guest.load_zero_page_list(idx[ok])
+    elif isinstance(event, (RamList, CompressedPages)):
+        idx = np.asarray(event.indexes, dtype=np.int64)
+        if np.unique(idx).size != idx.size:
+            raise ValueError("a page listed twice in one record")
+        data = (
+            decompress(event.compression, event.data, idx.size)
+            if isinstance(event, CompressedPages)
+            else event.data
+        )
+        ok = rounds.admit(idx, generation)
+        guest.load_page_list(idx[ok], data if ok.all() else _pick(data, ok))
+    elif isinstance(event, ZeroList):
+        idx = np.asarray(event.indexes, dtype=np.int64)
+        if np.unique(idx).size != idx.size:
+            raise ValueError("a page listed twice in one record")
+        guest.load_zero_page_list(idx[rounds.admit(idx, generation)])
+    else:
+        return False
+    return True

@@ -1,0 +1,186 @@
+"""The destination's multifd channels: one receiver thread per connection.
+
+Why threads: a channel's work is the kernel's copy (``recv_into``), decompression and the
+comparison with the baseline (C), which all release the GIL, so the channels load in
+parallel; on the event loop they would take turns.  Contract: the destination's accept loop
+hands every extra connection to :meth:`MultifdIncoming.add_connection` (it may come before
+the main stream's ``MULTIFD_SETUP``); :meth:`~MultifdIncoming.setup` is called with that
+record and the guest; page records of the main stream go through
+:meth:`~MultifdIncoming.apply_main`; :meth:`~MultifdIncoming.wait_done` returns once every
+channel ended properly, or raises the first channel's error.  Guest writes from the
+channels and the main stream are serialised by one lock; the later round's copy of a page
+wins (:class:`~qmp_server.engine.multifd.PageGenerations`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+
+from qmp_server.engine.guest import GuestMemory
+from qmp_server.engine.multifd import Decompress, PageGenerations, apply_generation_event
+from qmp_server.engine.stream import (
+    NEED_DATA,
+    ChannelHello,
+    ChannelSync,
+    EndOfStream,
+    MultifdSetup,
+    StreamDecoder,
+    StreamError,
+)
+
+__all__ = ["MultifdIncoming", "NewDecompressor"]
+
+#: ``new(method)``: a channel's decompressor, ``decompress(data, count)`` (ValueError if bad)
+NewDecompressor = Callable[[str], Callable[[bytes, int], bytes]]
+
+_READ_SIZE = 1 << 20
+
+
+class MultifdIncoming:
+    """The multifd channels of one incoming migration (``channels``: this side's
+    ``multifd-channels``)."""
+
+    def __init__(self, channels: int, new_decompressor: NewDecompressor) -> None:
+        self.channels = channels
+        self._new_decompressor = new_decompressor
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closed = False
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._seen: set[int] = set()
+        self._ended = 0
+        self._error: Exception | None = None
+        self._changed = asyncio.Event()
+        self._guest: GuestMemory | None = None
+        self._rounds: PageGenerations | None = None
+        self._setup: MultifdSetup | None = None
+        #: the main stream's round (its last SYNC)
+        self.main_generation = 0
+
+    @property
+    def connected(self) -> int:
+        return len(self._socks)
+
+    def add_connection(self, sock: socket.socket) -> None:
+        """An extra connection: a channel; its thread waits for :meth:`setup`."""
+        sock.setblocking(True)
+        self._socks.append(sock)
+        thread = threading.Thread(
+            target=self._receive, args=(sock,), name="multifd-recv", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def setup(self, record: MultifdSetup, guest: GuestMemory) -> None:
+        """The main stream's ``MULTIFD_SETUP``: the channels may load into ``guest``."""
+        self._setup = record
+        self._guest = guest
+        self._rounds = PageGenerations(guest.page_count)
+        self._ready.set()
+
+    def apply_main(self, event: object) -> bool:
+        """A page record of the main stream (zero pages the main thread found)."""
+        guest, rounds = self._guest, self._rounds
+        if guest is None or rounds is None:
+            return False
+        with self._lock:
+            return apply_generation_event(guest, rounds, self.main_generation, event, _no_packets)
+
+    async def wait_done(self) -> None:
+        """Until every channel of the source ended (raises the first channel error)."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._setup is not None and self._ended >= self._setup.channels:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -- receiver threads -------------------------------------------------------------------
+    def _notify(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(self._changed.set)
+
+    def _receive(self, sock: socket.socket) -> None:
+        try:
+            self._load_channel(sock)
+        except (StreamError, ValueError, OSError) as err:
+            if not self._closed and self._error is None:
+                self._error = err if isinstance(err, StreamError) else StreamError(str(err))
+        else:
+            with self._lock:
+                self._ended += 1
+        self._notify()
+
+    def _load_channel(self, sock: socket.socket) -> None:
+        decoder = StreamDecoder(zero_copy=True, channel=True)
+        generation = 0
+        decompress: Decompress = _no_packets
+        while True:
+            view = decoder.get_buffer(_READ_SIZE)
+            decoder.buffer_updated(sock.recv_into(view))
+            while (event := decoder.next_event()) is not NEED_DATA:
+                if isinstance(event, ChannelHello):
+                    decompress = self._hello(event)
+                elif isinstance(event, ChannelSync):
+                    generation = event.generation
+                elif isinstance(event, EndOfStream):
+                    return
+                else:
+                    guest, rounds = self._guest, self._rounds
+                    assert guest is not None and rounds is not None
+                    with self._lock:
+                        apply_generation_event(guest, rounds, generation, event, decompress)
+
+    def _hello(self, hello: ChannelHello) -> Decompress:
+        """Check a channel's first record against the main stream (waits for its setup);
+        the channel's decompressor (one stream per channel, as the source's)."""
+        if hello.channel_id >= self.channels:
+            raise StreamError(
+                f"multifd: received channel id {hello.channel_id} is greater than "
+                f"number of channels {self.channels}"
+            )
+        self._ready.wait()
+        setup = self._setup
+        if self._closed or setup is None:
+            raise StreamError("the migration ended")
+        with self._lock:
+            if hello.session != setup.session or hello.channel_id in self._seen:
+                raise StreamError(f"multifd: unexpected channel {hello.channel_id}")
+            self._seen.add(hello.channel_id)
+        assert self._guest is not None
+        if hello.ram_size != self._guest.size_bytes:
+            raise StreamError(f"multifd: channel {hello.channel_id} has a RAM size mismatch")
+        if setup.compression == "none":
+            return _no_packets
+        inflate = self._new_decompressor(setup.compression)
+        method = setup.compression
+
+        def decompress(kind: str, data: bytes, count: int) -> bytes:
+            if kind != method:
+                raise ValueError(f"a {kind} packet in a {method} migration")
+            return inflate(data, count)
+
+        return decompress
+
+
+def _no_packets(kind: str, data: bytes, count: int) -> bytes:
+    raise ValueError(f"a {kind} packet where multifd-compression is none")
