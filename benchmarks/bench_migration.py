@@ -124,14 +124,21 @@ class Proc:
 
 
 async def migrate(
-    src: Proc, dst: Proc, uri: str, *, caps: dict[str, bool], incoming: bool
+    src: Proc,
+    dst: Proc,
+    uri: str,
+    *,
+    caps: dict[str, bool],
+    incoming: bool,
+    bandwidth: int | None = None,
 ) -> dict[str, Any]:
-    """Set caps on both, max-bandwidth 100 GB/s, migrate, wait for completion; query-migrate."""
+    """Set caps on both, max-bandwidth (100 GB/s by default), migrate, wait for completion;
+    query-migrate."""
     capabilities = [{"capability": k, "state": v} for k, v in caps.items()]
     for side in (src, dst):
         if capabilities:
             await side.run("migrate-set-capabilities", {"capabilities": capabilities})
-    await src.run("migrate-set-parameters", {"max-bandwidth": 100_000_000_000})
+    await src.run("migrate-set-parameters", {"max-bandwidth": bandwidth or 100_000_000_000})
     if incoming:
         await dst.run("migrate-incoming", {"uri": uri})
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

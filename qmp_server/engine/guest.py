@@ -376,7 +376,11 @@ class GuestMemory:
             buf = words.view(np.uint8).reshape(count, PAGE_SIZE)
             pages = self._pages
             for offset in touched.tolist():
-                buf[offset] = np.frombuffer(pages[start + offset], dtype=np.uint8)
+                # .get: a multifd channel's thread reads while the guest writes; a page
+                # written back to its baseline meanwhile is dirty and goes again
+                page = pages.get(start + offset)
+                if page is not None:
+                    buf[offset] = np.frombuffer(page, dtype=np.uint8)
         return words.data.cast("B")
 
     def read_page_list(self, indexes: npt.ArrayLike) -> bytes:
@@ -387,7 +391,7 @@ class GuestMemory:
         stored = self._stored[idx] if idx.size else np.zeros(0, dtype=np.uint8)
         if self._random is None:
             return b"".join(
-                pages[i] if s else _ZERO_PAGE
+                pages.get(i, _ZERO_PAGE) if s else _ZERO_PAGE
                 for i, s in zip(idx.tolist(), stored.tolist(), strict=True)
             )
         words = self.baseline_of(idx)
@@ -395,7 +399,9 @@ class GuestMemory:
         if touched.size:
             buf = words.view(np.uint8).reshape(idx.size, PAGE_SIZE)
             for k in touched.tolist():
-                buf[k] = np.frombuffer(pages[int(idx[k])], dtype=np.uint8)
+                page = pages.get(int(idx[k]))  # see read_pages_view
+                if page is not None:
+                    buf[k] = np.frombuffer(page, dtype=np.uint8)
         return words.astype(_U64, copy=False).tobytes()
 
     def is_zero_page(self, index: int) -> bool:
@@ -445,25 +451,42 @@ class GuestMemory:
         self._load_list(idx, data)
         self._dirty[idx] = 1
 
-    def load_pages(self, start: int, data: bytes | bytearray | memoryview) -> None:
-        """Load consecutive pages from a migration stream (not a guest write: no dirty bit)."""
+    def run_differs(
+        self, start: int, data: bytes | bytearray | memoryview
+    ) -> npt.NDArray[np.bool_] | None:
+        """Which of the consecutive pages in ``data`` differ from their baseline (None: none
+        does).  Reads only the baseline, never the stored pages: safe beside writers, so a
+        multifd channel compares outside the guest's lock (:meth:`load_pages` ``differs``)."""
         if len(data) % PAGE_SIZE:
             raise ValueError(f"page data length {len(data)} is not a multiple of {PAGE_SIZE}")
         count = len(data) // PAGE_SIZE
         self._check_run(start, count)
         if count == 0:
-            return
+            return None
         words = _as_words(data, count)
         random = self._random
-        differs: npt.NDArray[np.bool_] | None
         if random is None:
-            differs = np.asarray(words.any(axis=1)) if words.any() else None
-        elif self._firmware is None:
-            differs = random.compare_run(start, words)
-        else:
-            differs = self._differs(np.arange(start, start + count, dtype=np.int64), words)
-            if not differs.any():
-                differs = None
+            return np.asarray(words.any(axis=1)) if words.any() else None
+        if self._firmware is None:
+            return random.compare_run(start, words)
+        differs = self._differs(np.arange(start, start + count, dtype=np.int64), words)
+        return differs if differs.any() else None
+
+    def load_pages(
+        self,
+        start: int,
+        data: bytes | bytearray | memoryview,
+        differs: npt.NDArray[np.bool_] | bool | None = True,
+    ) -> None:
+        """Load consecutive pages from a migration stream (not a guest write: no dirty bit);
+        ``differs``: what :meth:`run_differs` gave for them, if the caller computed it."""
+        if differs is True:
+            differs = self.run_differs(start, data)
+        elif differs is False:
+            raise ValueError("differs is a mask, None, or True (compute it)")
+        count = len(data) // PAGE_SIZE
+        if count == 0:
+            return
         if differs is None:
             # the whole run equals its baseline (a first pass of an untouched guest)
             stored = self._stored[start : start + count]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import numpy.typing as npt
@@ -100,38 +101,56 @@ def apply_generation_event(
     generation: int,
     event: object,
     decompress: Decompress,
+    lock: AbstractContextManager[object] | None = None,
 ) -> bool:
     """Load a page record of round ``generation`` into ``guest``, leaving out the pages that
     already hold a later round's copy; False for an event that is not a page record.
+
+    ``lock`` guards ``guest`` and ``rounds`` when channels load at once: the costly parts
+    (decompression, the comparison of a run with its baseline) run outside it.
 
     :raise ValueError: a COMPRESSED packet that does not decompress to its pages.
     """
     if isinstance(event, RamRun):
         count = len(event.data) // PAGE_SIZE
-        ok = rounds.admit_run(event.start, count, generation)
-        if ok is None:
-            guest.load_pages(event.start, event.data)
-        else:
-            idx = np.arange(event.start, event.start + count, dtype=np.int64)
-            guest.load_page_list(idx[ok], _pick(event.data, ok))
-    elif isinstance(event, ZeroRun):
+        differs = guest.run_differs(event.start, event.data)
+        with lock or nullcontext():
+            ok = rounds.admit_run(event.start, count, generation)
+            if ok is None:
+                guest.load_pages(event.start, event.data, differs)
+            else:
+                idx = np.arange(event.start, event.start + count, dtype=np.int64)
+                guest.load_page_list(idx[ok], _pick(event.data, ok))
+        return True
+    if isinstance(event, CompressedPages):
+        idx = np.asarray(event.indexes, dtype=np.int64)
+        data = decompress(event.compression, event.data, idx.size)
+        if np.unique(idx).size != idx.size:
+            raise ValueError("a page listed twice in one record")
+        with lock or nullcontext():
+            ok = rounds.admit(idx, generation)
+            guest.load_page_list(idx[ok], data if ok.all() else _pick(data, ok))
+        return True
+    with lock or nullcontext():
+        return _apply_small(guest, rounds, generation, event)
+
+
+def _apply_small(
+    guest: GuestMemory, rounds: PageGenerations, generation: int, event: object
+) -> bool:
+    if isinstance(event, ZeroRun):
         ok = rounds.admit_run(event.start, event.count, generation)
         if ok is None:
             guest.load_zero_pages(event.start, event.count)
         else:
             idx = np.arange(event.start, event.start + event.count, dtype=np.int64)
             guest.load_zero_page_list(idx[ok])
-    elif isinstance(event, (RamList, CompressedPages)):
+    elif isinstance(event, RamList):
         idx = np.asarray(event.indexes, dtype=np.int64)
         if np.unique(idx).size != idx.size:
             raise ValueError("a page listed twice in one record")
-        data = (
-            decompress(event.compression, event.data, idx.size)
-            if isinstance(event, CompressedPages)
-            else event.data
-        )
         ok = rounds.admit(idx, generation)
-        guest.load_page_list(idx[ok], data if ok.all() else _pick(data, ok))
+        guest.load_page_list(idx[ok], event.data if ok.all() else _pick(event.data, ok))
     elif isinstance(event, ZeroList):
         idx = np.asarray(event.indexes, dtype=np.int64)
         if np.unique(idx).size != idx.size:

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Socket buffers (the kernel caps them at net.core.[rw]mem_max).
-_SOCK_BUF = 4 << 20
+RECEIVE_BUFFER = _SOCK_BUF = 4 << 20
 
 Buffer = bytes | bytearray | memoryview
 

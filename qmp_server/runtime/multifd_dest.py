@@ -31,6 +31,7 @@ from qmp_server.engine.stream import (
     StreamDecoder,
     StreamError,
 )
+from qmp_server.runtime.channel import RECEIVE_BUFFER
 
 __all__ = ["MultifdIncoming", "NewDecompressor"]
 
@@ -70,6 +71,8 @@ class MultifdIncoming:
     def add_connection(self, sock: socket.socket) -> None:
         """An extra connection: a channel; its thread waits for :meth:`setup`."""
         sock.setblocking(True)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self._socks.append(sock)
         thread = threading.Thread(
             target=self._receive, args=(sock,), name="multifd-recv", daemon=True
@@ -89,8 +92,9 @@ class MultifdIncoming:
         guest, rounds = self._guest, self._rounds
         if guest is None or rounds is None:
             return False
-        with self._lock:
-            return apply_generation_event(guest, rounds, self.main_generation, event, _no_packets)
+        return apply_generation_event(
+            guest, rounds, self.main_generation, event, _no_packets, self._lock
+        )
 
     async def wait_done(self) -> None:
         """Until every channel of the source ended (raises the first channel error)."""
@@ -147,8 +151,7 @@ class MultifdIncoming:
                 else:
                     guest, rounds = self._guest, self._rounds
                     assert guest is not None and rounds is not None
-                    with self._lock:
-                        apply_generation_event(guest, rounds, generation, event, decompress)
+                    apply_generation_event(guest, rounds, generation, event, decompress, self._lock)
 
     def _hello(self, hello: ChannelHello) -> Decompress:
         """Check a channel's first record against the main stream (waits for its setup);

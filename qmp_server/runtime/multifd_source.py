@@ -26,7 +26,12 @@ import numpy.typing as npt
 
 from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.multifd import ZeroPageRule
-from qmp_server.engine.stream import Buffer, StreamEncoder, encode_guest_pages_parts
+from qmp_server.engine.stream import (
+    Buffer,
+    EncodedPages,
+    StreamEncoder,
+    encode_guest_pages_parts,
+)
 from qmp_server.runtime.channel import Address, Channel, connect
 
 __all__ = ["PACKET_PAGES", "Compressor", "MultifdOutgoing"]
@@ -98,8 +103,7 @@ class MultifdOutgoing:
 
     async def open(self, address: Address, session: bytes, generation: int) -> None:
         """Connect every channel; each starts with ``CHANNEL`` and the current round."""
-        if self._new_compressor is not None:
-            self._pool = ThreadPoolExecutor(self.channels, thread_name_prefix="multifd")
+        self._pool = ThreadPoolExecutor(self.channels, thread_name_prefix="multifd")
         for i in range(self.channels):
             channel = await connect(address)
             enc = StreamEncoder()
@@ -194,8 +198,15 @@ class MultifdOutgoing:
             lane.done.set()
 
     async def _encode(self, lane: _Lane, job: _Pages) -> list[Buffer]:
+        """The job's records, built in the pool: the pages' content (C, without the GIL)
+        of the channels is made in parallel; only this lane's task uses its encoder."""
+        loop = asyncio.get_running_loop()
+        assert self._pool is not None
         if lane.compress is None:
-            return encode_guest_pages_parts(lane.enc, self.guest, job.pages, zero=job.zero).parts
+            encoded = await loop.run_in_executor(
+                self._pool, _encode_pages, lane.enc, self.guest, job.pages, job.zero
+            )
+            return encoded.parts
         zero_part = encode_guest_pages_parts(
             lane.enc, self.guest, job.pages[job.zero], zero=job.zero[job.zero]
         ).parts
@@ -203,7 +214,6 @@ class MultifdOutgoing:
         if normal.size == 0:
             return zero_part
         compress = lane.compress
-        assert self._pool is not None
         # the pages are read here, on the loop, where the workload writes them
         raw = [
             (idx, self.guest.read_page_list(idx))
@@ -213,10 +223,17 @@ class MultifdOutgoing:
         def packets() -> list[tuple[npt.NDArray[np.int64], bytes]]:
             return [(idx, compress(data, int(idx.size))) for idx, data in raw]
 
-        loop = asyncio.get_running_loop()
         done = await loop.run_in_executor(self._pool, packets)
         parts = list(zero_part)
         for idx, data in done:
             parts += lane.enc.compressed_parts(self.compression, idx, data)
         return parts
 
+
+def _encode_pages(
+    enc: StreamEncoder,
+    guest: GuestMemory,
+    pages: npt.NDArray[np.int64],
+    zero: npt.NDArray[np.bool_],
+) -> EncodedPages:
+    return encode_guest_pages_parts(enc, guest, pages, zero=zero)

@@ -1,0 +1,186 @@
+"""Multifd and compression benchmarks: qmp-server against real QEMU 7.2 in the same run.
+
+(a) Throughput: a 1 GiB guest of random content, bandwidth unlimited, one channel (plain
+    precopy) and ``multifd`` with 2 channels (``--channels`` to change), qmp-server and QEMU
+    in interleaved rounds.
+(b) Compression: a 1 GiB guest of compressible (text-like) content over a link capped at
+    50 MB/s (``max-bandwidth``), without compression and with multifd zlib and zstd (2
+    channels, default levels); the compression ratio is the RAM's size over the bytes sent.
+
+How QEMU gets the same content: the source's RAM is a ``memory-backend-file`` on a file
+holding qmp-server's own baseline for that fill and seed (``tools/dump_guest_fill.py``,
+generated once in /dev/shm), so both send the very same bytes; the guest is stopped (``-S``:
+only the transfer is measured); both destinations are ``-incoming defer`` so the
+capabilities and parameters are set before they listen, as ``multifd`` requires.
+
+The figure compared is ``total-time`` from the source's ``query-migrate``.
+
+    .venv/bin/python benchmarks/bench_multifd.py [--rounds N] [--only throughput|compression]
+        [--channels N] [--no-qemu] [--size 1G] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench_migration import Proc, free_port, migrate, qmp_server_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+QEMU = shutil.which("qemu-system-x86_64")
+SEED = 1
+#: the compression case's link (max-bandwidth, bytes/s)
+LINK = 50_000_000
+
+
+def fill_file(fill: str, size: str) -> str:
+    """qmp-server's baseline of ``fill`` as a file (for QEMU's memory-backend-file)."""
+    path = f"/dev/shm/qmp-bench-{fill}-{size}-{SEED}"
+    if not os.path.exists(path):
+        subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "dump_guest_fill.py"), "--fill", fill,
+             "--size", size, "--seed", str(SEED), path + ".tmp"],
+            check=True,
+        )  # fmt: skip
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def _setup(channels: int, compression: str | None) -> tuple[dict[str, bool], dict[str, Any]]:
+    caps: dict[str, bool] = {"events": True}
+    params: dict[str, Any] = {}
+    if channels > 1 or compression:
+        caps["multifd"] = True
+        params["multifd-channels"] = channels
+    if compression:
+        params["multifd-compression"] = compression
+    return caps, params
+
+
+async def run_case(
+    kind: str, tmp: str, size: str, fill: str, channels: int, compression: str | None,
+    bandwidth: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """One migration of ``kind`` (qmp-server or qemu); query-migrate of the source."""
+    if kind == "qemu":
+        assert QEMU is not None
+        base = [QEMU, "-machine", "pc,memory-backend=ram", "-accel", "tcg", "-m", size,
+                "-nodefaults", "-display", "none", "-S"]  # fmt: skip
+        path = fill_file(fill, size)
+        src_ram = f"memory-backend-file,id=ram,size={size},mem-path={path},share=on"
+        dst_ram = f"memory-backend-ram,id=ram,size={size},prealloc=on"
+        src = Proc([*base, "-object", src_ram], f"{tmp}/qsrc.sock")
+        dst = Proc([*base, "-object", dst_ram, "-incoming", "defer"], f"{tmp}/qdst.sock")
+    else:
+        common = ["-machine", "pc", "-m", size, "-nodefaults", "-S", "--guest-fill", fill]
+        src = Proc(qmp_server_argv(*common), f"{tmp}/src.sock")
+        dst = Proc(qmp_server_argv(*common, "-incoming", "defer"), f"{tmp}/dst.sock")
+    try:
+        await src.connect()
+        await dst.connect()
+        caps, params = _setup(channels, compression)
+        for side in (src, dst):
+            if params:
+                await side.run("migrate-set-parameters", params)
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        capabilities = [{"capability": k, "state": v} for k, v in caps.items()]
+        await dst.run("migrate-set-capabilities", {"capabilities": capabilities})
+        await dst.run("migrate-incoming", {"uri": uri})
+        info = await migrate(src, dst, uri, caps=caps, incoming=False, bandwidth=bandwidth)
+        if kind != "qemu":
+            a, b = await src.run("x-query-guest-digest"), await dst.run("x-query-guest-digest")
+            if a != b:
+                raise RuntimeError("digests differ after migration")
+        return info
+    finally:
+        await src.close()
+        await dst.close()
+
+
+def _row(runs: list[dict[str, Any]], size_bytes: int) -> dict[str, Any]:
+    times = [r["total-time"] for r in runs]
+    ram = runs[0]["ram"]
+    sent = ram.get("transferred", 0)
+    return {
+        "total-time-ms": statistics.median(times),
+        "rounds-ms": times,
+        "GB/s": round(size_bytes / statistics.median(times) / 1e6, 2),
+        "cpu-s": round(statistics.median(
+            r["cpu-s"]["source"] + r["cpu-s"]["destination"] for r in runs), 2),
+        "transferred": sent,
+        "multifd-bytes": ram.get("multifd-bytes", 0),
+        "ratio": round(size_bytes / sent, 2) if sent else None,
+    }  # fmt: skip
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    size_bytes = int(args.size[:-1]) << {"M": 20, "G": 30}[args.size[-1]]
+    kinds = ["qmp-server"] + (["qemu"] if QEMU and not args.no_qemu else [])
+    cases: list[tuple[str, str, int, str | None, int | None]] = []
+    if args.only in (None, "throughput"):
+        cases += [("random 1 channel", "random", 1, None, None),
+                  (f"random multifd {args.channels}", "random", args.channels, None, None)]
+    if args.only in (None, "compression"):
+        cases += [("text 50MB/s none", "text", 1, None, LINK),
+                  ("text 50MB/s zlib", "text", args.channels, "zlib", LINK),
+                  ("text 50MB/s zstd", "text", args.channels, "zstd", LINK)]  # fmt: skip
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-multifd-") as tmp:
+        for _ in range(args.rounds):
+            for name, fill, channels, comp, bw in cases:
+                for kind in kinds:
+                    info = await run_case(kind, tmp, args.size, fill, channels, comp, bw)
+                    runs.setdefault((name, kind), []).append(info)
+    return {
+        "size": args.size,
+        "rounds": args.rounds,
+        "results": {f"{n} | {k}": _row(r, size_bytes) for (n, k), r in runs.items()},
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"{result['size']} guest; medians of {result['rounds']} round(s); total-time from "
+          "query-migrate; ratio = RAM size / bytes transferred")  # fmt: skip
+    print(f"    {'case':<22} {'target':<11} {'total-time':>10} {'GB/s':>6} {'CPU s':>6} "
+          f"{'transferred':>13} {'ratio':>6}")  # fmt: skip
+    res = result["results"]
+    for key, row in res.items():
+        case, kind = key.split(" | ")
+        print(f"    {case:<22} {kind:<11} {row['total-time-ms']:>8} ms {row['GB/s']:>6} "
+              f"{row['cpu-s']:>6} {row['transferred']:>13,} {row['ratio'] or '':>6}")
+    for key, row in res.items():
+        case, kind = key.split(" | ")
+        other = res.get(f"{case} | qemu")
+        if kind == "qmp-server" and other:
+            speed = other["total-time-ms"] / row["total-time-ms"]
+            print(f"    {case}: qmp-server {speed:.2f}x QEMU's speed")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["throughput", "compression"])
+    ap.add_argument("--channels", type=int, default=2)
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    result = asyncio.run(bench(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
