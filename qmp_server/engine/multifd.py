@@ -25,14 +25,25 @@ import numpy as np
 import numpy.typing as npt
 
 from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
-from qmp_server.engine.stream import CompressedPages, RamList, RamRun, ZeroList, ZeroRun
+from qmp_server.engine.stream import (
+    ChannelHello,
+    CompressedPages,
+    MultifdSetup,
+    RamList,
+    RamRun,
+    StreamError,
+    ZeroList,
+    ZeroRun,
+)
 from qmp_server.profiles import Profile
 
 __all__ = [
+    "ChannelRoster",
     "PageGenerations",
     "ZeroPageRule",
     "apply_generation_event",
     "new_session",
+    "packet_decoder",
     "zero_page_rule",
 ]
 
@@ -87,6 +98,44 @@ class PageGenerations:
             return None
         rounds[ok] = generation
         return ok
+
+
+class ChannelRoster:
+    """The destination's check of the channels that connect: each id once, below its own
+    ``multifd-channels``, of the main stream's session and RAM size."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self.seen: set[int] = set()
+
+    def check_id(self, hello: ChannelHello) -> None:
+        """What the destination can check before the main stream's setup arrived."""
+        if hello.channel_id >= self.channels:
+            raise StreamError(
+                f"multifd: received channel id {hello.channel_id} is greater than "
+                f"number of channels {self.channels}"
+            )
+
+    def admit(self, hello: ChannelHello, setup: MultifdSetup, ram_size: int) -> None:
+        """The rest, once the setup is known; records the channel."""
+        self.check_id(hello)
+        if hello.session != setup.session or hello.channel_id in self.seen:
+            raise StreamError(f"multifd: unexpected channel {hello.channel_id}")
+        if hello.ram_size != ram_size:
+            raise StreamError(f"multifd: channel {hello.channel_id} has a RAM size mismatch")
+        self.seen.add(hello.channel_id)
+
+
+def packet_decoder(method: str, inflate: Callable[[bytes, int], bytes] | None) -> Decompress:
+    """A channel's ``decompress`` for apply_generation_event: ``inflate`` (the channel's
+    decompressor, None without compression) for packets of the migration's ``method``."""
+
+    def decompress(kind: str, data: bytes, count: int) -> bytes:
+        if inflate is None or kind != method:
+            raise ValueError(f"a {kind} packet in a migration with compression {method}")
+        return inflate(data, count)
+
+    return decompress
 
 
 def _pick(data: bytes | bytearray | memoryview, ok: npt.NDArray[np.bool_]) -> bytes:

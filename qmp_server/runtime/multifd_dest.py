@@ -21,7 +21,13 @@ import threading
 from collections.abc import Callable
 
 from qmp_server.engine.guest import GuestMemory
-from qmp_server.engine.multifd import Decompress, PageGenerations, apply_generation_event
+from qmp_server.engine.multifd import (
+    ChannelRoster,
+    Decompress,
+    PageGenerations,
+    apply_generation_event,
+    packet_decoder,
+)
 from qmp_server.engine.stream import (
     NEED_DATA,
     ChannelHello,
@@ -39,6 +45,8 @@ __all__ = ["MultifdIncoming", "NewDecompressor"]
 NewDecompressor = Callable[[str], Callable[[bytes, int], bytes]]
 
 _READ_SIZE = 1 << 20
+#: the main stream carries no compressed packets
+_MAIN = packet_decoder("none", None)
 
 
 class MultifdIncoming:
@@ -54,7 +62,7 @@ class MultifdIncoming:
         self._closed = False
         self._socks: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
-        self._seen: set[int] = set()
+        self._roster = ChannelRoster(channels)
         self._ended = 0
         self._error: Exception | None = None
         self._changed = asyncio.Event()
@@ -92,9 +100,7 @@ class MultifdIncoming:
         guest, rounds = self._guest, self._rounds
         if guest is None or rounds is None:
             return False
-        return apply_generation_event(
-            guest, rounds, self.main_generation, event, _no_packets, self._lock
-        )
+        return apply_generation_event(guest, rounds, self.main_generation, event, _MAIN, self._lock)
 
     async def wait_done(self) -> None:
         """Until every channel of the source ended (raises the first channel error)."""
@@ -137,7 +143,7 @@ class MultifdIncoming:
     def _load_channel(self, sock: socket.socket) -> None:
         decoder = StreamDecoder(zero_copy=True, channel=True)
         generation = 0
-        decompress: Decompress = _no_packets
+        decompress: Decompress = _MAIN
         while True:
             view = decoder.get_buffer(_READ_SIZE)
             decoder.buffer_updated(sock.recv_into(view))
@@ -156,34 +162,12 @@ class MultifdIncoming:
     def _hello(self, hello: ChannelHello) -> Decompress:
         """Check a channel's first record against the main stream (waits for its setup);
         the channel's decompressor (one stream per channel, as the source's)."""
-        if hello.channel_id >= self.channels:
-            raise StreamError(
-                f"multifd: received channel id {hello.channel_id} is greater than "
-                f"number of channels {self.channels}"
-            )
+        self._roster.check_id(hello)
         self._ready.wait()
-        setup = self._setup
-        if self._closed or setup is None:
+        setup, guest = self._setup, self._guest
+        if self._closed or setup is None or guest is None:
             raise StreamError("the migration ended")
         with self._lock:
-            if hello.session != setup.session or hello.channel_id in self._seen:
-                raise StreamError(f"multifd: unexpected channel {hello.channel_id}")
-            self._seen.add(hello.channel_id)
-        assert self._guest is not None
-        if hello.ram_size != self._guest.size_bytes:
-            raise StreamError(f"multifd: channel {hello.channel_id} has a RAM size mismatch")
-        if setup.compression == "none":
-            return _no_packets
-        inflate = self._new_decompressor(setup.compression)
+            self._roster.admit(hello, setup, guest.size_bytes)
         method = setup.compression
-
-        def decompress(kind: str, data: bytes, count: int) -> bytes:
-            if kind != method:
-                raise ValueError(f"a {kind} packet in a {method} migration")
-            return inflate(data, count)
-
-        return decompress
-
-
-def _no_packets(kind: str, data: bytes, count: int) -> bytes:
-    raise ValueError(f"a {kind} packet where multifd-compression is none")
+        return packet_decoder(method, None if method == "none" else self._new_decompressor(method))
