@@ -154,7 +154,7 @@ _DEV = struct.Struct("<BBB")  # kind, flags, id length
 _TAGS = {int(t) for t in Tag}
 #: Records that only a postcopy stream carries after the switch or on a recovery connection.
 _RECOVER = struct.Struct("<Q")  # ram size
-_CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random", 2: "idle"}
+_CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random", 2: "idle", 3: "text"}
 _LE64 = np.dtype("<u8")
 
 
