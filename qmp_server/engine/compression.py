@@ -48,6 +48,7 @@ Method = Literal["zlib", "zstd"]
 LEGACY_MAX_LENGTH = PAGE_SIZE + (PAGE_SIZE >> 12) + (PAGE_SIZE >> 14) + (PAGE_SIZE >> 25) + 13
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZLIB_SYNC_MARK = b"\x00\x00\xff\xff"
 _ZSTD_BLOCK_MAX = 128 << 10
 
 
@@ -138,6 +139,10 @@ class MultifdDecompressor:
         return out
 
     def _zlib_packet(self, data: bytes | memoryview, want: int) -> bytes:
+        # A packet ends with Z_SYNC_FLUSH's empty stored block: without it the packet was cut
+        # or has something after it (and the next packet would not decode).
+        if bytes(data[-4:]) != _ZLIB_SYNC_MARK:
+            raise ValueError("zlib: the packet does not end with a sync flush")
         # One byte more than wanted: more output means data beyond the pages.
         out = self._zlib.decompress(data, want + 1)
         if self._zlib.eof:
