@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from qmp_server import __version__
 from qmp_server.chardev_options import check_monitor_chardev, parse_chardev
@@ -29,6 +29,9 @@ from qmp_server.engine.uri import uri_scheme_known
 from qmp_server.errors import CommandError, UsageError
 from qmp_server.profiles import PROFILES, Profile, resolve_profile
 from qmp_server.runtime.monitor import ChardevSpec
+
+if TYPE_CHECKING:  # numpy stays unloaded until the guest is built
+    from qmp_server.engine.guest import Fill
 
 __all__ = ["Options", "main", "parse_args", "parse_chardev"]
 
@@ -98,8 +101,9 @@ qmp-server options:
   --http [HOST:]PORT serve the REST mirror and dashboard (HOST defaults to 127.0.0.1)
   --http-token-file PATH   allow REST mutations with "Authorization: Bearer <token>"
   --http-cors ORIGIN[,ORIGIN...]   allow these browser origins (no CORS otherwise)
-  --guest-fill idle|zero|random  guest RAM content at start (default idle: what an idle
-                     SeaBIOS guest of the machine holds, as recorded from QEMU)
+  --guest-fill idle|zero|random|text  guest RAM content at start (default idle: what an
+                     idle SeaBIOS guest of the machine holds, as recorded from QEMU; text:
+                     distinct log-like pages that compress to about a third)
   --dirty-rate SIZE  bytes per second the guest workload dirties (default 0)
   --dirty-write-bytes SIZE  bytes each guest write changes in a page (default 4096: all)
   --dirty-working-set SIZE  the guest writes within this much of its RAM (default: all)
@@ -134,7 +138,7 @@ class Options:
     http_cors: list[str] = field(default_factory=list)
     #: ``--poll-us N``: busy-poll sockets for up to N microseconds after activity (latency).
     poll_us: int = 0
-    guest_fill: Literal["zero", "random", "idle"] = "idle"
+    guest_fill: Fill = "idle"
     guest_seed: int = 1
     dirty_rate: int = 0
     #: bytes each write of the workload changes in its page (XBZRLE's case: a few)
@@ -514,11 +518,14 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             assert value is not None
             opts.poll_us = _parse_int_option("--poll-us", value, 0, 1_000_000)
         elif name == "guest-fill":
-            if value not in ("zero", "random", "idle"):
-                raise UsageError(f"--guest-fill {value}: expected 'idle', 'zero' or 'random'")
-            opts.guest_fill = (
-                "zero" if value == "zero" else "random" if value == "random" else "idle"
-            )
+            fills: dict[str | None, Fill] = {
+                "zero": "zero", "random": "random", "idle": "idle", "text": "text"
+            }  # fmt: skip
+            if value not in fills:
+                raise UsageError(
+                    f"--guest-fill {value}: expected 'idle', 'zero', 'random' or 'text'"
+                )
+            opts.guest_fill = fills[value]
         elif name == "dirty-rate":
             opts.dirty_rate = _size_option(name, value)
         elif name == "dirty-write-bytes":

@@ -6,6 +6,10 @@
  * the same with numpy; this file only makes the two hot paths of a migration one memory pass
  * each: building pages to send (fill) and checking received pages against the baseline
  * (differs).  Results are identical to the numpy path (tests/engine/test_pages_accel.py).
+ *
+ * text_fill / text_differs do the same for the "text" baseline (text_fill.py): page i is the
+ * text pool row (i mod rows) with the 8-byte slot at the start of each 256-byte line replaced
+ * by 8 hex digits of SplitMix64((16 i + line) XOR page_key) (tests/engine/test_text_fill.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -123,6 +127,61 @@ static int open_indexes(PyObject *indexes, Py_buffer *idx, Py_ssize_t pages,
     return 0;
 }
 
+#define TEXT_LINE 256
+#define TEXT_LINES (PAGE_BYTES / TEXT_LINE)
+#define TEXT_SLOT 8
+
+/* Two hex digits per byte value, so a slot is four 2-byte stores. */
+static char hex_pairs[256][2];
+
+static void init_hex_pairs(void)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int b = 0; b < 256; b++) {
+        hex_pairs[b][0] = hex[b >> 4];
+        hex_pairs[b][1] = hex[b & 0xF];
+    }
+}
+
+static inline void text_slots(uint8_t *page, uint64_t i, uint64_t page_key)
+{
+    for (int k = 0; k < TEXT_LINES; k++) {
+        uint32_t v = (uint32_t)page_mix((i << 4) | (uint64_t)k, page_key);
+        uint8_t *slot = page + k * TEXT_LINE;
+        for (int d = 0; d < TEXT_SLOT / 2; d++) {
+            memcpy(slot + 2 * d, hex_pairs[(v >> (24 - 8 * d)) & 0xFF], 2);
+        }
+    }
+}
+
+static void text_fill_pages(uint8_t *dst, const uint8_t *base, uint64_t rows, uint64_t page_key,
+                            const int64_t *ix, uint64_t start, Py_ssize_t pages)
+{
+    for (Py_ssize_t k = 0; k < pages; k++) {
+        uint64_t i = nth_index(ix, start, k);
+        uint8_t *page = dst + k * PAGE_BYTES;
+        memcpy(page, base + (i % rows) * PAGE_BYTES, PAGE_BYTES);
+        text_slots(page, i, page_key);
+    }
+}
+
+static Py_ssize_t text_differing_pages(const uint8_t *src, const uint8_t *base, uint64_t rows,
+                                       uint64_t page_key, const int64_t *ix, uint64_t start,
+                                       Py_ssize_t pages, uint8_t *flags)
+{
+    uint8_t want[PAGE_BYTES];
+    Py_ssize_t count = 0;
+    for (Py_ssize_t k = 0; k < pages; k++) {
+        uint64_t i = nth_index(ix, start, k);
+        memcpy(want, base + (i % rows) * PAGE_BYTES, PAGE_BYTES);
+        text_slots(want, i, page_key);
+        int d = memcmp(want, src + k * PAGE_BYTES, PAGE_BYTES) != 0;
+        flags[k] = (uint8_t)d;
+        count += d;
+    }
+    return count;
+}
+
 PyDoc_STRVAR(fill_doc,
 "fill(pool, page_key, start, out, indexes=None)\n"
 "Write the baseline of pages start, start+1, ... (or of ``indexes``, int64) into ``out``.");
@@ -206,7 +265,91 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(text_fill_doc,
+"text_fill(pool, page_key, start, out, indexes=None)\n"
+"Write the text baseline of pages start, start+1, ... (or of ``indexes``) into ``out``.");
+
+static PyObject *pages_text_fill(PyObject *self, PyObject *args)
+{
+    Py_buffer pool, out, idx = {0};
+    unsigned long long page_key, start;
+    PyObject *indexes = Py_None;
+    if (!PyArg_ParseTuple(args, "y*KKw*|O", &pool, &page_key, &start, &out, &indexes)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t rows = pool_rows(&pool);
+    if (rows < 0 || check_pages(&out, "out") < 0) {
+        goto done;
+    }
+    Py_ssize_t pages = out.len / PAGE_BYTES;
+    const int64_t *ix;
+    if (open_indexes(indexes, &idx, pages, &ix) < 0) {
+        goto done;
+    }
+    const uint8_t *base = (const uint8_t *)pool.buf;
+    uint8_t *dst = (uint8_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    text_fill_pages(dst, base, (uint64_t)rows, page_key, ix, start, pages);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (idx.obj) {
+        PyBuffer_Release(&idx);
+    }
+    PyBuffer_Release(&pool);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+PyDoc_STRVAR(text_differs_doc,
+"text_differs(pool, page_key, start, data, mask, indexes=None) -> int\n"
+"Like differs() for the text baseline.");
+
+static PyObject *pages_text_differs(PyObject *self, PyObject *args)
+{
+    Py_buffer pool, data, mask, idx = {0};
+    unsigned long long page_key, start;
+    PyObject *indexes = Py_None;
+    if (!PyArg_ParseTuple(args, "y*KKy*w*|O", &pool, &page_key, &start, &data, &mask,
+                          &indexes)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t rows = pool_rows(&pool);
+    if (rows < 0 || check_pages(&data, "data") < 0) {
+        goto done;
+    }
+    Py_ssize_t pages = data.len / PAGE_BYTES;
+    if (mask.len != pages) {
+        PyErr_SetString(PyExc_ValueError, "mask needs one byte per page");
+        goto done;
+    }
+    const int64_t *ix;
+    if (open_indexes(indexes, &idx, pages, &ix) < 0) {
+        goto done;
+    }
+    const uint8_t *base = (const uint8_t *)pool.buf;
+    const uint8_t *src = (const uint8_t *)data.buf;
+    uint8_t *flags = (uint8_t *)mask.buf;
+    Py_ssize_t count;
+    Py_BEGIN_ALLOW_THREADS
+    count = text_differing_pages(src, base, (uint64_t)rows, page_key, ix, start, pages, flags);
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(count);
+done:
+    if (idx.obj) {
+        PyBuffer_Release(&idx);
+    }
+    PyBuffer_Release(&pool);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&mask);
+    return result;
+}
+
 static PyMethodDef pages_methods[] = {
+    {"text_fill", pages_text_fill, METH_VARARGS, text_fill_doc},
+    {"text_differs", pages_text_differs, METH_VARARGS, text_differs_doc},
     {"fill", pages_fill, METH_VARARGS, fill_doc},
     {"differs", pages_differs, METH_VARARGS, differs_doc},
     {NULL, NULL, 0, NULL},
@@ -214,10 +357,11 @@ static PyMethodDef pages_methods[] = {
 
 static struct PyModuleDef pages_module = {
     PyModuleDef_HEAD_INIT, "qmp_server.engine._pages",
-    "C fast path of the guest's random page baseline (see guest.py).", -1, pages_methods,
+    "C fast path of the guest's random and text page baselines (see guest.py, text_fill.py).", -1, pages_methods,
 };
 
 PyMODINIT_FUNC PyInit__pages(void)
 {
+    init_hex_pairs();
     return PyModule_Create(&pages_module);
 }

@@ -14,3 +14,15 @@ def differs(
     indexes: Buffer | None = ...,
     /,
 ) -> int: ...
+def text_fill(
+    pool: Buffer, page_key: int, start: int, out: Buffer, indexes: Buffer | None = ..., /
+) -> None: ...
+def text_differs(
+    pool: Buffer,
+    page_key: int,
+    start: int,
+    data: Buffer,
+    mask: Buffer,
+    indexes: Buffer | None = ...,
+    /,
+) -> int: ...

@@ -23,10 +23,11 @@ Design rules:
    one XOR pass, which is what lets the source send, and the destination compare, 1 GiB of
    "random" RAM at memory speed: about 8 GB/s with numpy, about twice that with the optional
    C extension :mod:`qmp_server.engine._pages` (built at install time when a compiler is
-   there; the same results either way).
+   there; the same results either way).  ``text``: distinct text-like pages (a log, a source
+   file) that compress to about a third, defined in :mod:`qmp_server.engine.text_fill`.
 3. **Digest (v1).**  ``sha256("qmp-server-ram-digest-v1\\0" || u64 ram size || u32 page size ||
    u8 fill || u64 seed || for every stored page in ascending order: u64 index || 4096 bytes)``
-   (integers little-endian; ``fill``: 0 zero, 1 random, 2 idle; for ``idle`` the header also
+   (integers little-endian; ``fill``: 0 zero, 1 random, 2 idle, 3 text; for ``idle`` the header also
    holds the sha256 of the firmware page indexes as u64 little-endian).  Because stored pages
    are exactly the pages that differ from the baseline, two memories with the same size and
    baseline have the same digest iff their contents are equal (up to sha256).  Cost:
@@ -61,6 +62,8 @@ try:  # the C fast path of rule 2 (optional; the numpy code below gives the same
 except ImportError:  # pragma: no cover - depends on the build
     _accel = None  # type: ignore[assignment]
 
+from qmp_server.engine.text_fill import TextBaseline
+
 __all__ = [
     "PAGE_SIZE",
     "WORDS_PER_PAGE",
@@ -78,8 +81,8 @@ _POOL_PAGES = 256
 _BATCH_PAGES = 256
 _MASK64 = (1 << 64) - 1
 
-Fill = Literal["zero", "random", "idle"]
-FILL_CODES: dict[str, int] = {"zero": 0, "random": 1, "idle": 2}
+Fill = Literal["zero", "random", "idle", "text"]
+FILL_CODES: dict[str, int] = {"zero": 0, "random": 1, "idle": 2, "text": 3}
 
 #: Sorted page indexes as numpy returns them.
 PageIndexes = npt.NDArray[np.int64]
@@ -206,6 +209,8 @@ def baseline_words(fill: Fill, seed: int, start: int, count: int) -> npt.NDArray
         return np.zeros((count, WORDS_PER_PAGE), dtype=np.uint64)
     if fill == "idle":
         raise ValueError("the idle baseline depends on the machine: use GuestMemory")
+    if fill == "text":
+        return TextBaseline(seed).run(start, count)
     return _RandomBaseline(seed).run(start, count)
 
 
@@ -233,8 +238,10 @@ class GuestMemory:
     """Sparse guest RAM of ``size_bytes`` (a multiple of 4 KiB), see the module rules.
 
     :param size_bytes: RAM size; a multiple of :data:`PAGE_SIZE` (0: a machine without RAM).
-    :param fill: ``"zero"``, ``"random"`` or ``"idle"``: the boot content (the baseline).
-    :param seed: seed of the ``random`` baseline and of the idle firmware pages' content.
+    :param fill: ``"zero"``, ``"random"``, ``"idle"`` or ``"text"``: the boot content (the
+        baseline).
+    :param seed: seed of the ``random`` and ``text`` baselines and of the idle firmware
+        pages' content.
     :param firmware_pages: sorted page indexes that are non-zero at boot (``idle`` only).
     :raise ValueError: on a bad size, fill or page list.
     """
@@ -250,12 +257,18 @@ class GuestMemory:
         if size_bytes < 0 or size_bytes % PAGE_SIZE:
             raise ValueError(f"RAM size {size_bytes} is not a multiple of {PAGE_SIZE}")
         if fill not in FILL_CODES:
-            raise ValueError(f"unknown guest fill {fill!r} (expected 'zero', 'random' or 'idle')")
+            raise ValueError(
+                f"unknown guest fill {fill!r} (expected 'zero', 'random', 'idle' or 'text')"
+            )
         self.size_bytes = size_bytes
         self.page_count = size_bytes // PAGE_SIZE
         self.fill: Fill = fill
         self.seed = seed & _MASK64
-        self._random = _RandomBaseline(self.seed) if fill != "zero" else None
+        #: the generator of the non-zero baseline pages (None: all zero)
+        self._random: _RandomBaseline | TextBaseline | None = (
+            None if fill == "zero" else TextBaseline(self.seed) if fill == "text"
+            else _RandomBaseline(self.seed)
+        )  # fmt: skip
         #: ``idle``: 1 where the baseline is a firmware page (non-zero), else None
         self._firmware: npt.NDArray[np.uint8] | None = None
         self._firmware_digest = b""

@@ -169,7 +169,7 @@ _COMPRESSED = struct.Struct("<BI")  # method, page count
 #: ``multifd-compression`` methods and their code in MULTIFD_SETUP and COMPRESSED records
 COMPRESSION_CODES: Final = {"none": 0, "zlib": 1, "zstd": 2}
 _CODE_COMPRESSION = {v: k for k, v in COMPRESSION_CODES.items()}
-_CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random", 2: "idle"}
+_CODE_FILLS: dict[int, Fill] = {0: "zero", 1: "random", 2: "idle", 3: "text"}
 _LE64 = np.dtype("<u8")
 
 
