@@ -18,7 +18,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import cast
 
+from qmp_server.engine.compression import Method, MultifdDecompressor
 from qmp_server.engine.devices import DeviceLoadError, SwitchoverAckGate, VfioSimLoader
 from qmp_server.engine.guest import GuestMemory
 from qmp_server.engine.migration import IncomingMigration
@@ -438,6 +440,9 @@ class DestinationDriver:
             self.exit_process(1, desc)
 
 
+
 def new_decompressor(method: str) -> Callable[[bytes, int], bytes]:
-    """A multifd channel's decompressor (placeholder until the compression core lands)."""
-    raise StreamError(f"multifd-compression {method} is not supported")
+    """A multifd channel's decompressor (one stream per channel, as the source's)."""
+    if method not in ("zlib", "zstd"):
+        raise StreamError(f"unknown multifd compression {method}")
+    return MultifdDecompressor(cast(Method, method)).decompress

@@ -24,9 +24,12 @@ import io
 import logging
 import os
 import time
+from functools import partial
+from typing import cast
 
 import numpy as np
 
+from qmp_server.engine.compression import Method, MultifdCompressor
 from qmp_server.engine.guest import PAGE_SIZE
 from qmp_server.engine.migration import SourceMigration
 from qmp_server.engine.multifd import new_session, zero_page_rule
@@ -59,7 +62,7 @@ from qmp_server.runtime.migration_context import (
     error_report,
     stop_for_switchover,
 )
-from qmp_server.runtime.multifd_source import MultifdOutgoing
+from qmp_server.runtime.multifd_source import Compressor, MultifdOutgoing
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 from qmp_server.runtime.postcopy_source import PostcopyOutgoing
 
@@ -80,6 +83,11 @@ _NO_RESUME = "Cannot resume if there is no paused migration"
 #: The states of a migration that ``migrate`` and ``migrate_cancel`` see as under way.
 _RUNNING = ("setup", "active", "pre-switchover", "device", "cancelling")
 _POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-recover-setup")
+
+
+def _compressor(method: Method, level: int) -> Compressor:
+    """A channel's compressor (one stream per channel, as QEMU's)."""
+    return MultifdCompressor(method, level).compress
 
 
 class _SetupFailed(Exception):
@@ -532,10 +540,17 @@ class SourceDriver:
         if address.scheme not in ("tcp", "unix") or channel.sock is None:
             return None
         detection = ctx.param("zero-page-detection") if ctx.profile.since(9, 0) else None
+        method = str(ctx.param("multifd-compression"))
+        new_compressor = None
+        if method in ("zlib", "zstd"):
+            level = int(ctx.param(f"multifd-{method}-level"))
+            new_compressor = partial(_compressor, cast(Method, method), level)
         return MultifdOutgoing(
             ctx.guest,
             int(ctx.param("multifd-channels")),
             zero_page_rule(ctx.profile, None if detection is None else str(detection)),
+            method,
+            new_compressor,
         )
 
     async def _run_postcopy(

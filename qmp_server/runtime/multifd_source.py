@@ -42,7 +42,7 @@ PACKET_PAGES = 128
 _QUEUE_JOBS = 2
 
 #: ``compress(data, count)``: one packet of ``count`` pages (one compressor per channel)
-Compressor = Callable[[Buffer, int], bytes]
+Compressor = Callable[[bytes, int], bytes]
 
 
 @dataclass(slots=True)

@@ -22,3 +22,19 @@ async def test_multifd_migrates_a_dirtying_guest(rig: Rig, version: str, fill: s
     assert await source.wait_status("completed", "failed", within=60) == "completed"
     assert await dest.wait_status("completed", "failed") == "completed"
     assert (await dest.digest())["ram"] == (await source.digest())["ram"]
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+@pytest.mark.parametrize("method", ["zlib", "zstd"])
+async def test_multifd_compression(rig: Rig, version: str, method: str) -> None:
+    source, dest, uri = await rig.pair(
+        "--compat", version, "-machine", "pc", "-m", "64", "-nodefaults", "--guest-fill", "text",
+        src=("--dirty-rate", "2M"), caps={"multifd": True}, uri=rig.unix_uri(),
+    )  # fmt: skip
+    for side in (source, dest):
+        await side.params(multifd_compression=method, multifd_channels=3)
+    await source.params(max_bandwidth=64 * MiB)
+    await source.run("migrate", {"uri": uri})
+    assert await source.wait_status("completed", "failed", within=60) == "completed"
+    assert await dest.wait_status("completed", "failed") == "completed"
+    assert (await dest.digest())["ram"] == (await source.digest())["ram"]
