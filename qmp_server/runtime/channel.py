@@ -349,8 +349,9 @@ async def exec_channel(command: str, *, outgoing: bool) -> Channel:
     return Channel(ours, proc=proc)
 
 
-def listen(address: Address) -> socket.socket:
-    """A non-blocking tcp/unix listener (a stale unix socket file is replaced)."""
+def listen(address: Address, backlog: int = 1) -> socket.socket:
+    """A non-blocking tcp/unix listener (a stale unix socket file is replaced); ``backlog``:
+    the connections that may wait to be accepted (QEMU's: one per channel it expects)."""
     sockaddr: Any
     if address.scheme == "tcp":
         infos = socket.getaddrinfo(
@@ -366,7 +367,7 @@ def listen(address: Address) -> socket.socket:
         sockaddr = address.path
     try:
         sock.bind(sockaddr)
-        sock.listen(1)
+        sock.listen(backlog)
     except OSError:
         sock.close()
         raise

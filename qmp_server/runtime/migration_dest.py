@@ -57,6 +57,7 @@ from qmp_server.runtime.channel import (
 from qmp_server.runtime.guest_runtime import guest_workload
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.multifd_dest import MultifdIncoming
+from qmp_server.runtime.multifd_source import CHANNEL_ACK
 from qmp_server.runtime.postcopy_dest import PostcopyIncoming
 from qmp_server.runtime.postcopy_source import PREEMPT_ACK
 from qmp_server.runtime.stream_reader import stream_events
@@ -148,7 +149,10 @@ class DestinationDriver:
         loop = asyncio.get_running_loop()
         if address.scheme in ("tcp", "unix"):
             try:
-                sock = listen(address)
+                backlog = 1
+                if cfg.enabled("multifd"):  # the channels connect right after the main one
+                    backlog += int(self.ctx.param("multifd-channels")) + 2
+                sock = listen(address, backlog)
             except OSError as err:
                 cfg.note_incoming(uri, started=False)
                 reason = os.strerror(err.errno) if err.errno else str(err)
@@ -229,10 +233,20 @@ class DestinationDriver:
 
     async def _accept_extra(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        held: list[socket.socket] = []
         while True:
             conn, _ = await loop.sock_accept(listener)
-            if self.multifd is not None:
-                self.multifd.add_connection(conn)
+            multifd = self.multifd
+            if multifd is not None and multifd.connected < multifd.channels:
+                conn.send(CHANNEL_ACK)  # a fresh socket's buffer takes one byte
+                multifd.add_connection(conn)
+                continue
+            if multifd is not None and self.ctx.profile.since(10, 0):
+                # more channels than this side's multifd-channels: 10.0 reports it once and
+                # both sides wait in setup (live)
+                if not held:
+                    error_report("Failed to peek at channel")
+                held.append(conn)
                 continue
             if self._wants_preempt() and self.preempt_channel is None:
                 channel = Channel(conn, return_path=True)
@@ -259,7 +273,8 @@ class DestinationDriver:
 
     async def _load(self, channel: Channel) -> None:
         inc = self.state
-        inc.set_status("active")
+        if self.multifd is None:
+            inc.set_status("active")
         self._channel = channel
         decoder = StreamDecoder(zero_copy=True)
         rp = ReturnPathEncoder()
@@ -302,6 +317,9 @@ class DestinationDriver:
                         multifd.main_generation = event.pass_number
                     continue
                 if isinstance(event, StreamHeader):
+                    # with multifd, QEMU starts loading once every channel is there (the
+                    # source sends its header after that)
+                    inc.set_status("active")
                     size = self.ctx.guest.size_bytes
                     if event.ram_size != size:
                         raise StreamError(
@@ -336,7 +354,15 @@ class DestinationDriver:
                 elif isinstance(event, MultifdSetup):
                     assert guest is not None
                     if multifd is None:
-                        raise StreamError("multifd is not enabled on the destination")
+                        # what QEMU's destination without multifd reports (live)
+                        if self.ctx.profile.since(10, 0):
+                            error_report("Not a migration stream")
+                        else:
+                            error_report("Unknown combination of migration flags: 0x0")
+                            error_report(
+                                "error while loading state for instance 0x0 of device 'ram'"
+                            )
+                        raise StreamError("Invalid argument")
                     multifd.setup(event, guest)
                 elif isinstance(event, PostcopyListen):
                     assert guest is not None and discard is not None
@@ -362,7 +388,14 @@ class DestinationDriver:
         except asyncio.CancelledError:
             raise
         except (StreamError, DeviceLoadError, OSError) as err:
-            self._fail(str(err) or type(err).__name__)
+            reason = str(err) or type(err).__name__
+            if self.multifd is not None and inc.status == "setup":
+                # still waiting for its channels, QEMU does not read the main stream: a
+                # source that goes away leaves it in setup, quietly (live 10.0)
+                return
+            if self.multifd is not None and "truncated" in reason:
+                reason = "Input/output error"  # QEMU's channel threads see the end first
+            self._fail(reason)
         finally:
             channel.abort()
             self._channel = None

@@ -437,6 +437,14 @@ class SourceDriver:
         ack = ctx.ack_enabled()
         return_path = self._return_path_on(channel)
         qemu = self._qemu = self._qemu_stream()
+        # multifd: the channels connect first, and the destination takes them (QEMU's
+        # setup waits for its channels before its first sync)
+        multifd = self._multifd_for(channel)
+        session = new_session()
+        refused: list[int] = []
+        if multifd is not None and self._address is not None:
+            self._multifd = multifd
+            refused = await multifd.open(self._address, session)
         head = enc.header(
             ram_size=guest.size_bytes,
             fill=guest.fill,
@@ -449,8 +457,6 @@ class SourceDriver:
             head += enc.open_return_path()
         if ctx.vm.config.enabled("postcopy-ram"):
             head += enc.postcopy_advise()
-        multifd = self._multifd_for(channel)
-        session = new_session()
         if multifd is not None:
             head += enc.multifd_setup(multifd.channels, multifd.compression, session)
         for dev in ctx.devices:
@@ -461,11 +467,13 @@ class SourceDriver:
         to_send = guest.sync_dirty()
         self._last_sync = time.monotonic()
         remaining = int(to_send.size) * PAGE_SIZE
+        if 0 in refused:
+            await self._channel_refused_in_setup(channel, enc, head, remaining)
+            return
         head += enc.sync(self._emit_pass(self._last_sync, 0, remaining))
         await self._send_setup(channel, head)
-        if multifd is not None and self._address is not None:
-            self._multifd = multifd
-            await multifd.open(self._address, session, src.ram.dirty_sync_count)
+        if multifd is not None:
+            multifd.start(src.ram.dirty_sync_count)
         src.account(qemu)
         src.ram.remaining = remaining
         src.activate(time.monotonic())
@@ -530,6 +538,22 @@ class SourceDriver:
                 continue
             await self._iterate(channel, enc, sender, limit, period_base)
             await asyncio.sleep(0)  # QMP, the return path and the workload run between sections
+
+    async def _channel_refused_in_setup(
+        self, channel: Channel, enc: StreamEncoder, head: bytes, remaining: int
+    ) -> None:
+        """The destination closed multifd channel 0 (it has no ``multifd``): QEMU's setup
+        fails when its first sync finds the channel gone, after the main stream's start
+        went out; its failure comes before that sync's MIGRATION_PASS (live 7.2 and 10.0)."""
+        desc = "Unable to write to socket: Broken pipe"
+        self.state.fail(desc, time.monotonic())
+        head += enc.sync(self._emit_pass(self._last_sync, 0, remaining))
+        with contextlib.suppress(OSError):
+            await channel.send([head])
+            await channel.flush()
+        if not self.ctx.profile.since(8, 0):
+            error_report("multifd_send_sync_main: channel 0 has already quit")
+        error_report(desc)
 
     def _multifd_for(self, channel: Channel) -> MultifdOutgoing | None:
         """The multifd channels this migration uses (``multifd`` over a socket address)."""

@@ -17,6 +17,8 @@ stream per channel.  A channel whose write fails fails the migration (:attr:`err
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,8 +36,10 @@ from qmp_server.engine.stream import (
 )
 from qmp_server.runtime.channel import Address, Channel, connect
 
-__all__ = ["PACKET_PAGES", "Compressor", "MultifdOutgoing"]
+__all__ = ["CHANNEL_ACK", "PACKET_PAGES", "Compressor", "MultifdOutgoing"]
 
+#: What the destination answers on a multifd channel it takes (it closes one it refuses).
+CHANNEL_ACK = b"M"
 #: Pages per multifd packet (QEMU: 512 KiB of 4 KiB pages); a compressed packet is a record.
 PACKET_PAGES = 128
 #: Page jobs queued per channel before the precopy loop waits (each up to 4 MiB of pages).
@@ -101,18 +105,32 @@ class MultifdOutgoing:
         self.failed = asyncio.Event()
         self._next = 0
 
-    async def open(self, address: Address, session: bytes, generation: int) -> None:
-        """Connect every channel; each starts with ``CHANNEL`` and the current round."""
+    async def open(self, address: Address, session: bytes) -> list[int]:
+        """Connect every channel and send its ``CHANNEL``; wait until the destination took
+        each one (:data:`CHANNEL_ACK`).  Returns the ids of the channels it refused (closed:
+        a destination without ``multifd``, or with fewer channels); those fail when used."""
         self._pool = ThreadPoolExecutor(self.channels, thread_name_prefix="multifd")
         for i in range(self.channels):
             channel = await connect(address)
             enc = StreamEncoder()
             hello = enc.channel_hello(i, self.channels, session, self.guest.size_bytes)
             compress = self._new_compressor() if self._new_compressor is not None else None
-            lane = _Lane(channel, enc, compress)
-            self._lanes.append(lane)
-            lane.queue.put_nowait(_Sync(generation))
+            self._lanes.append(_Lane(channel, enc, compress))
             await channel.send([hello])
+        refused = []
+        for i, lane in enumerate(self._lanes):
+            try:
+                ack = await lane.channel.recv(len(CHANNEL_ACK))
+            except OSError:
+                ack = b""
+            if ack != CHANNEL_ACK:
+                refused.append(i)
+        return refused
+
+    def start(self, generation: int) -> None:
+        """Start sending: each channel first marks the current round."""
+        for lane in self._lanes:
+            lane.queue.put_nowait(_Sync(generation))
             lane.task = asyncio.get_running_loop().create_task(self._run(lane))
 
     def pages_on_channels(self, zero: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
@@ -192,7 +210,10 @@ class MultifdOutgoing:
                 await lane.channel.send(parts)
         except OSError as err:
             if self.error is None:
-                self.error = err
+                # a channel the peer closed: QEMU's write reports EPIPE (the first write
+                # after a reset may say ENOTCONN or ECONNRESET here)
+                self.error = BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+                self.error.__cause__ = err
             self.failed.set()
         finally:
             lane.done.set()
