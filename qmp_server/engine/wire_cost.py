@@ -192,6 +192,12 @@ class QemuStream:
         self._file.unbuffered(self.device_state_bytes - self.vmdesc_bytes + device_bytes)
         self.postcopy = True
 
+    def multifd_flush(self) -> None:
+        """8.0+ multifd: the 8-byte ``MULTIFD_FLUSH`` flag of a sync, then a flush; not a RAM
+        byte (``engine/multifd_cost.py``, rule 3)."""
+        self._small(8)
+        self.flush()
+
     def device_data(self, nbytes: int) -> None:
         """Device data sent during precopy (``vfio-sim``): payload as one buffer."""
         self._file.unbuffered(nbytes)
