@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.engine.multifd_cost import MultifdAccount
 from qmp_server.engine.wire_cost import QemuStream
 from qmp_server.engine.xbzrle import XbzrleSender
 from qmp_server.profiles import Profile
@@ -77,6 +78,7 @@ class RamCounters:
     pages_per_second: int = 0
     postcopy_requests: int = 0
     postcopy_bytes: int = 0
+    multifd_bytes: int = 0
 
     def as_qapi(self, profile: Profile) -> dict[str, Any]:
         # Inserted in MigrationStats schema order: the encoder derives QEMU's key order.
@@ -97,7 +99,7 @@ class RamCounters:
                 "dirty-sync-count": self.dirty_sync_count,
                 "postcopy-requests": self.postcopy_requests,
                 "page-size": PAGE_SIZE,
-                "multifd-bytes": 0,
+                "multifd-bytes": self.multifd_bytes,
                 "pages-per-second": self.pages_per_second,
                 "precopy-bytes": self.precopy_bytes,
                 "downtime-bytes": self.downtime_bytes,
@@ -187,8 +189,9 @@ class SourceMigration:
         self.set_status("failed")
 
     # -- counters -------------------------------------------------------------------------
-    def account(self, stream: QemuStream) -> None:
-        """Take the byte and page counters from QEMU's stream as the source built it."""
+    def account(self, stream: QemuStream, multifd: MultifdAccount | None = None) -> None:
+        """Take the byte and page counters from QEMU's stream as the source built it, and
+        from QEMU's multifd channels when they carry the pages."""
         ram = self.ram
         ram.transferred = stream.transferred
         ram.precopy_bytes = stream.precopy_bytes
@@ -197,7 +200,14 @@ class SourceMigration:
         ram.normal = stream.normal_pages
         ram.duplicate = stream.zero_pages
         self.stream_bytes = stream.rate_bytes
-        self._pages_sent = stream.normal_pages + stream.zero_pages
+        if multifd is not None:
+            counters = multifd.counters(stream)
+            ram.transferred = counters["transferred"]
+            ram.normal = counters["normal"]
+            ram.duplicate = counters["duplicate"]
+            ram.multifd_bytes = counters["multifd-bytes"]
+            self.stream_bytes += multifd.multifd_bytes
+        self._pages_sent = ram.normal + ram.duplicate
 
     def count_sent(
         self, nbytes: int, zero_pages: int, normal_pages: int, *, downtime: bool

@@ -11,12 +11,12 @@ on them: each page carries the round it was sent in (its channel's last sync), a
 Where zero pages go is a per-version fact (QEMU 7.2 and ``zero-page-detection=legacy``: the
 main thread finds them and sends them on the main channel; 9.0+ ``multifd``: the channels'
 threads find them and send them in their packets without data; ``none``: not looked for,
-sent with their data): :func:`zero_page_rule`.
+sent with their data): :class:`qmp_server.engine.multifd_cost.ZeroPages`, with the rest of
+what QEMU's channels count.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -35,37 +35,17 @@ from qmp_server.engine.stream import (
     ZeroList,
     ZeroRun,
 )
-from qmp_server.profiles import Profile
 
 __all__ = [
     "ChannelRoster",
     "PageGenerations",
-    "ZeroPageRule",
     "apply_generation_event",
     "new_session",
     "packet_decoder",
-    "zero_page_rule",
 ]
 
 #: ``decompress(method, data, count)``: ``count`` pages, or ValueError
 Decompress = Callable[[str, bytes, int], bytes]
-
-
-class ZeroPageRule(enum.Enum):
-    """Who finds zero pages and where they travel."""
-
-    MAIN = "main"  # the main channel (QEMU 7.2; 9.0+ ``zero-page-detection=legacy``)
-    CHANNELS = "channels"  # each channel's packets, without data (9.0+ ``multifd``)
-    NONE = "none"  # not detected: sent with their data (9.0+ ``none``)
-
-
-def zero_page_rule(profile: Profile, zero_page_detection: str | None) -> ZeroPageRule:
-    """The zero-page rule of ``profile`` with its ``zero-page-detection`` parameter."""
-    if not profile.since(9, 0) or zero_page_detection in (None, "legacy"):
-        return ZeroPageRule.MAIN
-    if zero_page_detection == "none":
-        return ZeroPageRule.NONE
-    return ZeroPageRule.CHANNELS
 
 
 def new_session() -> bytes:

@@ -65,6 +65,7 @@ from qmp_server.profiles import Profile
 
 __all__ = [
     "FLUSH_FLAG_BYTES",
+    "packet_share",
     "INITIAL_PACKET_BYTES",
     "PACKET_BYTES",
     "PAGES_PER_PACKET",
@@ -276,3 +277,11 @@ class MultifdAccount:
             self.multifd_bytes += PACKET_BYTES + packet.raw_payload
         self.packets += 1
         return packet
+
+
+def packet_share(zero: npt.NDArray[np.bool_], rules: MultifdRules) -> npt.NDArray[np.int64]:
+    """What each queued page adds to the channels' bytes, its packet's header spread over the
+    packet's pages: for a rate limit tested before every page (8.1+ charges packets as they
+    are written, so a step's pages are charged as they go)."""
+    data = np.where(zero & (rules.zero_pages is not ZeroPages.NONE), 0, PAGE_SIZE)
+    return (data + PACKET_BYTES // PAGES_PER_PACKET).astype(np.int64)

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
+from qmp_server.engine.compression import LEGACY_MAX_LENGTH, LegacyPageCompressor
 from qmp_server.engine.devices import DeviceChunk, DeviceChunkKind
 from qmp_server.engine.guest import FILL_CODES, PAGE_SIZE, Fill, GuestMemory
 from qmp_server.engine.xbzrle import decode as decode_xbzrle
@@ -66,6 +67,7 @@ __all__ = [
     "ChannelSync",
     "Checkpoint",
     "Complete",
+    "CompressedPage",
     "CompressedPages",
     "DeviceData",
     "EncodedPages",
@@ -134,6 +136,7 @@ class Tag(enum.IntEnum):
     ZERO_LIST = 0x13
     XBZRLE = 0x14
     COMPRESSED = 0x15
+    COMPRESSED_PAGE = 0x16
     DEVICE = 0x20
     SYNC = 0x30
     OPEN_RETURN_PATH = 0x31
@@ -293,6 +296,14 @@ class CompressedPages:
 
 
 @dataclass(frozen=True, slots=True)
+class CompressedPage:
+    """One page as its own zlib stream (7.2's legacy ``compress`` capability)."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class OpenReturnPath:
     """The source asks the destination to open the return path."""
 
@@ -389,6 +400,7 @@ StreamEvent = (
     | ChannelHello
     | ChannelSync
     | CompressedPages
+    | CompressedPage
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -614,6 +626,12 @@ class StreamEncoder:
         idx = np.asarray(indexes, dtype=_LE64)
         head = _COMPRESSED.pack(COMPRESSION_CODES[compression], idx.size)
         return self._record_parts(Tag.COMPRESSED, head, idx.tobytes(), data)
+
+    def compressed_page(self, index: int, data: bytes) -> bytes:
+        """``COMPRESSED_PAGE``: page ``index`` as one zlib stream (legacy ``compress``)."""
+        if not 0 < len(data) <= LEGACY_MAX_LENGTH:
+            raise ValueError(f"a compressed page of {len(data)} bytes")
+        return self._record(Tag.COMPRESSED_PAGE, _U64.pack(index), data)
 
     def channel_end(self) -> bytes:
         """``CHECKSUM`` + ``EOF``: the end of a multifd channel."""
@@ -917,6 +935,14 @@ class StreamDecoder:
             if not 0 < len(payload) - 8 <= ps:
                 raise self._fail(f"record XBZRLE: a delta of {len(payload) - 8} bytes")
             return XbzrlePage(index, bytes(payload[8:]))
+        if tag is Tag.COMPRESSED_PAGE:
+            if len(payload) < 8:
+                raise self._fail("record COMPRESSED_PAGE too short")
+            (index,) = _U64.unpack_from(payload)
+            self._check_pages(tag, index, index + 1)
+            if not 0 < len(payload) - 8 <= LEGACY_MAX_LENGTH:
+                raise self._fail(f"Invalid compressed data length: {len(payload) - 8}")
+            return CompressedPage(index, bytes(payload[8:]))
         if tag is Tag.DEVICE:
             return self._device(payload)
         if tag is Tag.SYNC:
@@ -1284,6 +1310,12 @@ def apply_ram_event(guest: GuestMemory, event: object) -> bool:
         guest.load_page_list(event.indexes, event.data)
     elif isinstance(event, ZeroList):
         guest.load_zero_page_list(event.indexes)
+    elif isinstance(event, CompressedPage):
+        try:
+            page = LegacyPageCompressor.decompress_page(event.data)
+        except ValueError as err:
+            raise StreamError(f"page {event.index}: {err}") from None
+        guest.load_page_list([event.index], page)
     elif isinstance(event, XbzrlePage):
         try:
             page = decode_xbzrle(event.delta, guest.read_page(event.index))

@@ -32,7 +32,8 @@ import numpy as np
 from qmp_server.engine.compression import Method, MultifdCompressor
 from qmp_server.engine.guest import PAGE_SIZE
 from qmp_server.engine.migration import SourceMigration
-from qmp_server.engine.multifd import new_session, zero_page_rule
+from qmp_server.engine.multifd import new_session
+from qmp_server.engine.multifd_cost import MultifdAccount, MultifdRules, packet_share
 from qmp_server.engine.precopy import ACK_WAIT_SYNC, Decision, PrecopySchedule, RateLimit
 from qmp_server.engine.stream import (
     NeedData,
@@ -474,7 +475,9 @@ class SourceDriver:
         await self._send_setup(channel, head)
         if multifd is not None:
             multifd.start(src.ram.dirty_sync_count)
-        src.account(qemu)
+            multifd.account.start()
+            self._multifd_sync()  # the end of the setup (both versions)
+        self._count()
         src.ram.remaining = remaining
         src.activate(time.monotonic())
         sender = PageSender(enc, guest, to_send)
@@ -490,8 +493,8 @@ class SourceDriver:
                 src.ram.remaining = sender.remaining * PAGE_SIZE
                 src.update_period(now, int(ctx.param("downtime-limit")))
                 limit.set_bandwidth(int(ctx.param("max-bandwidth")))
-                period_base = qemu.rate_bytes
-            if limit.exceeded(qemu.rate_bytes - period_base):
+                period_base = self._rate_bytes()
+            if limit.exceeded(self._rate_bytes() - period_base):
                 await asyncio.sleep(src.period_left(now))
                 continue
             schedule.threshold = src.threshold
@@ -555,6 +558,45 @@ class SourceDriver:
             error_report("multifd_send_sync_main: channel 0 has already quit")
         error_report(desc)
 
+    def _count(self) -> None:
+        """query-migrate's counters from QEMU's stream model (and its multifd channels)."""
+        assert self._qemu is not None
+        self.state.account(self._qemu, self._multifd.account if self._multifd else None)
+
+    def _rate_bytes(self) -> int:
+        """The bytes QEMU's rate limit has seen: its main stream's, and the multifd packets
+        (7.2 charges a packet when it hands it to a channel)."""
+        assert self._qemu is not None
+        extra = self._multifd.account.multifd_bytes if self._multifd is not None else 0
+        return self._qemu.rate_bytes + extra
+
+    def _fit(self, pages: np.ndarray, zero: np.ndarray, cost: PagesCost, allowance: int) -> int:
+        """How many pages of a step QEMU's rate limit lets go (tested before each page).
+        With multifd only the main channel's pages are tested page by page; the channels'
+        packets are charged when they are handed over (7.2, docs/multifd-facts.md §10)."""
+        assert self._qemu is not None
+        if self._multifd is None:
+            return self._qemu.fit(cost, allowance)
+        account = self._multifd.account
+        main = account.main_mask(zero)
+        charged = np.where(main, cost.bytes, 0)
+        if account.rules.counts_in_channels:
+            # 8.1+: the channels' packets are charged as they go, page by page in effect
+            # (their header spread over the packet's pages; zero pages carry no data)
+            channel = packet_share(zero[~main], account.rules)
+            charged[~main] = channel
+        main_cost = PagesCost(charged, cost.normal & main)
+        return self._qemu.fit(main_cost, allowance - account.multifd_bytes)
+
+    def _multifd_sync(self) -> None:
+        """A sync of QEMU's multifd channels (the accounting: SYNC packets, 8.0+'s flag)."""
+        if self._multifd is None or self._qemu is None:
+            return
+        account = self._multifd.account
+        account.sync()
+        if account.rules.flush_flag:
+            self._qemu.multifd_flush()
+
     def _multifd_for(self, channel: Channel) -> MultifdOutgoing | None:
         """The multifd channels this migration uses (``multifd`` over a socket address)."""
         ctx = self.ctx
@@ -569,13 +611,10 @@ class SourceDriver:
         if method in ("zlib", "zstd"):
             level = int(ctx.param(f"multifd-{method}-level"))
             new_compressor = partial(_compressor, cast(Method, method), level)
-        return MultifdOutgoing(
-            ctx.guest,
-            int(ctx.param("multifd-channels")),
-            zero_page_rule(ctx.profile, None if detection is None else str(detection)),
-            method,
-            new_compressor,
-        )
+        channels = int(ctx.param("multifd-channels"))
+        rules = MultifdRules.for_profile(ctx.profile, str(detection or "legacy"))
+        account = MultifdAccount(rules, BlockMap(ctx.layout.block_list()), channels)
+        return MultifdOutgoing(ctx.guest, account, method, new_compressor)
 
     async def _run_postcopy(
         self,
@@ -649,7 +688,7 @@ class SourceDriver:
             cost = qemu.cost(pages, zero)
             count = pages.size
             if not limit.unlimited:
-                count = qemu.fit(cost, period_base + limit.allowance)
+                count = self._fit(pages, zero, cost, period_base + limit.allowance)
                 if count < pages.size:
                     pages, zero, cost = pages[:count], zero[:count], cost.head(count)
             if count:
@@ -657,13 +696,15 @@ class SourceDriver:
                     channel, enc, sender, pages, zero, cost,
                     downtime=downtime, exact_flushes=not limit.unlimited,
                 )  # fmt: skip
-                src.account(qemu)
+                self._count()
                 src.ram.remaining = sender.remaining * PAGE_SIZE
-            if limit.exceeded(qemu.rate_bytes - period_base) or time.monotonic() >= deadline:
+            if limit.exceeded(self._rate_bytes() - period_base) or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0)
+        if self._multifd is not None and self._multifd.account.rules.sync_per_section:
+            self._multifd_sync()  # 7.2: at the end of every RAM section
         qemu.end_section(downtime=downtime)
-        src.account(qemu)
+        self._count()
 
     async def _send_step(
         self,
@@ -684,12 +725,13 @@ class SourceDriver:
         xbzrle = self.state.xbzrle
         multifd = self._multifd
         if multifd is not None:
-            on_channels = multifd.pages_on_channels(zero)
-            encoded = sender.take(pages, zero, keep=~on_channels)
+            on_main = multifd.account.main_mask(zero)
+            previous = sender.last_page
+            encoded = sender.take(pages, zero, keep=on_main)
             if encoded.parts:
                 await channel.send(encoded.parts)
-            await multifd.send_pages(pages[on_channels], zero[on_channels])
-            qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=exact_flushes)
+            await multifd.send_pages(pages[~on_main], zero[~on_main])
+            self._account_multifd(pages, zero, previous, downtime=downtime)
             return
         if xbzrle is None:
             encoded = sender.take(pages, zero)
@@ -711,6 +753,28 @@ class SourceDriver:
                        downtime=downtime, exact_flushes=exact_flushes)  # fmt: skip
         for page, delta in deltas:
             qemu.add_xbzrle(page, len(delta), downtime=downtime)
+
+    def _account_multifd(
+        self, pages: np.ndarray, zero: np.ndarray, previous: int, *, downtime: bool
+    ) -> None:
+        """QEMU's multifd counting of a step: the channels' packets, the main channel's zero
+        pages; 8.0+ syncs where its walk wraps past the end of RAM (multifd_cost rule 3)."""
+        assert self._multifd is not None and self._qemu is not None
+        account = self._multifd.account
+        cut = pages.size
+        if not account.rules.sync_per_section and pages.size:
+            back = np.flatnonzero(pages < np.concatenate(([previous + 1], pages[:-1] + 1)))
+            cut = int(back[0]) if back.size else pages.size
+        for part in (slice(0, cut), slice(cut, None)):
+            if part.start == cut and cut < pages.size:
+                self._multifd_sync()
+            p, z = pages[part], zero[part]
+            if not p.size:
+                continue
+            account.queue(p, z)
+            main = account.main_mask(z)
+            if main.any():
+                self._qemu.add_pages(p[main], self._qemu.cost(p[main], z[main]), downtime=downtime)
 
     async def _wait_gate(self, seconds: float) -> None:
         self._gate.clear()
@@ -799,6 +863,7 @@ class SourceDriver:
                 downtime=True, exact_flushes=False, last_stage=True,
             )  # fmt: skip
         if self._multifd is not None:
+            self._multifd_sync()  # the end of the last section (both versions)
             await self._multifd.finish()
         qemu.end_section(downtime=True, final=True)
         device_bytes = 0
@@ -812,7 +877,7 @@ class SourceDriver:
         ram_digest = ctx.guest.digest()
         await channel.send([enc.complete(ram_digest, digests)])
         qemu.complete(device_bytes)
-        src.account(qemu)
+        self._count()
         if self._return_path_on(channel):
             try:
                 await asyncio.wait_for(self._resumed.wait(), _RESUME_TIMEOUT)

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qmp_server.engine.guest import GuestMemory
-from qmp_server.engine.multifd import ZeroPageRule
+from qmp_server.engine.multifd_cost import MultifdAccount, ZeroPages
 from qmp_server.engine.stream import (
     Buffer,
     EncodedPages,
@@ -88,14 +88,15 @@ class MultifdOutgoing:
     def __init__(
         self,
         guest: GuestMemory,
-        channels: int,
-        rule: ZeroPageRule,
+        account: MultifdAccount,
         compression: str = "none",
         new_compressor: Callable[[], Compressor] | None = None,
     ) -> None:
         self.guest = guest
-        self.channels = channels
-        self.rule = rule
+        #: what QEMU's channels would carry and count for the same pages
+        self.account = account
+        self.channels = account.channels
+        self.zero_pages = account.rules.zero_pages
         self.compression = compression
         self._new_compressor = new_compressor
         self._lanes: list[_Lane] = []
@@ -133,13 +134,6 @@ class MultifdOutgoing:
             lane.queue.put_nowait(_Sync(generation))
             lane.task = asyncio.get_running_loop().create_task(self._run(lane))
 
-    def pages_on_channels(self, zero: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        """Which pages of a step the channels carry (the rest, zero pages found by the main
-        thread, go on the main stream)."""
-        if self.rule is ZeroPageRule.MAIN:
-            return ~zero
-        return np.ones(zero.size, dtype=bool)
-
     async def send_pages(self, pages: npt.NDArray[np.int64], zero: npt.NDArray[np.bool_]) -> None:
         """Queue ``pages`` on the next channel with room (QEMU's round robin over free
         channels); waits while every channel has its queue full."""
@@ -147,7 +141,7 @@ class MultifdOutgoing:
             raise self.error
         if pages.size == 0:
             return
-        if self.rule is ZeroPageRule.NONE:
+        if self.zero_pages is ZeroPages.NONE:
             zero = np.zeros(pages.size, dtype=bool)  # not looked for: sent with their data
         lanes = self._lanes
         while True:

@@ -11,12 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
-from qmp_server.engine.multifd import (
-    PageGenerations,
-    ZeroPageRule,
-    apply_generation_event,
-    zero_page_rule,
-)
+from qmp_server.engine.multifd import PageGenerations, apply_generation_event
 from qmp_server.engine.stream import (
     NEED_DATA,
     ChannelHello,
@@ -31,7 +26,6 @@ from qmp_server.engine.stream import (
     StreamEvent,
     Tag,
 )
-from qmp_server.profiles import resolve_profile
 
 PAGES = 64
 SESSION = b"\x01\x02\x03\x04\x05\x06\x07\x08"
@@ -180,16 +174,3 @@ def test_a_bad_packet_is_a_value_error() -> None:
     event = CompressedPages("zlib", (1, 2), b"not zlib")
     with pytest.raises((ValueError, zlib.error)):
         apply_generation_event(guest, PageGenerations(PAGES), 1, event, _inflate)
-
-
-@pytest.mark.parametrize(
-    ("version", "detection", "rule"),
-    [
-        ("7.2", None, ZeroPageRule.MAIN),
-        ("10.0", "multifd", ZeroPageRule.CHANNELS),
-        ("10.0", "legacy", ZeroPageRule.MAIN),
-        ("10.0", "none", ZeroPageRule.NONE),
-    ],
-)
-def test_where_zero_pages_go(version: str, detection: str | None, rule: ZeroPageRule) -> None:
-    assert zero_page_rule(resolve_profile(version), detection) is rule
