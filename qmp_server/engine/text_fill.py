@@ -186,7 +186,8 @@ class TextBaseline:
         self._marks = text_marks(seed)
         self._key = _seed_key(seed, b"page-key")
         self._case_key = _seed_key(seed, b"case-key")
-        self._accel = _accel if accelerated else None
+        # an extension built before the text fill existed lacks text_fill: use numpy then
+        self._accel = _accel if accelerated and hasattr(_accel, "text_fill") else None
         #: the leading arguments of the C entry points
         self._c_args = (self._pool, self._marks, self._key, self._case_key)
 
