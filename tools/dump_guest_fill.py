@@ -6,8 +6,9 @@ guest, e.g. to compare compression ratios.  QEMU maps the file as its RAM with
     qemu-system-x86_64 -m 1G -object memory-backend-file,id=ram0,size=1G,mem-path=OUT,share=off \\
         -machine pc,memory-backend=ram0 ...
 
-while ``qmp-server -m 1G --guest-fill text`` holds the same bytes (its guest seed is 1, this
-tool's default ``--seed``).
+(checked with QEMU 7.2 paused with ``-S``: ``xp`` at guest-physical address A shows the file's
+bytes at offset A), while ``qmp-server -m 1G --guest-fill text`` holds the same bytes (its
+guest seed is 1, this tool's default ``--seed``).
 
     python tools/dump_guest_fill.py --fill text --size 1G /tmp/text-1g.ram
 """

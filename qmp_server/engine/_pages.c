@@ -8,8 +8,10 @@
  * (differs).  Results are identical to the numpy path (tests/engine/test_pages_accel.py).
  *
  * text_fill / text_differs do the same for the "text" baseline (text_fill.py): page i is the
- * text pool row (i mod rows) with the 8-byte slot at the start of each 256-byte line replaced
- * by 8 hex digits of SplitMix64((16 i + line) XOR page_key) (tests/engine/test_text_fill.py).
+ * text pool row (i mod rows) with about half its word starts (marks) upper-cased as the bits
+ * of SplitMix64((64 i + word) XOR case_key) say, and the 8-byte slot at the start of each
+ * 256-byte line replaced by 8 hex digits of SplitMix64((16 i + line) XOR page_key)
+ * (tests/engine/test_text_fill.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -131,11 +133,21 @@ static int open_indexes(PyObject *indexes, Py_buffer *idx, Py_ssize_t pages,
 #define TEXT_LINES (PAGE_BYTES / TEXT_LINE)
 #define TEXT_SLOT 8
 
-/* Two hex digits per byte value, so a slot is four 2-byte stores. */
+/* Two hex digits per byte value, so a slot is four 2-byte stores (and the flip table). */
 static char hex_pairs[256][2];
+
+/* flip_bytes[b]: byte k is 0x20 when bit k of b is set (case flips of 8 page bytes). */
+static uint64_t flip_bytes[256];
 
 static void init_hex_pairs(void)
 {
+    for (int b = 0; b < 256; b++) {
+        uint64_t v = 0;
+        for (int k = 0; k < 8; k++) {
+            v |= (uint64_t)((b >> k) & 1) << (8 * k + 5);
+        }
+        flip_bytes[b] = v;
+    }
     static const char hex[] = "0123456789abcdef";
     for (int b = 0; b < 256; b++) {
         hex_pairs[b][0] = hex[b >> 4];
@@ -154,27 +166,48 @@ static inline void text_slots(uint8_t *page, uint64_t i, uint64_t page_key)
     }
 }
 
-static void text_fill_pages(uint8_t *dst, const uint8_t *base, uint64_t rows, uint64_t page_key,
-                            const int64_t *ix, uint64_t start, Py_ssize_t pages)
+/* The keys and tables of one text baseline. */
+struct text_spec {
+    const uint8_t *base;   /* rows x 4096 bytes */
+    const uint64_t *marks; /* rows x 64 words: word-start bits */
+    uint64_t rows, page_key, case_key;
+};
+
+static inline void text_page(uint8_t *page, const struct text_spec *t, uint64_t i)
+{
+    uint64_t row = i % t->rows;
+    const uint64_t *marks = t->marks + row * (PAGE_BYTES / 64);
+    const uint8_t *src = t->base + row * PAGE_BYTES;
+    uint64_t flips[PAGE_BYTES / 64];
+    for (int w = 0; w < PAGE_BYTES / 64; w++) {
+        flips[w] = marks[w] & page_mix((i << 6) | (uint64_t)w, t->case_key);
+    }
+    /* One pass: 8 bytes of the pool row, XORed with 8 flip bits expanded to 0x20 bytes. */
+    for (int q = 0; q < PAGE_BYTES / 8; q++) {
+        uint64_t v;
+        memcpy(&v, src + q * 8, 8);
+        v ^= flip_bytes[(flips[q >> 3] >> (8 * (q & 7))) & 0xFF];
+        memcpy(page + q * 8, &v, 8);
+    }
+    text_slots(page, i, t->page_key);
+}
+
+static void text_fill_pages(uint8_t *dst, const struct text_spec *t, const int64_t *ix,
+                            uint64_t start, Py_ssize_t pages)
 {
     for (Py_ssize_t k = 0; k < pages; k++) {
-        uint64_t i = nth_index(ix, start, k);
-        uint8_t *page = dst + k * PAGE_BYTES;
-        memcpy(page, base + (i % rows) * PAGE_BYTES, PAGE_BYTES);
-        text_slots(page, i, page_key);
+        text_page(dst + k * PAGE_BYTES, t, nth_index(ix, start, k));
     }
 }
 
-static Py_ssize_t text_differing_pages(const uint8_t *src, const uint8_t *base, uint64_t rows,
-                                       uint64_t page_key, const int64_t *ix, uint64_t start,
-                                       Py_ssize_t pages, uint8_t *flags)
+static Py_ssize_t text_differing_pages(const uint8_t *src, const struct text_spec *t,
+                                       const int64_t *ix, uint64_t start, Py_ssize_t pages,
+                                       uint8_t *flags)
 {
     uint8_t want[PAGE_BYTES];
     Py_ssize_t count = 0;
     for (Py_ssize_t k = 0; k < pages; k++) {
-        uint64_t i = nth_index(ix, start, k);
-        memcpy(want, base + (i % rows) * PAGE_BYTES, PAGE_BYTES);
-        text_slots(want, i, page_key);
+        text_page(want, t, nth_index(ix, start, k));
         int d = memcmp(want, src + k * PAGE_BYTES, PAGE_BYTES) != 0;
         flags[k] = (uint8_t)d;
         count += d;
@@ -266,20 +299,42 @@ done:
 }
 
 PyDoc_STRVAR(text_fill_doc,
-"text_fill(pool, page_key, start, out, indexes=None)\n"
+"text_fill(pool, marks, page_key, case_key, start, out, indexes=None)\n"
 "Write the text baseline of pages start, start+1, ... (or of ``indexes``) into ``out``.");
+
+/* Parses and checks pool and marks; fills *t.  Returns 0, or -1 with an error set. */
+static int open_text_spec(Py_buffer *pool, Py_buffer *marks, unsigned long long page_key,
+                          unsigned long long case_key, struct text_spec *t)
+{
+    Py_ssize_t rows = pool_rows(pool);
+    if (rows < 0) {
+        return -1;
+    }
+    if (marks->len != rows * (Py_ssize_t)(PAGE_BYTES / 8)) {
+        PyErr_SetString(PyExc_ValueError, "marks need 64 words per pool row");
+        return -1;
+    }
+    t->base = (const uint8_t *)pool->buf;
+    t->marks = (const uint64_t *)marks->buf;
+    t->rows = (uint64_t)rows;
+    t->page_key = page_key;
+    t->case_key = case_key;
+    return 0;
+}
 
 static PyObject *pages_text_fill(PyObject *self, PyObject *args)
 {
-    Py_buffer pool, out, idx = {0};
-    unsigned long long page_key, start;
+    Py_buffer pool, marks, out, idx = {0};
+    unsigned long long page_key, case_key, start;
     PyObject *indexes = Py_None;
-    if (!PyArg_ParseTuple(args, "y*KKw*|O", &pool, &page_key, &start, &out, &indexes)) {
+    if (!PyArg_ParseTuple(args, "y*y*KKKw*|O", &pool, &marks, &page_key, &case_key, &start,
+                          &out, &indexes)) {
         return NULL;
     }
     PyObject *result = NULL;
-    Py_ssize_t rows = pool_rows(&pool);
-    if (rows < 0 || check_pages(&out, "out") < 0) {
+    struct text_spec t;
+    if (open_text_spec(&pool, &marks, page_key, case_key, &t) < 0 ||
+        check_pages(&out, "out") < 0) {
         goto done;
     }
     Py_ssize_t pages = out.len / PAGE_BYTES;
@@ -287,10 +342,9 @@ static PyObject *pages_text_fill(PyObject *self, PyObject *args)
     if (open_indexes(indexes, &idx, pages, &ix) < 0) {
         goto done;
     }
-    const uint8_t *base = (const uint8_t *)pool.buf;
     uint8_t *dst = (uint8_t *)out.buf;
     Py_BEGIN_ALLOW_THREADS
-    text_fill_pages(dst, base, (uint64_t)rows, page_key, ix, start, pages);
+    text_fill_pages(dst, &t, ix, start, pages);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -298,26 +352,28 @@ done:
         PyBuffer_Release(&idx);
     }
     PyBuffer_Release(&pool);
+    PyBuffer_Release(&marks);
     PyBuffer_Release(&out);
     return result;
 }
 
 PyDoc_STRVAR(text_differs_doc,
-"text_differs(pool, page_key, start, data, mask, indexes=None) -> int\n"
+"text_differs(pool, marks, page_key, case_key, start, data, mask, indexes=None) -> int\n"
 "Like differs() for the text baseline.");
 
 static PyObject *pages_text_differs(PyObject *self, PyObject *args)
 {
-    Py_buffer pool, data, mask, idx = {0};
-    unsigned long long page_key, start;
+    Py_buffer pool, marks, data, mask, idx = {0};
+    unsigned long long page_key, case_key, start;
     PyObject *indexes = Py_None;
-    if (!PyArg_ParseTuple(args, "y*KKy*w*|O", &pool, &page_key, &start, &data, &mask,
-                          &indexes)) {
+    if (!PyArg_ParseTuple(args, "y*y*KKKy*w*|O", &pool, &marks, &page_key, &case_key, &start,
+                          &data, &mask, &indexes)) {
         return NULL;
     }
     PyObject *result = NULL;
-    Py_ssize_t rows = pool_rows(&pool);
-    if (rows < 0 || check_pages(&data, "data") < 0) {
+    struct text_spec t;
+    if (open_text_spec(&pool, &marks, page_key, case_key, &t) < 0 ||
+        check_pages(&data, "data") < 0) {
         goto done;
     }
     Py_ssize_t pages = data.len / PAGE_BYTES;
@@ -329,12 +385,11 @@ static PyObject *pages_text_differs(PyObject *self, PyObject *args)
     if (open_indexes(indexes, &idx, pages, &ix) < 0) {
         goto done;
     }
-    const uint8_t *base = (const uint8_t *)pool.buf;
     const uint8_t *src = (const uint8_t *)data.buf;
     uint8_t *flags = (uint8_t *)mask.buf;
     Py_ssize_t count;
     Py_BEGIN_ALLOW_THREADS
-    count = text_differing_pages(src, base, (uint64_t)rows, page_key, ix, start, pages, flags);
+    count = text_differing_pages(src, &t, ix, start, pages, flags);
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(count);
 done:
@@ -342,6 +397,7 @@ done:
         PyBuffer_Release(&idx);
     }
     PyBuffer_Release(&pool);
+    PyBuffer_Release(&marks);
     PyBuffer_Release(&data);
     PyBuffer_Release(&mask);
     return result;

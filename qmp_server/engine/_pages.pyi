@@ -15,11 +15,20 @@ def differs(
     /,
 ) -> int: ...
 def text_fill(
-    pool: Buffer, page_key: int, start: int, out: Buffer, indexes: Buffer | None = ..., /
+    pool: Buffer,
+    marks: Buffer,
+    page_key: int,
+    case_key: int,
+    start: int,
+    out: Buffer,
+    indexes: Buffer | None = ...,
+    /,
 ) -> None: ...
 def text_differs(
     pool: Buffer,
+    marks: Buffer,
     page_key: int,
+    case_key: int,
     start: int,
     data: Buffer,
     mask: Buffer,

@@ -3,7 +3,8 @@
 Why: zlib/zstd compression only shows what it does on content that compresses; ``random``
 does not and ``zero`` is not compressed at all (zero pages are sent as flags).  ``text`` pages
 look like a log or a source file (words, punctuation, newlines from a fixed vocabulary) so
-multifd zlib/zstd at level 1 shrink a page to roughly a third.
+multifd zlib/zstd at level 1 shrink a page to roughly a third (zlib-1 36 %, zstd-1 34 %;
+docs/compression-facts.md).
 
 Definition (the numpy code here is the reference; ``_pages.text_fill``/``text_differs`` in C
 give the same bytes, tests/engine/test_text_fill.py checks it):
@@ -11,12 +12,21 @@ give the same bytes, tests/engine/test_text_fill.py checks it):
 - ``POOL``: :data:`POOL_PAGES` pages of text generated once per seed (:func:`text_pool`).
   Each page is :data:`LINES_PER_PAGE` lines of 256 bytes: an 8-byte *slot*, a space, 246
   bytes of a continuous word stream (hard-wrapped, so a word may continue on the next line)
-  and a newline.  The pool is 4 MiB, more than the window of zlib (32 KiB) and of zstd up to
-  level 9 (4 MiB), so a compressor never sees the same pool page twice in its window.
-- Page *i* is ``POOL[i mod POOL_PAGES]`` with slot *k* (bytes ``256k .. 256k+8``) replaced by
-  the 8 lowercase hex digits, most significant first, of the low 32 bits of
-  ``splitmix64((16 i + k) XOR page_key)`` (the same finaliser as the ``random`` baseline).
-  Every page is distinct (its slots), none is all zero.
+  and a newline.  The pool is 4 MiB, more than the window of zlib (32 KiB) and of zstd at
+  levels 1 to 7 (up to 2 MiB); step 1 below keeps bigger windows from exploiting it.
+- Page *i* is ``POOL[i mod POOL_PAGES]`` where
+
+  1. each *word start* (a lowercase ASCII letter after a space or newline; ``MARKS`` holds them
+     as bits, bit ``p % 64`` of word ``p // 64`` for byte ``p``) is upper-cased when bit
+     ``p % 64`` of ``splitmix64((64 i + p // 64) XOR case_key)`` is set: about half the words
+     of a page are capitalised, differently on every page, so a compressor whose window
+     reaches the previous use of the same pool page (zstd levels >= 8, or a channel fed every
+     N-th packet) finds only short matches and the ratio stays text-like;
+  2. slot *k* (bytes ``256k .. 256k+8``) is replaced by the 8 lowercase hex digits, most
+     significant first, of the low 32 bits of ``splitmix64((16 i + k) XOR page_key)``.
+
+  ``splitmix64`` is the finaliser of the ``random`` baseline.  Every page is distinct (its
+  slots), none is all zero.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ try:  # the C fast path (optional; the numpy code below gives the same results)
 except ImportError:  # pragma: no cover - depends on the build
     _accel = None  # type: ignore[assignment]
 
-__all__ = ["LINES_PER_PAGE", "POOL_PAGES", "TextBaseline", "text_pool"]
+__all__ = ["LINES_PER_PAGE", "POOL_PAGES", "TextBaseline", "text_marks", "text_pool"]
 
 PAGE_SIZE = 4096
 WORDS_PER_PAGE = PAGE_SIZE // 8
@@ -90,7 +100,7 @@ _PHRASES = (
     "def __init__(self, name):",
     "return None",
 )
-_PHRASE_SHARE = 0.10
+_PHRASE_SHARE = 0.18
 _SEPARATORS = (" ",) * 24 + ("\n", ", ", ". ", "(", ") ", ": ", "\n    ", " = ")
 
 
@@ -116,7 +126,7 @@ def _token_stream(rng: np.random.Generator, nbytes: int) -> npt.NDArray[np.uint8
     vocab = (*_PHRASES, *_VOCABULARY)
     tokens = [w.encode() for w in vocab] + [s.encode() for s in _SEPARATORS]
     nwords = len(vocab)
-    # Words are Zipf-distributed; phrases share a tenth of the draws (tuned so that zlib and
+    # Words are Zipf-distributed; phrases take 18 % of the draws (tuned so that zlib and
     # zstd at level 1 give about a third, see docs/compression-facts.md).
     zipf = 1.0 / np.arange(1, len(_VOCABULARY) + 1) ** 1.1
     zipf *= (1 - _PHRASE_SHARE) / zipf.sum()
@@ -154,15 +164,41 @@ def text_pool(seed: int) -> npt.NDArray[np.uint8]:
     return pool
 
 
+@functools.lru_cache(maxsize=4)
+def text_marks(seed: int) -> npt.NDArray[np.uint64]:
+    """The word starts of the pool: ``(POOL_PAGES, 64)`` words of bits (module doc)."""
+    pool = text_pool(seed)
+    prev = np.zeros_like(pool)
+    prev[:, 1:] = pool[:, :-1]
+    starts = ((prev == ord(" ")) | (prev == ord("\n"))) & (pool >= ord("a")) & (pool <= ord("z"))
+    marks = np.packbits(starts, axis=1, bitorder="little").view("<u8").astype(np.uint64)
+    marks.flags.writeable = False
+    return marks
+
+
 class TextBaseline:
     """The ``text`` baseline generator of one seed; same interface as the random one."""
 
-    __slots__ = ("_accel", "_key", "_pool")
+    __slots__ = ("_accel", "_c_args", "_case_key", "_key", "_marks", "_pool")
 
     def __init__(self, seed: int, *, accelerated: bool = True) -> None:
         self._pool = text_pool(seed)
+        self._marks = text_marks(seed)
         self._key = _seed_key(seed, b"page-key")
-        self._accel = _accel if accelerated else None
+        self._case_key = _seed_key(seed, b"case-key")
+        # an extension built before the text fill existed lacks text_fill: use numpy then
+        self._accel = _accel if accelerated and hasattr(_accel, "text_fill") else None
+        #: the leading arguments of the C entry points
+        self._c_args = (self._pool, self._marks, self._key, self._case_key)
+
+    def _case_flips(
+        self, idx: npt.NDArray[np.uint64], rows: npt.NDArray[np.intp]
+    ) -> npt.NDArray[np.uint8]:
+        """0x20 where a word start of the listed pages is capitalised, else 0: ``(n, 4096)``."""
+        words = (idx[:, None] << np.uint64(6)) | np.arange(64, dtype=np.uint64)
+        bits = _splitmix(words ^ np.uint64(self._case_key)) & self._marks[rows]
+        flips = np.unpackbits(bits.astype("<u8").view(np.uint8), axis=1, bitorder="little")
+        return flips << np.uint8(5)
 
     def _slots(self, idx: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
         """The slot bytes of the listed pages: ``(n, LINES_PER_PAGE, 8)``."""
@@ -175,21 +211,22 @@ class TextBaseline:
     def _build(self, idx: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         rows = (idx % np.uint64(POOL_PAGES)).astype(np.intp)
         out = np.take(self._pool, rows, axis=0)
+        out ^= self._case_flips(idx, rows)
         out.reshape(idx.size, LINES_PER_PAGE, LINE_BYTES)[:, :, :SLOT_BYTES] = self._slots(idx)
         return out.view(np.uint64).reshape(idx.size, WORDS_PER_PAGE)
 
     def run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
         out = np.empty((count, WORDS_PER_PAGE), dtype=np.uint64)
         if self._accel is not None:
-            self._accel.text_fill(self._pool, self._key, start, out)
+            self._accel.text_fill(*self._c_args, start, out)
             return out
         return self._build(np.arange(start, start + count, dtype=np.uint64))
 
     def gather(self, indexes: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
         if self._accel is not None:
             out = np.empty((indexes.size, WORDS_PER_PAGE), dtype=np.uint64)
-            self._accel.text_fill(self._pool, self._key, 0, out,
-                                  np.ascontiguousarray(indexes, dtype=np.int64))  # fmt: skip
+            idx = np.ascontiguousarray(indexes, dtype=np.int64)
+            self._accel.text_fill(*self._c_args, 0, out, idx)
             return out
         return self._build(indexes.astype(np.uint64))
 
@@ -199,7 +236,7 @@ class TextBaseline:
         """Which pages of ``words`` (pages from ``start``) differ; None if none does."""
         if self._accel is not None:
             mask = np.empty(words.shape[0], dtype=np.uint8)
-            if self._accel.text_differs(self._pool, self._key, start, words, mask) == 0:
+            if self._accel.text_differs(*self._c_args, start, words, mask) == 0:
                 return None
             return mask.view(np.bool_)
         differs = np.asarray((words != self.run(start, words.shape[0])).any(axis=1))
@@ -214,7 +251,7 @@ class TextBaseline:
         """For each listed page (its content in ``words``): whether it differs from the baseline."""
         if self._accel is not None:
             mask = np.empty(indexes.size, dtype=np.uint8)
-            self._accel.text_differs(self._pool, self._key, 0, words, mask,
-                                     np.ascontiguousarray(indexes, dtype=np.int64))  # fmt: skip
+            idx = np.ascontiguousarray(indexes, dtype=np.int64)
+            self._accel.text_differs(*self._c_args, 0, words, mask, idx)
             return mask.view(np.bool_)
         return np.asarray((words != self.gather(indexes)).any(axis=1))

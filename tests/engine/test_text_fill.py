@@ -90,3 +90,10 @@ def test_differs_list_matches_numpy(seed: int, indexes: list[int], data: st.Data
         lines[row, row % LINES_PER_PAGE, 3] ^= 1
     assert fast.differs_list(idx, words).tolist() == slow.differs_list(idx, words).tolist()
     assert set(np.flatnonzero(fast.differs_list(idx, words)).tolist()) == bad
+
+
+def test_pages_sharing_a_pool_row_differ_in_their_words() -> None:
+    """Capitalised word starts change with the page, so a big window finds short matches."""
+    base = TextBaseline(3)
+    a, b = base.run(5, 1).tobytes(), base.run(5 + POOL_PAGES, 1).tobytes()
+    assert sum(x != y for x, y in zip(a, b, strict=True)) > 100
