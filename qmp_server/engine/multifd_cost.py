@@ -65,7 +65,6 @@ from qmp_server.profiles import Profile
 
 __all__ = [
     "FLUSH_FLAG_BYTES",
-    "packet_share",
     "INITIAL_PACKET_BYTES",
     "PACKET_BYTES",
     "PAGES_PER_PACKET",
@@ -73,6 +72,7 @@ __all__ = [
     "MultifdRules",
     "Packet",
     "ZeroPages",
+    "packet_share",
 ]
 
 #: MULTIFD_PACKET_SIZE (512 KiB) in 4 KiB pages
