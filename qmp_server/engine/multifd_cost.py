@@ -235,6 +235,12 @@ class MultifdAccount:
         self.syncs += 1
         return out
 
+    def compressed(self, raw: int, actual: int) -> None:
+        """The data plane compressed ``raw`` bytes of pages to ``actual`` bytes: 8.1+ counts
+        what the channels wrote (7.2 the raw size, already counted, rule 4)."""
+        if self.rules.counts_in_channels:
+            self.multifd_bytes += actual - raw
+
     # -- counters ---------------------------------------------------------------------------
     @property
     def pending_pages(self) -> int:

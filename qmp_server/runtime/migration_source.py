@@ -486,6 +486,8 @@ class SourceDriver:
         period_base = 0  # QEMU's first period starts with the stream: setup bytes count
         while True:
             now = time.monotonic()
+            if self._multifd is not None and self._multifd.error is not None:
+                raise self._multifd.error  # a channel failed: the migration fails (QEMU)
             if self._postcopy_requested and self._can_switchover():
                 await self._run_postcopy(channel, enc, sender)
                 return

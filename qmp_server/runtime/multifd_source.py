@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from qmp_server.engine.guest import GuestMemory
+from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
 from qmp_server.engine.multifd_cost import MultifdAccount, ZeroPages
 from qmp_server.engine.stream import (
     Buffer,
@@ -242,6 +242,7 @@ class MultifdOutgoing:
         parts = list(zero_part)
         for idx, data in done:
             parts += lane.enc.compressed_parts(self.compression, idx, data)
+            self.account.compressed(int(idx.size) * PAGE_SIZE, len(data))
         return parts
 
 
