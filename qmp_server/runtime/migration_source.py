@@ -164,6 +164,13 @@ class SourceDriver:
                 raise CommandError(f"unknown migration protocol: {uri}") from None
             except ValueError as err:
                 raise CommandError(str(err)) from None
+        if (
+            ctx.profile.since(9, 0)
+            and vm.config.enabled("multifd")
+            and not self._multi_channel(uri, ctx.profile.since(8, 2))
+        ):
+            # 9.0+ checks the transport first: nothing changes (live 10.0)
+            raise CommandError("Migration requires multi-channel URIs (e.g. tcp)")
         if src.status in _RUNNING or src.status in _POSTCOPY:
             raise CommandError(IN_PROGRESS)
         if vm.runstate == "inmigrate":
@@ -215,6 +222,15 @@ class SourceDriver:
                 raise CommandError(desc) from None
         self.ack_state = "pending" if ctx.ack_enabled() else "not-needed"
         self._task = asyncio.get_running_loop().create_task(self._run(address, file, prepared))
+
+    def _multi_channel(self, uri: str, file_ok: bool) -> bool:
+        """Whether ``uri`` can carry multifd channels (a socket address; 10.0 also takes
+        ``file:`` with ``mapped-ram``, which qmp-server does not model)."""
+        try:
+            scheme = parse_uri(uri, file_ok=file_ok).scheme
+        except (LookupError, ValueError):
+            return True  # the URI's own error comes later
+        return scheme in ("tcp", "unix")
 
     def _begin(self, now: float) -> None:
         """``setup`` (QEMU's migrate_init: counters reset, the ACK flag back to false)."""
@@ -322,6 +338,11 @@ class SourceDriver:
                 error_report(desc)  # QEMU's error_report of an asynchronous failure
                 return
             self._channel = channel
+            if self.ctx.vm.config.enabled("multifd") and address.scheme not in ("tcp", "unix"):
+                # 7.2 finds out once connected: failed, without an error-desc (live)
+                src.fail(None, time.monotonic())
+                error_report("multifd is not supported by current protocol")
+                return
             if self._return_path_on(channel):
                 self._start_rp_reader(channel)
             cfg = self.ctx.vm.config
