@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmp_server.engine.compression import LegacyCompressStats
 from qmp_server.engine.guest import PAGE_SIZE
 from qmp_server.engine.multifd_cost import MultifdAccount
 from qmp_server.engine.wire_cost import QemuStream
@@ -145,11 +146,15 @@ class SourceMigration:
     stream_bytes: int = 0
     #: the ``xbzrle-cache`` members while the capability is on (engine/xbzrle.py)
     xbzrle: XbzrleSender | None = None
+    #: 7.2's ``compression`` member while the ``compress`` capability is on
+    compression: LegacyCompressStats | None = None
     _period: _Period | None = None
     _pages_sent: int = 0
     #: when the dirty-page rate was last computed (QEMU: at most once a second)
     _rate_since: float | None = None
     _rate_pages: int = 0
+    #: pages processed at the last rate update (7.2's compression rates)
+    _rate_pages_sent: int = 0
 
     # -- status -------------------------------------------------------------------------
     def set_status(self, new: str) -> None:
@@ -177,6 +182,7 @@ class SourceMigration:
         self._pages_sent = 0
         self._rate_since = None
         self._rate_pages = 0
+        self._rate_pages_sent = 0
         self.set_status("setup")
 
     def activate(self, now: float) -> None:
@@ -208,6 +214,8 @@ class SourceMigration:
             ram.multifd_bytes = counters["multifd-bytes"]
             self.stream_bytes += multifd.multifd_bytes
         self._pages_sent = ram.normal + ram.duplicate
+        if self.compression is not None:
+            self._pages_sent += self.compression.pages
 
     def count_sent(
         self, nbytes: int, zero_pages: int, normal_pages: int, *, downtime: bool
@@ -249,6 +257,9 @@ class SourceMigration:
                 self.ram.dirty_pages_rate = int(self._rate_pages / elapsed)
                 if self.xbzrle is not None:
                     self.xbzrle.update_rates()
+                if self.compression is not None:
+                    self.compression.update_rates(self._pages_sent - self._rate_pages_sent)
+                    self._rate_pages_sent = self._pages_sent
                 self._rate_pages = 0
                 self._rate_since = now
         # 7.2 estimates the downtime from what remains; 8.1+ from what the sync found dirty
@@ -318,6 +329,8 @@ class SourceMigration:
             info["ram"] = self.ram.as_qapi(self.profile)
             if self.xbzrle is not None:
                 info["xbzrle-cache"] = self.xbzrle.stats.as_qapi()
+            if self.compression is not None:
+                info["compression"] = self.compression.as_qapi()
             if self.vfio_transferred is not None:
                 info["vfio"] = {"transferred": self.vfio_transferred}
             if self.throttle_percentage:
@@ -330,6 +343,8 @@ class SourceMigration:
             info["ram"] = self.ram.as_qapi(self.profile)
             if self.xbzrle is not None:
                 info["xbzrle-cache"] = self.xbzrle.stats.as_qapi()
+            if self.compression is not None:
+                info["compression"] = self.compression.as_qapi()
             if self.vfio_transferred is not None:
                 info["vfio"] = {"transferred": self.vfio_transferred}
             return in_schema_order(info)

@@ -290,6 +290,12 @@ class QemuStream:
         self._count_ram(nbytes, downtime)
         self._file.small(nbytes)
 
+    def add_thread_record(self, nbytes: int, *, downtime: bool) -> None:
+        """A record a compress thread wrote (7.2's ``compress``: a compressed or zero page),
+        moved into QEMU's buffer when the thread is drained."""
+        self._count_ram(nbytes, downtime)
+        self._file.small(nbytes)
+
     def _count_ram(self, nbytes: int, downtime: bool) -> None:
         if self.postcopy:
             self.postcopy_bytes += nbytes

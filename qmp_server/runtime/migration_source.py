@@ -24,13 +24,24 @@ import io
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import cast
 
 import numpy as np
 
-from qmp_server.engine.compression import Method, MultifdCompressor
+from qmp_server.engine.compression import (
+    LegacyCompressStats,
+    LegacyPageCompressor,
+    Method,
+    MultifdCompressor,
+)
 from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.engine.legacy_compress import (
+    ZERO_RECORD_BYTES,
+    CompressThreads,
+    compressed_record_bytes,
+)
 from qmp_server.engine.migration import SourceMigration
 from qmp_server.engine.multifd import new_session
 from qmp_server.engine.multifd_cost import MultifdAccount, MultifdRules, packet_share
@@ -91,6 +102,29 @@ def _compressor(method: Method, level: int) -> Compressor:
     return MultifdCompressor(method, level).compress
 
 
+class LegacyCompression:
+    """7.2's ``compress`` for one migration: the threads' model and a pool that compresses
+    a step's pages in ``compress-threads`` pieces (zlib releases the GIL)."""
+
+    def __init__(self, threads: CompressThreads, compressor: LegacyPageCompressor) -> None:
+        self.threads = threads
+        self.compressor = compressor
+        self.count = threads.count
+        self.pool = ThreadPoolExecutor(self.count, thread_name_prefix="compress")
+
+    def compress_all(self, pages: list[bytes]) -> list[bytes]:
+        """Each page its own zlib stream (run in the pool; the pieces in parallel)."""
+        if len(pages) < 2 * self.count:
+            return [self.compressor.compress_page(p) for p in pages]
+        size = -(-len(pages) // self.count)
+        pieces = [pages[i : i + size] for i in range(0, len(pages), size)]
+        out: list[bytes] = []
+        for done in self.pool.map(lambda ps: [self.compressor.compress_page(p) for p in ps],
+                                  pieces):  # fmt: skip
+            out += done
+        return out
+
+
 class _SetupFailed(Exception):
     """QEMU 10.0 checks the setup's result: the migration fails with this text."""
 
@@ -132,6 +166,8 @@ class SourceDriver:
         self._address: Address | None = None
         #: ``multifd``: the extra channels that carry the pages
         self._multifd: MultifdOutgoing | None = None
+        #: 7.2's ``compress``: its threads' model and the page compressor
+        self._legacy: LegacyCompression | None = None
 
     def prepare(self) -> None:
         """Warm the devices' digest caches, off the loop.
@@ -240,6 +276,14 @@ class SourceDriver:
             if self.ctx.vm.config.enabled("xbzrle")
             else None
         )
+        self.state.compression = None
+        self._legacy = None
+        if self.ctx.vm.config.enabled("compress"):
+            stats = self.state.compression = LegacyCompressStats()
+            self._legacy = LegacyCompression(
+                CompressThreads(int(self.ctx.param("compress-threads")), stats),
+                LegacyPageCompressor(int(self.ctx.param("compress-level"))),
+            )
 
     def continue_migration(self) -> None:
         self._continue.set()
@@ -372,6 +416,8 @@ class SourceDriver:
             if self._multifd is not None:
                 self._multifd.close()
                 self._multifd = None
+            if self._legacy is not None:
+                self._legacy.pool.shutdown(wait=False)
             if self._preempt is not None and src.status != "postcopy-paused":
                 self._preempt.abort()
                 self._preempt = None
@@ -756,6 +802,9 @@ class SourceDriver:
             await multifd.send_pages(pages[~on_main], zero[~on_main])
             self._account_multifd(pages, zero, previous, downtime=downtime)
             return
+        if self._legacy is not None:
+            await self._send_compressed(channel, enc, sender, pages, zero, cost, downtime)
+            return
         if xbzrle is None:
             encoded = sender.take(pages, zero)
             await channel.send(encoded.parts)
@@ -776,6 +825,54 @@ class SourceDriver:
                        downtime=downtime, exact_flushes=exact_flushes)  # fmt: skip
         for page, delta in deltas:
             qemu.add_xbzrle(page, len(delta), downtime=downtime)
+
+    async def _send_compressed(
+        self,
+        channel: Channel,
+        enc: StreamEncoder,
+        sender: PageSender,
+        pages: np.ndarray,
+        zero: np.ndarray,
+        cost: PagesCost,
+        downtime: bool,
+    ) -> None:
+        """7.2's ``compress``: a block's first page from the migration thread, the others
+        through the compress threads (zero records, or each page its own zlib stream,
+        compressed in the thread pool); counted as the threads are drained."""
+        legacy = self._legacy
+        qemu = self._qemu
+        assert legacy is not None and qemu is not None
+        starts = qemu.blocks.starts
+        threads = legacy.threads.via_threads(pages, starts)
+        squeeze = threads & ~zero
+        previous = sender.last_page
+        encoded = sender.take(pages, zero, keep=~squeeze)
+        datas: list[bytes] = []
+        if squeeze.any():
+            raw = [self.ctx.guest.read_page(int(i)) for i in pages[squeeze]]
+            datas = await asyncio.get_running_loop().run_in_executor(
+                None, legacy.compress_all, raw
+            )
+        await channel.send(
+            [*encoded.parts, *(enc.compressed_page(int(i), d)
+                               for i, d in zip(pages[squeeze], datas, strict=True))]
+        )  # fmt: skip
+        main = ~threads
+        if main.any():
+            qemu.add_pages(pages[main], qemu.cost(pages[main], zero[main]), downtime=downtime)
+        blocks = qemu.blocks.block_of(pages)
+        sizes = iter(datas)
+        for k in np.flatnonzero(threads).tolist():
+            if int(pages[k]) <= previous:
+                legacy.threads.flush()  # a completed pass drains every thread
+            previous = int(pages[k])
+            if zero[k]:
+                nbytes = ZERO_RECORD_BYTES
+                qemu.zero_pages += 1
+            else:
+                nbytes = compressed_record_bytes(len(next(sizes)))
+            qemu.add_thread_record(nbytes, downtime=downtime)
+            legacy.threads.give(nbytes, bool(zero[k]), int(blocks[k]))
 
     def _account_multifd(
         self, pages: np.ndarray, zero: np.ndarray, previous: int, *, downtime: bool
@@ -888,6 +985,8 @@ class SourceDriver:
         if self._multifd is not None:
             self._multifd_sync()  # the end of the last section (both versions)
             await self._multifd.finish()
+        if self._legacy is not None:
+            self._legacy.threads.flush()
         qemu.end_section(downtime=True, final=True)
         device_bytes = 0
         for dev in ctx.devices:

@@ -38,3 +38,20 @@ async def test_multifd_compression(rig: Rig, version: str, method: str) -> None:
     assert await source.wait_status("completed", "failed", within=60) == "completed"
     assert await dest.wait_status("completed", "failed") == "completed"
     assert (await dest.digest())["ram"] == (await source.digest())["ram"]
+
+
+async def test_legacy_compress_on_7_2(rig: Rig) -> None:
+    source, dest, uri = await rig.pair(
+        "--compat", "7.2", "-machine", "pc", "-m", "64", "-nodefaults", "--guest-fill", "text",
+        src=("--dirty-rate", "1M"), caps={"compress": True}, uri=rig.unix_uri(),
+    )  # fmt: skip
+    await source.params(max_bandwidth=64 * MiB, compress_threads=2)
+    await source.run("migrate", {"uri": uri})
+    assert await source.wait_status("completed", "failed", within=60) == "completed"
+    assert await dest.wait_status("completed", "failed") == "completed"
+    info = await source.run("query-migrate")
+    stats = info["compression"]
+    assert set(stats) == {"pages", "busy", "busy-rate", "compressed-size", "compression-rate"}
+    assert stats["pages"] > 16000 and 0 < stats["compressed-size"] < stats["pages"] * 4096 // 2
+    assert info["ram"]["transferred"] < 32 * MiB  # text compresses to ~45% per page
+    assert (await dest.digest())["ram"] == (await source.digest())["ram"]
