@@ -6,6 +6,9 @@
                 [--switchover-ack] [--pause-before-switchover]
                 [--postcopy [--postcopy-after-precopy] [--max-postcopy-bandwidth SIZE]
                  [--postcopy-blocktime] [--timeout-postcopy] [--recover URI]]
+                [--parallel [--parallel-connections N]] [--compressed [--comp-methods LIST]
+                 [--comp-zlib-level N] [--comp-zstd-level N] [--comp-mt-level N]
+                 [--comp-mt-threads N] [--comp-xbzrle-cache SIZE]]
                 [--max-bandwidth SIZE] [--downtime-limit MS] [--timeout S] [--json]
 
 An ENDPOINT is a unix socket path or ``HOST:PORT``.  The driver works with qmp-server and with
@@ -21,8 +24,10 @@ The sequence (libvirt's, see docs/user-guide.md "Migrating with qmp-migrate"):
    under the name the side reports (``precopy-initial-data`` or ``switchover-ack``) when
    ``--switchover-ack`` is given; ``pause-before-switchover`` on the source when asked;
    ``postcopy-ram`` on both with ``--postcopy``, ``postcopy-blocktime`` on the destination
-   with ``--postcopy-blocktime``.
-4. ``migrate-set-parameters`` on the source (only the parameters given).
+   with ``--postcopy-blocktime``; ``multifd``, ``xbzrle``, ``compress`` on both as
+   ``--parallel`` and ``--compressed`` ask (:mod:`qmp_server.migrate_tuning`).
+4. ``migrate-set-parameters`` on the source (only the parameters given); the parallel and
+   compression parameters on both sides.
 5. ``migrate-incoming`` on the destination, ``migrate`` on the source.
 6. Follow ``MIGRATION`` events; answer ``pre-switchover`` with ``migrate-continue``; poll
    ``query-migrate`` for the progress display.  With ``--postcopy``: ``migrate-start-postcopy``
@@ -33,7 +38,7 @@ The sequence (libvirt's, see docs/user-guide.md "Migrating with qmp-migrate"):
 7. ``query-migrate`` for the final statistics (after postcopy, the destination's too: it
    holds the blocktime); the guest digests of both sides.
 8. Reset: every capability back to ``false`` on both sides (``events`` is left on, as libvirt
-   leaves it), the saved parameters restored on the source.
+   leaves it), the saved parameters restored (on the destination too, for the tuning's).
 
 On ``--timeout`` or Ctrl-C the migration is cancelled with ``migrate_cancel``; a source left
 paused is resumed with ``cont`` (Proxmox's abort path).  Once postcopy has begun nothing is
@@ -71,6 +76,7 @@ from qmp_server.migrate_postcopy import (
     blocktime_text,
     postcopy_detail,
 )
+from qmp_server.migrate_tuning import Tuning, TuningError
 
 __all__ = [
     "ACK_CAPABILITIES",
@@ -159,6 +165,8 @@ class MigrateOptions:
     postcopy_blocktime: bool = False
     timeout_postcopy: bool = False
     recover_uri: str | None = None
+    #: ``--parallel`` and ``--compressed`` (migrate_tuning)
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 @dataclass
@@ -218,6 +226,9 @@ class MigrationResult:
             "setup-time": self.final.get("setup-time"),
             "transferred": ram.get("transferred"),
             "vfio-transferred": vfio.get("transferred"),
+            "multifd-bytes": ram.get("multifd-bytes"),
+            "compression": self.final.get("compression"),
+            "xbzrle-cache": self.final.get("xbzrle-cache"),
             "postcopy": options.postcopy,
             "postcopy-requested": self.postcopy_reason,
             "postcopy-active": self.in_postcopy,
@@ -400,6 +411,7 @@ async def run_migration(
     source = _Side("source", options.source)
     dest = _Side("destination", options.dest)
     saved_params: dict[str, Any] = {}
+    saved_dest: dict[str, Any] = {}
     configured = False
     try:
         await source.connect()
@@ -432,11 +444,22 @@ async def run_migration(
                 "supported by source QEMU binary"
             )
         _check_postcopy(options, source, dest)
-        # 2. save the parameters we are going to change.
+        tuned = options.tuning.parameters()
+        for side in (source, dest):
+            missing = options.tuning.missing(side.capabilities)
+            if missing is not None:
+                raise MigrationError(
+                    f"argument unsupported: Migration option '{missing}' is not supported "
+                    f"by {side.name} QEMU binary"
+                )
+        # 2. save the parameters we are going to change (the tuning's: on both sides).
         params = await source.execute("query-migrate-parameters")
-        for key in ("max-bandwidth", "downtime-limit", "max-postcopy-bandwidth"):
+        for key in ("max-bandwidth", "downtime-limit", "max-postcopy-bandwidth", *tuned):
             if key in params:
                 saved_params[key] = params[key]
+        if tuned:
+            dest_params = await dest.execute("query-migrate-parameters")
+            saved_dest.update({k: dest_params[k] for k in tuned if k in dest_params})
         # 3. capabilities, explicitly, on each side.
         configured = True
         for side in (source, dest):
@@ -450,6 +473,7 @@ async def run_migration(
                 on.add("postcopy-ram")
             if side is dest and options.postcopy_blocktime:
                 on.add("postcopy-blocktime")
+            on |= options.tuning.capabilities()
             await side.execute(
                 "migrate-set-capabilities",
                 {"capabilities": _capability_list(side.capabilities, on)},
@@ -462,8 +486,10 @@ async def run_migration(
             new_params["downtime-limit"] = options.downtime_limit
         if options.max_postcopy_bandwidth is not None:
             new_params["max-postcopy-bandwidth"] = options.max_postcopy_bandwidth
-        if new_params:
-            await source.execute("migrate-set-parameters", new_params)
+        if new_params or tuned:
+            await source.execute("migrate-set-parameters", {**new_params, **tuned})
+        if tuned:
+            await dest.execute("migrate-set-parameters", tuned)
         # 5.-7.
         await _migrate(options, source, dest, progress, result, interrupted)
     except MigrationError as err:
@@ -475,7 +501,7 @@ async def run_migration(
         if configured and result.status not in POSTCOPY_STATES:
             # a postcopy left paused is still a migration: QEMU refuses the reset, and the
             # capabilities are what a manual recovery needs
-            await _reset(source, dest, saved_params, result)
+            await _reset(source, dest, saved_params, result, saved_dest)
         await source.disconnect()
         await dest.disconnect()
     return result
@@ -712,7 +738,11 @@ async def _runstate(side: _Side) -> str | None:
 
 
 async def _reset(
-    source: _Side, dest: _Side, saved_params: dict[str, Any], result: MigrationResult
+    source: _Side,
+    dest: _Side,
+    saved_params: dict[str, Any],
+    result: MigrationResult,
+    saved_dest: dict[str, Any] | None = None,
 ) -> None:
     """libvirt's qemuMigrationParamsReset: every capability false, saved parameters back."""
     for side in (source, dest):
@@ -725,11 +755,12 @@ async def _reset(
             )
         except MigrationError as err:
             result.reset_errors.append(f"{side.name}: {err}")
-    if saved_params and source.client.runstate.name == "RUNNING":
-        try:
-            await source.execute("migrate-set-parameters", saved_params)
-        except MigrationError as err:
-            result.reset_errors.append(f"source: {err}")
+    for side, saved in ((source, saved_params), (dest, saved_dest or {})):
+        if saved and side.client.runstate.name == "RUNNING":
+            try:
+                await side.execute("migrate-set-parameters", saved)
+            except MigrationError as err:
+                result.reset_errors.append(f"{side.name}: {err}")
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -822,6 +853,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --postcopy: when postcopy pauses, migrate-recover URI on the destination "
         f"and migrate resume on the source (up to {MAX_RECOVERIES} times)",
     )
+    tuning = parser.add_argument_group("parallel and compressed migration (as virsh migrate)")
+    tuning.add_argument("--parallel", action="store_true",
+                        help="multifd on both sides: pages on several connections")
+    tuning.add_argument("--parallel-connections", type=int, metavar="N",
+                        help="multifd-channels on both sides")
+    tuning.add_argument("--compressed", action="store_true",
+                        help="compress the migration (--comp-methods, default xbzrle)")
+    tuning.add_argument("--comp-methods", metavar="LIST",
+                        help="comma list of xbzrle, mt (7.2), zlib, zstd (zlib/zstd: --parallel)")
+    for name, help_text in (("zlib-level", "multifd-zlib-level"),
+                            ("zstd-level", "multifd-zstd-level"),
+                            ("mt-level", "compress-level"),
+                            ("mt-threads", "compress-threads")):
+        tuning.add_argument(f"--comp-{name}", type=int, metavar="N", help=help_text)
+    tuning.add_argument("--comp-xbzrle-cache", type=_size, metavar="SIZE",
+                        help="xbzrle-cache-size")  # fmt: skip
     parser.add_argument(
         "--downtime-limit", type=int, metavar="MS", help="maximum downtime in milliseconds"
     )
@@ -852,6 +899,8 @@ def format_result(result: MigrationResult) -> str:
             lines.append(f"  transferred:  {format_size(int(ram.get('transferred', 0)))}")
         if vfio:
             lines.append(f"  of it VFIO:   {format_size(int(vfio.get('transferred', 0)))}")
+        if ram.get("multifd-bytes"):
+            lines.append(f"  of it multifd: {format_size(int(ram['multifd-bytes']))}")
         if result.postcopy_reason is not None:
             lines.extend(_postcopy_lines(result))
         if result.digests_equal is not None:
@@ -914,7 +963,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} requires --postcopy")
     if args.timeout_postcopy and args.timeout is None:
         parser.error("--timeout-postcopy requires --timeout")
+    try:
+        tuning = Tuning.from_options(
+            parallel=args.parallel,
+            connections=args.parallel_connections,
+            compressed=args.compressed,
+            methods=args.comp_methods,
+            zlib_level=args.comp_zlib_level,
+            zstd_level=args.comp_zstd_level,
+            mt_level=args.comp_mt_level,
+            mt_threads=args.comp_mt_threads,
+            xbzrle_cache=args.comp_xbzrle_cache,
+        )
+    except TuningError as err:
+        parser.error(str(err))
     options = MigrateOptions(
+        tuning=tuning,
         source=args.source,
         dest=args.dest,
         uri=args.uri,
