@@ -181,11 +181,15 @@ class MultifdAccount:
         if self.rules.counts_in_channels:
             self.multifd_bytes += self.channels * INITIAL_PACKET_BYTES
 
-    def queue(self, pages: npt.NDArray[np.int64], zero: npt.NDArray[np.bool_]) -> list[Packet]:
+    def queue(
+        self, pages: npt.NDArray[np.int64], zero: npt.NDArray[np.bool_], *, packets: bool = True
+    ) -> list[Packet]:
         """Queue ``pages`` (flat indexes in walk order, ``zero`` their zero mask).
 
-        Returns the packets completed on the way.  Under :attr:`ZeroPages.MAIN` the zero pages
-        are not queued: the caller sends them on the main channel (:meth:`main_mask`).
+        Returns the packets completed on the way (``packets`` False: count only, faster:
+        a data plane that moves pages its own way needs only the counters).  Under
+        :attr:`ZeroPages.MAIN` the zero pages are not queued: the caller sends them on the
+        main channel (:meth:`main_mask`).
         """
         mode = self.rules.zero_pages
         if mode is ZeroPages.MAIN:
@@ -197,6 +201,9 @@ class MultifdAccount:
         if pages.size == 0:
             return out
         block = self.blocks.block_of(pages)
+        if not packets and self._payload is None and not np.any(block != block[0]):
+            self._count_run(int(block[0]), zero)
+            return out
         cuts = np.flatnonzero(block[1:] != block[:-1]) + 1
         starts = np.concatenate(([0], cuts))
         ends = np.concatenate((cuts, [pages.size]))
@@ -265,6 +272,37 @@ class MultifdAccount:
         }
 
     # -- internals ---------------------------------------------------------------------------
+    def _count_run(self, block: int, zero: npt.NDArray[np.bool_]) -> None:
+        """:meth:`queue` of pages of one block, counters only (the packets' arithmetic)."""
+        if block != self._block and self._pending:
+            self._send()
+        self._block = block
+        # the pending packet as a placeholder of zero pages whose normal ones are counted
+        pend_normal = sum(int(a.size) for a in self._normal)
+        pend_zero = self._pending - pend_normal
+        flags = np.concatenate((np.ones(pend_normal, bool), np.zeros(pend_zero, bool), ~zero))
+        n = flags.size
+        full = n // PAGES_PER_PACKET
+        if not self.rules.counts_in_channels:
+            self.normal += int(np.count_nonzero(~zero))
+        if full:
+            normal_per = np.add.reduceat(
+                flags[: full * PAGES_PER_PACKET],
+                np.arange(0, full * PAGES_PER_PACKET, PAGES_PER_PACKET),
+            )
+            normal_total = int(normal_per.sum())
+            self.multifd_bytes += full * PACKET_BYTES + normal_total * PAGE_SIZE
+            if self.rules.counts_in_channels:
+                self.normal += normal_total
+                self.duplicate += full * PAGES_PER_PACKET - normal_total
+            self.packets += full
+            self._next_channel = (self._next_channel + full) % self.channels
+        rest = flags[full * PAGES_PER_PACKET :]
+        k = int(np.count_nonzero(rest))
+        self._normal = [np.zeros(k, np.int64)] if k else []
+        self._zero = [np.zeros(rest.size - k, np.int64)] if rest.size - k else []
+        self._pending = int(rest.size)
+
     def _send(self) -> Packet:
         normal = np.concatenate(self._normal) if self._normal else _EMPTY
         zero = np.concatenate(self._zero) if self._zero else _EMPTY

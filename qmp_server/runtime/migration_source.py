@@ -891,7 +891,7 @@ class SourceDriver:
             p, z = pages[part], zero[part]
             if not p.size:
                 continue
-            account.queue(p, z)
+            account.queue(p, z, packets=False)
             main = account.main_mask(z)
             if main.any():
                 self._qemu.add_pages(p[main], self._qemu.cost(p[main], z[main]), downtime=downtime)

@@ -8,8 +8,8 @@ hands a step's pages to the least busy channel, :meth:`~MultifdOutgoing.sync` pu
 ``CHANNEL_SYNC`` on every channel at a dirty sync, :meth:`~MultifdOutgoing.finish` ends them.
 
 Each channel has its own task, encoder (its own running checksum) and writer thread
-(:mod:`socket_writer`): the kernel copies of the channels run in parallel.  Compression
-runs in a thread pool (zlib and zstd release the GIL), one packet of
+(:mod:`socket_writer`): the kernel copies of the channels run in parallel, while the loop
+builds the next pages.  Compression runs in a thread pool (zlib and zstd release the GIL), one packet of
 :data:`PACKET_PAGES` pages at a time, with one compressor per channel, as QEMU keeps one
 stream per channel.  A channel whose write fails fails the migration (:attr:`error`).
 """
@@ -28,12 +28,7 @@ import numpy.typing as npt
 
 from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
 from qmp_server.engine.multifd_cost import MultifdAccount, ZeroPages
-from qmp_server.engine.stream import (
-    Buffer,
-    EncodedPages,
-    StreamEncoder,
-    encode_guest_pages_parts,
-)
+from qmp_server.engine.stream import Buffer, StreamEncoder, encode_guest_pages_parts
 from qmp_server.runtime.channel import Address, Channel, connect
 
 __all__ = ["CHANNEL_ACK", "PACKET_PAGES", "Compressor", "MultifdOutgoing"]
@@ -213,15 +208,14 @@ class MultifdOutgoing:
             lane.done.set()
 
     async def _encode(self, lane: _Lane, job: _Pages) -> list[Buffer]:
-        """The job's records, built in the pool: the pages' content (C, without the GIL)
-        of the channels is made in parallel; only this lane's task uses its encoder."""
+        """The job's records.  Plain pages are built here, on the loop (building them in
+        a pool thread cost more than it saved: the hand-over, and pages made on one core
+        then copied by the kernel on the other; measured, benchmarks/bench_multifd.py); the
+        writer threads copy the channels out in parallel.  Compression runs in the pool."""
         loop = asyncio.get_running_loop()
         assert self._pool is not None
         if lane.compress is None:
-            encoded = await loop.run_in_executor(
-                self._pool, _encode_pages, lane.enc, self.guest, job.pages, job.zero
-            )
-            return encoded.parts
+            return encode_guest_pages_parts(lane.enc, self.guest, job.pages, zero=job.zero).parts
         zero_part = encode_guest_pages_parts(
             lane.enc, self.guest, job.pages[job.zero], zero=job.zero[job.zero]
         ).parts
@@ -245,11 +239,3 @@ class MultifdOutgoing:
             self.account.compressed(int(idx.size) * PAGE_SIZE, len(data))
         return parts
 
-
-def _encode_pages(
-    enc: StreamEncoder,
-    guest: GuestMemory,
-    pages: npt.NDArray[np.int64],
-    zero: npt.NDArray[np.bool_],
-) -> EncodedPages:
-    return encode_guest_pages_parts(enc, guest, pages, zero=zero)

@@ -250,3 +250,26 @@ def test_syncs_send_one_packet_per_channel_in_round_robin_order() -> None:
     tail = acct.sync()
     assert [(p.channel, p.sync) for p in tail] == [(0, False), (0, True), (1, True), (2, True)]
     assert acct.sync_packets == 3 and acct.syncs == 1
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+@pytest.mark.parametrize("detection", ["multifd", "legacy", "none"])
+def test_counting_only_gives_the_same_counters(version: str, detection: str) -> None:
+    rng = np.random.default_rng(7)
+    layout = layout_for(PROFILES[version], "pc", 64 << 20)
+    blocks = BlockMap(layout.block_list())
+    rules = MultifdRules.for_profile(PROFILES[version], detection)
+    full, fast = (MultifdAccount(rules, blocks, 3) for _ in range(2))
+    start = 0
+    for _ in range(60):
+        n = int(rng.integers(0, 700))
+        pages = np.arange(start, start + n, dtype=np.int64) % blocks.page_count
+        start += n
+        zero = rng.random(n) < 0.3
+        full.queue(pages, zero)
+        fast.queue(pages, zero, packets=False)
+        if rng.random() < 0.2:
+            full.sync()
+            fast.sync()
+    for attr in ("multifd_bytes", "packets", "normal", "duplicate", "pending_pages"):
+        assert getattr(full, attr) == getattr(fast, attr), attr
