@@ -11,7 +11,8 @@ Each channel has its own task, encoder (its own running checksum) and writer thr
 (:mod:`socket_writer`): the kernel copies of the channels run in parallel, while the loop
 builds the next pages.  Compression runs in a thread pool (zlib and zstd release the
 GIL), one packet of :data:`PACKET_PAGES` pages at a time, with one compressor per channel,
-as QEMU keeps one stream per channel.  A channel whose write fails fails the migration (:attr:`error`).
+as QEMU keeps one stream per channel.  A channel whose write fails fails the migration
+(:attr:`error`).
 """
 
 from __future__ import annotations
