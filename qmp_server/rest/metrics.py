@@ -60,6 +60,17 @@ class _MigrationCollector(Collector):
         yield gauge("qmpmig_migration_data_processed_bytes",
                     "RAM bytes sent so far (query-migrate ram.transferred)",
                     ram.get("transferred"))  # fmt: skip
+        yield gauge("qmpmig_migration_multifd_bytes",
+                    "Bytes sent on the multifd channels (ram.multifd-bytes)",
+                    ram.get("multifd-bytes"))  # fmt: skip
+        xbzrle = info.get("xbzrle-cache") if isinstance(info.get("xbzrle-cache"), dict) else {}
+        compression = info.get("compression") if isinstance(info.get("compression"), dict) else {}
+        assert isinstance(xbzrle, dict) and isinstance(compression, dict)
+        yield gauge("qmpmig_migration_xbzrle_bytes",
+                    "XBZRLE delta bytes sent (xbzrle-cache.bytes)", xbzrle.get("bytes"))
+        yield gauge("qmpmig_migration_compressed_bytes",
+                    "7.2 compress: compressed page bytes (compression.compressed-size)",
+                    compression.get("compressed-size"))  # fmt: skip
         yield gauge("qmpmig_migration_data_remaining_bytes",
                     "RAM bytes still to send (ram.remaining)", d["remaining-bytes"])
         yield gauge("qmpmig_migration_data_total_bytes",
