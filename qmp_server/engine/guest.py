@@ -62,6 +62,7 @@ try:  # the C fast path of rule 2 (optional; the numpy code below gives the same
 except ImportError:  # pragma: no cover - depends on the build
     _accel = None  # type: ignore[assignment]
 
+from qmp_server.engine.splitmix import seed_key, splitmix
 from qmp_server.engine.text_fill import TextBaseline
 
 __all__ = [
@@ -89,27 +90,10 @@ PageIndexes = npt.NDArray[np.int64]
 _U64 = np.dtype("<u8")
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def _splitmix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """SplitMix64 finaliser applied to ``x * golden`` (in place on a fresh array)."""
-    z = x * _GOLDEN
-    z ^= z >> np.uint64(30)
-    z *= _MIX1
-    z ^= z >> np.uint64(27)
-    z *= _MIX2
-    z ^= z >> np.uint64(31)
-    return z
 
 
 def _seed_key(seed: int, salt: bytes) -> np.uint64:
-    digest = hashlib.blake2b(
-        str(seed).encode() + b"\0" + salt, digest_size=8, person=b"qmpsrv-guest"
-    ).digest()
-    return np.uint64(int.from_bytes(digest, "little"))
+    return np.uint64(seed_key(seed, salt, b"qmpsrv-guest"))
 
 
 class _RandomBaseline:
@@ -120,12 +104,12 @@ class _RandomBaseline:
     def __init__(self, seed: int, *, accelerated: bool = True) -> None:
         pool_key = _seed_key(seed, b"pool")
         words = np.arange(_POOL_PAGES * WORDS_PER_PAGE, dtype=np.uint64) + pool_key
-        self._pool = _splitmix(words).reshape(_POOL_PAGES, WORDS_PER_PAGE)
+        self._pool = splitmix(words).reshape(_POOL_PAGES, WORDS_PER_PAGE)
         self._key = _seed_key(seed, b"page-key")
         self._accel = _accel if accelerated else None
 
     def keys(self, indexes: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-        return _splitmix(indexes ^ self._key)
+        return splitmix(indexes ^ self._key)
 
     def run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
         out = np.empty((count, WORDS_PER_PAGE), dtype=np.uint64)

@@ -32,10 +32,11 @@ give the same bytes, tests/engine/test_text_fill.py checks it):
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import numpy as np
 import numpy.typing as npt
+
+from qmp_server.engine.splitmix import seed_key, splitmix
 
 try:  # the C fast path (optional; the numpy code below gives the same results)
     from qmp_server.engine import _pages as _accel
@@ -52,9 +53,6 @@ LINES_PER_PAGE = PAGE_SIZE // LINE_BYTES
 SLOT_BYTES = 8
 _BODY_BYTES = LINE_BYTES - SLOT_BYTES - 2  # slot, space, body, newline
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 # A fixed vocabulary (log lines and C-like source); earlier words are drawn more often (Zipf).
@@ -104,21 +102,8 @@ _PHRASE_SHARE = 0.18
 _SEPARATORS = (" ",) * 24 + ("\n", ", ", ". ", "(", ") ", ": ", "\n    ", " = ")
 
 
-def _splitmix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    z = x * _GOLDEN
-    z ^= z >> np.uint64(30)
-    z *= _MIX1
-    z ^= z >> np.uint64(27)
-    z *= _MIX2
-    z ^= z >> np.uint64(31)
-    return z
-
-
 def _seed_key(seed: int, salt: bytes) -> int:
-    digest = hashlib.blake2b(
-        str(seed).encode() + b"\0" + salt, digest_size=8, person=b"qmpsrv-text"
-    ).digest()
-    return int.from_bytes(digest, "little")
+    return seed_key(seed, salt, b"qmpsrv-text")
 
 
 def _token_stream(rng: np.random.Generator, nbytes: int) -> npt.NDArray[np.uint8]:
@@ -196,14 +181,14 @@ class TextBaseline:
     ) -> npt.NDArray[np.uint8]:
         """0x20 where a word start of the listed pages is capitalised, else 0: ``(n, 4096)``."""
         words = (idx[:, None] << np.uint64(6)) | np.arange(64, dtype=np.uint64)
-        bits = _splitmix(words ^ np.uint64(self._case_key)) & self._marks[rows]
+        bits = splitmix(words ^ np.uint64(self._case_key)) & self._marks[rows]
         flips = np.unpackbits(bits.astype("<u8").view(np.uint8), axis=1, bitorder="little")
         return flips << np.uint8(5)
 
     def _slots(self, idx: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
         """The slot bytes of the listed pages: ``(n, LINES_PER_PAGE, 8)``."""
         lines = (idx[:, None] << np.uint64(4)) | np.arange(LINES_PER_PAGE, dtype=np.uint64)
-        vals = _splitmix(lines ^ np.uint64(self._key)) & np.uint64(0xFFFFFFFF)
+        vals = splitmix(lines ^ np.uint64(self._key)) & np.uint64(0xFFFFFFFF)
         shifts = np.arange(28, -1, -4, dtype=np.uint64)
         nibbles = (vals[:, :, None] >> shifts) & np.uint64(0xF)
         return _HEX[nibbles.astype(np.intp)]
