@@ -114,6 +114,13 @@ def info_migrate(profile: Profile, info: Mapping[str, Any]) -> str:
         lines.append(f"xbzrle cache miss rate: {xbzrle['cache-miss-rate']:0.2f}")
         lines.append(f"xbzrle encoding rate: {xbzrle.get('encoding-rate', 0):0.2f}")
         lines.append(f"xbzrle overflow: {xbzrle['overflow']}")
+    compression = info.get("compression")
+    if compression is not None:  # 7.2's compress
+        lines.append(f"compression pages: {compression['pages']} pages")
+        lines.append(f"compression busy: {compression['busy']}")
+        lines.append(f"compression busy rate: {compression['busy-rate']:0.2f}")
+        lines.append(f"compressed size: {compression['compressed-size'] >> 10} kbytes")
+        lines.append(f"compression rate: {compression['compression-rate']:0.2f}")
     if info.get("cpu-throttle-percentage"):
         lines.append(f"cpu throttle percentage: {info['cpu-throttle-percentage']}")
     if "postcopy-blocktime" in info:

@@ -1,10 +1,13 @@
-"""HMP ``info migrate`` of a postcopy and an XBZRLE migration, against live QEMU 7.2 and 10.0.
+"""HMP ``info migrate`` of postcopy, XBZRLE, multifd and 7.2 compress migrations, against live
+QEMU 7.2 and 10.0.
 
-The two-party recordings ``postcopy-hmp-info`` and ``xbzrle-hmp-info`` asked each side for
+The two-party recordings ``postcopy-hmp-info``, ``xbzrle-hmp-info``, ``multifd-hmp-info`` and
+``compress-hmp-info`` (7.2) asked each side for
 ``query-migrate`` and, right after, for ``info migrate`` (through ``human-monitor-command``).
 Where nothing moved between the two (both sides once completed, the destination in
 postcopy-active), qmp-server's text for QEMU's QMP answer must be QEMU's own text: the
-postcopy counters, the destination's blocktime, the xbzrle cache lines.
+postcopy counters, the destination's blocktime, the xbzrle cache lines, the multifd bytes,
+7.2's compression lines.
 """
 
 from __future__ import annotations
@@ -60,3 +63,18 @@ def test_info_migrate_with_xbzrle_is_qemus_text(version: str) -> None:
     assert any("xbzrle cache miss" in text for _, _, text in pairs)
     for _side, info, text in pairs:
         assert info_migrate(PROFILES[version], info) == text.replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_info_migrate_with_multifd_is_qemus_text(version: str) -> None:
+    pairs = _pairs(version, "multifd-hmp-info")
+    assert any("multifd bytes" in text for _, _, text in pairs)
+    for _side, info, text in pairs:
+        assert info_migrate(PROFILES[version], info) == text.replace("\r\n", "\n")
+
+
+def test_info_migrate_with_72_compress_is_qemus_text() -> None:
+    pairs = _pairs("7.2", "compress-hmp-info")
+    assert any("compression pages" in text for _, _, text in pairs)
+    for _side, info, text in pairs:
+        assert info_migrate(PROFILES["7.2"], info) == text.replace("\r\n", "\n")
