@@ -3,6 +3,9 @@
 (a) Throughput: a 1 GiB guest of random content, bandwidth unlimited, one channel (plain
     precopy) and ``multifd`` with 2 channels (``--channels`` to change), qmp-server and QEMU
     in interleaved rounds.
+    With ``--floor``, each round also moves the same bytes over as many bare loopback
+    connections (``benchmarks/socket_floor.py``: no pages built or compared, no protocol),
+    the bound no migration here can beat.
 (b) Compression: a 1 GiB guest of compressible (text-like) content over a link capped at
     50 MB/s (``max-bandwidth``), without compression and with multifd zlib and zstd (2
     channels, default levels); the compression ratio is the RAM's size over the bytes sent.
@@ -21,7 +24,7 @@ there); it counts the bytes that really crossed, and the ratio is the RAM size o
 The figure compared is ``total-time`` from the source's ``query-migrate``.
 
     .venv/bin/python benchmarks/bench_multifd.py [--rounds N] [--only throughput|compression]
-        [--channels N] [--no-qemu] [--size 1G] [--json]
+        [--channels N] [--no-qemu] [--floor] [--size 1G] [--json]
 """
 
 from __future__ import annotations
@@ -168,6 +171,18 @@ async def run_case(
         await dst.close()
 
 
+def socket_floor(connections: int, size: str) -> dict[str, Any]:
+    """benchmarks/socket_floor.py in a process of its own, as a query-migrate look-alike."""
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "socket_floor.py"), "--connections",
+         str(connections), "--size", size, "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    floor = json.loads(out)
+    return {"total-time": floor["ms"], "ram": {}, "cpu-s": {"source": floor["cpu-s"],
+                                                          "destination": 0.0}}  # fmt: skip
+
+
 def _row(runs: list[dict[str, Any]], size_bytes: int) -> dict[str, Any]:
     times = [r["total-time"] for r in runs]
     ram = runs[0]["ram"]
@@ -203,6 +218,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for kind in kinds:
                     info = await run_case(kind, tmp, args.size, fill, channels, comp, bw)
                     runs.setdefault((name, kind), []).append(info)
+                if args.floor and bw is None:
+                    runs.setdefault((name, "floor"), []).append(socket_floor(channels, args.size))
     return {
         "size": args.size,
         "rounds": args.rounds,
@@ -226,6 +243,10 @@ def print_table(result: dict[str, Any]) -> None:
         if kind == "qmp-server" and other:
             speed = other["total-time-ms"] / row["total-time-ms"]
             print(f"    {case}: qmp-server {speed:.2f}x QEMU's speed")
+        floor = res.get(f"{case} | floor")
+        if kind in ("qmp-server", "qemu") and floor:
+            share = floor["total-time-ms"] / row["total-time-ms"]
+            print(f"    {case}: {kind} at {share:.2f}x the socket floor's speed")
 
 
 def main() -> None:
@@ -235,6 +256,8 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--size", default="1G")
     ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--floor", action="store_true",
+                    help="also the socket floor (benchmarks/socket_floor.py) of each case")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
