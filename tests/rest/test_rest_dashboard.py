@@ -181,3 +181,29 @@ async def test_dashboard_drives_a_postcopy_pause_and_recovery(
             await src.disconnect()
             await dst.disconnect()
     assert not problems, problems
+
+
+async def test_a_page_opened_late_shows_the_recent_events(
+    rest_server: Callable[..., RestServer],
+) -> None:
+    """The events panel starts with the history: what happened before the page opened."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    server = rest_server("-m", "64M")
+    qmp = QMPClient("late")
+    await qmp.connect(server.socket)
+    await qmp.execute("stop")
+    await qmp.execute("cont")
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(server.base_url + "/")
+            expect = playwright_api.expect
+            await expect(page.locator("#conn")).to_have_text("open")
+            await expect(page.locator('#events li[data-event="STOP"]')).to_have_count(1)
+            await expect(page.locator("#events li").first).to_contain_text("RESUME")
+            await qmp.execute("stop")  # and it goes on live, without repeating the history
+            await expect(page.locator('#events li[data-event="STOP"]')).to_have_count(2)
+        finally:
+            await browser.close()
+            await qmp.disconnect()

@@ -12,6 +12,7 @@ const state = {
   passMarks: [],        // {t, pass}
   lastTotalTime: null,
   pollTimer: null,
+  lastEventId: 0,       // the server's last event id when the page opened (/healthz)
 };
 const ACTIVE = new Set(["setup", "active", "postcopy-active", "postcopy-paused",
   "postcopy-recover", "postcopy-recover-setup", "pre-switchover", "device", "cancelling",
@@ -380,7 +381,10 @@ async function connectEvents() {
     const declared = schema.filter((e) => e["meta-type"] === "event").map((e) => e.name);
     if (declared.length) names = Array.from(new Set([...names, ...declared]));
   } catch (err) { /* keep the defaults */ }
-  const source = new EventSource("/api/v1/events");
+  // A page that opens late still shows what happened: replay the recent history (the last
+  // MAX_LOG events the server keeps), then follow live; a reconnect resumes by Last-Event-ID.
+  const since = Math.max(0, state.lastEventId - MAX_LOG);
+  const source = new EventSource("/api/v1/events?last_event_id=" + since);
   source.addEventListener("hello", () => setBadge($("conn"), "open"));
   source.addEventListener("gap", (m) => logEvent("gap", { data: JSON.parse(m.data) }));
   for (const name of names) source.addEventListener(name, onQmpEvent);
@@ -392,6 +396,7 @@ async function start() {
   try {
     const health = await api("/healthz");
     state.writable = health.writable;
+    state.lastEventId = Number(health["events-last-id"]) || 0;
     const v = health.version.qemu;
     $("version").textContent = "QEMU " + v.major + "." + v.minor + "." + v.micro +
       (health.version.package ? " " + health.version.package : "");
