@@ -19,7 +19,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["encode", "encode_line", "qdict_order"]
+try:  # the C fast path (optional: the Python code below gives the same bytes)
+    from qmp_server.wire import _qjson
+except ImportError:  # pragma: no cover - depends on the build
+    _qjson = None  # type: ignore[assignment]
+
+__all__ = ["encode", "encode_line", "encode_line_python", "qdict_order"]
 
 _BUCKETS = 512
 _order_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -153,7 +158,18 @@ def encode(value: Any) -> str:
 
 
 def encode_line(value: Any) -> bytes:
-    """Encode one message as a QMP output line (ending ``\\r\\n``)."""
+    """Encode one message as a QMP output line (ending ``\\r\\n``); the C fast path
+    (``_qjson.c``, the same bytes) when it is built and the message is plain."""
+    if _qjson is not None:
+        try:
+            return _qjson.encode_line(value)
+        except _qjson.Fallback:
+            pass
+    return encode_line_python(value)
+
+
+def encode_line_python(value: Any) -> bytes:
+    """:func:`encode_line` in Python (the reference of the C fast path)."""
     out: list[str] = []
     _encode(value, out)
     out.append("\r\n")
