@@ -70,6 +70,9 @@ class MigrationConfig:
         #: True while the destination's incoming transport exists (8.1+ rules).
         self.incoming_started = False
         self._caps: dict[str, bool] = {}
+        #: the last query-migrate-capabilities answer and the capabilities it was built
+        #: from (every change replaces ``_caps``): monitors poll it, often
+        self._caps_answer: tuple[dict[str, bool], list[dict[str, Any]]] | None = None
         self._params: dict[str, Any] = {}
         self.reset()
 
@@ -109,13 +112,19 @@ class MigrationConfig:
     def query_capabilities(self) -> list[dict[str, Any]]:
         """``query-migrate-capabilities``: every capability in enum order.
 
-        ``block`` is left out on a build without live block migration, as QEMU does.
+        ``block`` is left out on a build without live block migration, as QEMU does.  The
+        answer is built once per state of the capabilities: callers must not change it.
         """
-        return [
+        cached = self._caps_answer
+        if cached is not None and cached[0] is self._caps:
+            return cached[1]
+        answer = [
             {"capability": name, "state": state}
             for name, state in self._caps.items()
             if name != "block" or self.host.live_block_migration
         ]
+        self._caps_answer = (self._caps, answer)
+        return answer
 
     def caps_context(self, *, inmigrate: bool = False) -> CapsContext:
         """The rule context from this object's own state plus the caller's runstate."""
