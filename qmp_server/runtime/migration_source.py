@@ -256,6 +256,13 @@ class SourceDriver:
                 desc = f"Could not create '{address.path}': {os.strerror(err.errno or errno.EIO)}"
                 src.fail(desc, now)
                 raise CommandError(desc) from None
+        if vm.config.enabled("multifd") and address.scheme not in ("tcp", "unix"):
+            # 7.2: setup, then failed without an error-desc, before migrate returns (live)
+            if prepared is not None:
+                prepared.abort()
+            src.fail(None, now)
+            error_report("multifd is not supported by current protocol")
+            return
         self.ack_state = "pending" if ctx.ack_enabled() else "not-needed"
         self._task = asyncio.get_running_loop().create_task(self._run(address, file, prepared))
 
@@ -382,11 +389,6 @@ class SourceDriver:
                 error_report(desc)  # QEMU's error_report of an asynchronous failure
                 return
             self._channel = channel
-            if self.ctx.vm.config.enabled("multifd") and address.scheme not in ("tcp", "unix"):
-                # 7.2 finds out once connected: failed, without an error-desc (live)
-                src.fail(None, time.monotonic())
-                error_report("multifd is not supported by current protocol")
-                return
             if self._return_path_on(channel):
                 self._start_rp_reader(channel)
             cfg = self.ctx.vm.config
