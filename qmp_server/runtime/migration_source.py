@@ -805,7 +805,7 @@ class SourceDriver:
             self._account_multifd(pages, zero, previous, downtime=downtime)
             return
         if self._legacy is not None:
-            await self._send_compressed(channel, enc, sender, pages, zero, cost, downtime)
+            await self._send_compressed(channel, enc, sender, pages, zero, downtime)
             return
         if xbzrle is None:
             encoded = sender.take(pages, zero)
@@ -835,7 +835,6 @@ class SourceDriver:
         sender: PageSender,
         pages: np.ndarray,
         zero: np.ndarray,
-        cost: PagesCost,
         downtime: bool,
     ) -> None:
         """7.2's ``compress``: a block's first page from the migration thread, the others
