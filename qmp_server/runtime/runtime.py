@@ -1,300 +1,48 @@
-"""The process: builds the schema, the VM and the monitors, runs them until quit or a signal.
+"""The process of one VM: builds it, runs it until quit or a signal, with the REST mirror.
 
 Shutdown order (fixed): the SHUTDOWN event is broadcast, pending replies are flushed, monitors
 stop listening and close their clients, unix socket files are removed, the loop ends.
+A fleet of VMs in one process is :mod:`qmp_server.runtime.fleet`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import logging
-import os
 import signal
-import sys
-import time
-from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from qmp_server import commands as _commands  # noqa: F401  (handlers register on import)
 from qmp_server.cli import Options
-from qmp_server.commands import control as _control  # noqa: F401
-from qmp_server.commands import dirty_rate as _dirty_rate  # noqa: F401
-from qmp_server.commands import domain as _domain  # noqa: F401
-from qmp_server.commands import fds as _fds  # noqa: F401
-from qmp_server.commands import hmp as _hmp  # noqa: F401
-from qmp_server.commands import lifecycle as _lifecycle  # noqa: F401
-from qmp_server.commands import migration as _migration  # noqa: F401
-from qmp_server.commands import migration_config as _migration_config  # noqa: F401
-from qmp_server.commands import object_model as _object_model  # noqa: F401
-from qmp_server.commands.control import version_info
-from qmp_server.commands.dispatch import Dispatcher
-from qmp_server.engine.balloon import balloon_from_devices
-from qmp_server.engine.config import MigrationConfig
-from qmp_server.engine.device_table import DeviceError, load_devices
-from qmp_server.engine.devices import DeviceLoadError
-from qmp_server.engine.guest import GuestMemory
-from qmp_server.engine.host import DEFAULT_HOST, HostInfo
-from qmp_server.engine.machine import layout_for, machine_family
-from qmp_server.engine.power import PowerControl, PowerOptions
-from qmp_server.engine.vm import VirtualMachine
-from qmp_server.errors import CommandError, UsageError
-from qmp_server.hmp.interpreter import HMPContext, HMPInterpreter
-from qmp_server.qapi import ArgumentValidator, load_schema
-from qmp_server.runtime.domain_runtime import build_domain, chardev_state, start_threads
-from qmp_server.runtime.guest_chardevs import GuestChardev, frontend_opens
-from qmp_server.runtime.hmp_monitor import HMPMonitor
-from qmp_server.runtime.loop import new_event_loop
-from qmp_server.runtime.migration_io import MigrationController
-from qmp_server.runtime.monitor import QMPMonitor
-from qmp_server.runtime.vcpu_threads import IdleThreads
-from qmp_server.wire.encoder import encode_line
+from qmp_server.runtime.process import ProcessRunner, write_pidfile
+from qmp_server.runtime.vm_instance import SCHEMA_PATH, VMInstance, build_vm, stderr_line
 
 __all__ = ["SCHEMA_PATH", "Runtime", "build_vm", "write_pidfile"]
 
-logger = logging.getLogger(__name__)
 
-
-def _schema_path() -> Path:
-    # A checkout has schema/ beside the package; an installed wheel has it as qmp_server.schema.
-    here = Path(__file__).resolve().parent.parent.parent / "schema" / "migration.json"
-    if here.exists():
-        return here
-    return Path(str(resources.files("qmp_server.schema") / "migration.json"))
-
-
-SCHEMA_PATH = _schema_path()
-
-
-def build_vm(options: Options, emit: Any) -> VirtualMachine:
-    """Load the schema for the profile and create the VM with its migration configuration.
-
-    :raise UsageError: a ``-global`` or ``--host`` value QEMU would refuse at start-up.
-    """
-    schema = load_schema(SCHEMA_PATH, options.profile.defines)
-    host = HostInfo.parse(options.host) if options.host else DEFAULT_HOST
-    config = MigrationConfig.from_globals(
-        options.profile, host, options.globals, incoming=options.incoming
-    )
-    vm = VirtualMachine(
-        options.profile,
-        schema,
-        emit,
-        config,
-        host=host,
-        start_paused=options.start_paused,
-        incoming=options.incoming,
-    )
-    if options.accel:
-        vm.accel = tuple(options.accel)
-    return vm
-
-
-def _stderr(text: str) -> None:
-    """Diagnostics never stop a shutdown: stderr may be a pipe nobody reads any more."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(text)
-        sys.stderr.flush()
-
-
-def write_pidfile(path: str) -> int:
-    """Create ``path`` (0600), lock it and write this process's pid; returns the open fd,
-    which keeps the lock for the life of the process.
-
-    :raise UsageError: QEMU's texts for a file that cannot be created or is locked.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        reason = os.strerror(err.errno) if err.errno else str(err)
-        raise UsageError(f"cannot create PID file: Could not create '{path}': {reason}") from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        os.close(fd)
-        reason = os.strerror(err.errno) if err.errno else str(err)
-        raise UsageError(f"cannot create PID file: Cannot lock pid file: {reason}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def _wait_for_daemon(ready: int, pid: int) -> int:
-    """The parent of ``-daemonize``: 0 once the daemon reports ready, else its exit status."""
-    with os.fdopen(ready, "rb") as pipe:
-        if pipe.read(1):
-            return 0
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return code if code > 0 else 1
-
-
-class _LoopTimers:
-    """:class:`~qmp_server.engine.vm.Timers` on the running loop; after a deferred call the
-    runtime looks whether it asked the process to end (a guest power-off)."""
-
-    def __init__(self, after: Callable[[], None]) -> None:
-        self._after = after
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        def run() -> None:
-            fn()
-            self._after()
-
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a handler called outside the server): nothing deferred
-            return
-        loop.call_later(delay, run)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time()
-class Runtime:
-    """Owns the VM, the dispatcher and the monitors of one qmp-server process."""
+class Runtime(VMInstance):
+    """One qmp-server process: one VM, its monitors, signals, ``-daemonize`` and ``--http``."""
 
     def __init__(self, options: Options) -> None:
-        self.options = options
-        self.vm = build_vm(options, self.emit)
-        for warning in self.vm.config.warnings:
-            sys.stderr.write(f"qmp-server: warning: {warning}\n")
-        family = machine_family(options.machine)
-        try:
-            self.vm.devices, configs = load_devices(options.devices, options.profile)
-            ram_size = options.memory or (0 if family == "none" else 128 << 20)
-            self.vm.balloon = balloon_from_devices(options.devices, ram_size)
-        except DeviceError as err:
-            for warning in err.warnings:
-                sys.stderr.write(f"qmp-server: {warning}\n")
-            raise UsageError(str(err)) from None
-        except (ValueError, DeviceLoadError) as err:
-            raise UsageError(str(err)) from None
-        for device in self.vm.devices:
-            for warning in device.warnings:
-                sys.stderr.write(f"qmp-server: {warning}\n")
-        self._apply_identity(family)
-        layout = layout_for(
-            options.profile, options.machine, options.memory, defaults=not options.nodefaults
-        )
-        guest = GuestMemory(
-            layout.total,
-            fill=options.guest_fill,
-            seed=options.guest_seed,
-            firmware_pages=layout.firmware_pages if options.guest_fill == "idle" else None,
-        )
-        self.migration = MigrationController(
-            self.vm,
-            devices=configs,
-            guest=guest,
-            layout=layout,
-            dirty_rate=options.dirty_rate,
-            dirty_write_bytes=options.dirty_write_bytes,
-            dirty_working_set=options.dirty_working_set,
-            exit_process=self._exit,
-        )
-        self.vm.migration_hooks = self.migration
-        self.domain = build_domain(options)
-        self.vm.domain = self.domain
-        self._idle_threads = IdleThreads()
-        self.vm.timers = _LoopTimers(self._after_input)
-        self.vm.guest_pages = self._guest_pages
-        self.guest_chardevs = [
-            GuestChardev(label, spec, frontend_opens(label, self.vm.devices))
-            for label, spec in options.guest_chardevs.items()
-        ]
-        self.exit_code = 0
-        self.dispatcher = Dispatcher(self.vm, ArgumentValidator(self.vm.schema))
-        self.hmp = HMPInterpreter(
-            HMPContext(
-                self.vm,
-                self.dispatcher.execute,
-                name=self.vm.name,
-                uuid=self.vm.uuid,
-                ramblocks=layout.info_ramblock(),
-            )
-        )
-        self.vm.hmp = self.hmp  # type: ignore[attr-defined]  # human-monitor-command
-        self.monitors: list[QMPMonitor | HMPMonitor] = [
-            QMPMonitor(spec, self.dispatcher, self.greeting, self._after_input)
-            for spec in options.monitors
-        ]
-        self.monitors += [
-            HMPMonitor(spec, self.hmp, self._after_input) for spec in options.hmp_monitors
-        ]
+        super().__init__(options, on_end=lambda _vm: self._stop())
         self._stopping: asyncio.Event | None = None
-        #: Called with every event dict (after it went to the monitors): the REST mirror's
-        #: event stream and metrics subscribe here.
-        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.http: Any = None
-        #: ``-daemonize``: the pipe end that tells the waiting parent the monitors listen
-        self._ready_fd: int | None = None
-
-    def _apply_identity(self, family: str) -> None:
-        """-name, -uuid, -add-fd and the power options of the command line."""
-        options, vm = self.options, self.vm
-        vm.name = options.name
-        if options.uuid is not None:
-            vm.uuid = options.uuid
-        pc_like = family in ("pc", "q35")
-        vm.power = PowerControl(
-            vm,
-            PowerOptions(
-                acpi=pc_like and not options.no_acpi,
-                firmware=pc_like,
-                no_shutdown=options.no_shutdown,
-                no_reboot=options.no_reboot,
-            ),
+        self.process = ProcessRunner(
+            daemonize=options.daemonize, pidfile=options.pidfile, poll_us=options.poll_us
         )
-        for fd, fdset, opaque in options.add_fds:
-            vm.fdsets.add(os.dup(fd), fdset, opaque)  # QEMU keeps a duplicate
 
-    def _guest_pages(self) -> tuple[int, int]:
-        """(pages the guest workload wrote so far, guest RAM pages): calc-dirty-rate's input."""
-        ctx = self.migration.ctx
-        return ctx.workload.pages_written, ctx.guest.size_bytes // 4096
-
-    # -- events -------------------------------------------------------------------------
-    def emit(self, name: str, data: dict[str, Any] | None) -> None:
-        now = time.time_ns() // 1000
-        event: dict[str, Any] = {
-            "event": name,
-            "timestamp": {"seconds": now // 1_000_000, "microseconds": now % 1_000_000},
-        }
-        if data is not None:
-            event["data"] = data
-        line = encode_line(event)
-        for monitor in self.monitors:
-            monitor.broadcast(line)
-        for listener in self.event_listeners:
-            listener(event)
-
-    def greeting(self) -> dict[str, Any]:
-        return {"QMP": {"version": version_info(self.vm), "capabilities": ["oob"]}}
-
-    # -- lifecycle ----------------------------------------------------------------------
-    def _after_input(self) -> None:
-        if self.vm.shutdown_reason is not None and self._stopping is not None:
-            self._stopping.set()
-
-    def _exit(self, code: int, message: str) -> None:
-        """End the process (an incoming migration failed: QEMU 7.2 exits with status 1)."""
-        _stderr(f"qmp-server: {message}\n")
-        self.exit_code = code
-        for monitor in self.monitors:
-            monitor.freeze()
+    def _stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
+
+    def _after_input(self) -> None:
+        # before serve() starts nothing can end the process yet
+        if self._stopping is not None:
+            super()._after_input()
 
     def _on_signal(self, signum: int) -> None:
-        _stderr(f"qmp-server: terminating on signal {signum}\n")
+        stderr_line(f"qmp-server: terminating on signal {signum}\n")
         self.vm.request_shutdown("host-signal")
-        if self._stopping is not None:
-            self._stopping.set()
+        self._stop()
 
     async def serve(self) -> None:
         self._stopping = asyncio.Event()
@@ -303,84 +51,20 @@ class Runtime:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._on_signal, signum)
         try:
-            self.migration.start()
-            if self.options.incoming not in (None, "defer"):
-                try:
-                    self.migration.start_incoming(self.options.incoming, at_startup=True)
-                except CommandError as err:  # bind/open failures end start-up, as in QEMU
-                    _stderr(f"qmp-server: -incoming {self.options.incoming}: {err.desc}\n")
-                    self.exit_code = 1
-                    return
-            start_threads(self.domain, self.options, self._idle_threads)
-            self.domain.chardevs = self._chardevs
-            for chardev in self.guest_chardevs:
-                await chardev.start()
-            for monitor in self.monitors:
-                await monitor.start()
+            if not await self.start():
+                return
             if self.options.http is not None:
                 from qmp_server.rest.server import start_http  # FastAPI loads only here
 
                 self.http = await start_http(self)
-            self._detach()
+            self.process.detach()
             await self._stopping.wait()
             await asyncio.sleep(0)  # let transports flush what is queued
         finally:
-            self._idle_threads.close()
-            self.migration.close()
             if self.http is not None:
                 await self.http.close()
-            for monitor in self.monitors:
-                await monitor.close()
-            for chardev in self.guest_chardevs:
-                await chardev.close()
-
-    def _chardevs(self) -> list[Any]:
-        labels = self.options.monitor_labels
-        qmp = [m for m in self.monitors if isinstance(m, QMPMonitor)]
-        states = [chardev_state(label, m) for label, m in zip(labels, qmp, strict=False)]
-        states += [chardev.state() for chardev in self.guest_chardevs]
-        order = {label: i for i, label in enumerate(self.options.chardev_order)}
-        return sorted(states, key=lambda s: order.get(s.label, len(order)))
-
-    def _detach(self) -> None:
-        """Start-up is complete: release a ``-daemonize`` parent, leave the terminal."""
-        if self._ready_fd is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        null = os.open(os.devnull, os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(null, target)
-        os.close(null)
-        os.write(self._ready_fd, b"\0")
-        os.close(self._ready_fd)
-        self._ready_fd = None
+            await self.close()
 
     def run(self) -> int:
-        if self.options.daemonize:
-            ready, self._ready_fd = os.pipe()
-            pid = os.fork()
-            if pid:
-                os.close(self._ready_fd)
-                self._ready_fd = None
-                return _wait_for_daemon(ready, pid)
-            os.close(ready)
-            os.setsid()
-        pidfile_fd = None
-        pidfile = self.options.pidfile
-        try:
-            if pidfile is not None:
-                pidfile_fd = write_pidfile(pidfile)
-            with asyncio.Runner(loop_factory=lambda: new_event_loop(self.options.poll_us)) as r:
-                r.run(self.serve())
-        except (OSError, UsageError) as err:
-            _stderr(f"qmp-server: {err}\n")
-            return 1
-        finally:
-            if pidfile_fd is not None:
-                assert pidfile is not None
-                with contextlib.suppress(OSError):
-                    os.unlink(pidfile)
-                os.close(pidfile_fd)
-        return self.exit_code
+        """Serve until ``quit``, a guest power-off or a signal; the exit status."""
+        return self.process.run(self.serve, lambda: self.exit_code)
