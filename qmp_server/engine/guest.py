@@ -49,6 +49,7 @@ Design rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable
@@ -198,6 +199,22 @@ def baseline_words(fill: Fill, seed: int, start: int, count: int) -> npt.NDArray
     return _RandomBaseline(seed).run(start, count)
 
 
+@functools.lru_cache(maxsize=16)
+def _baseline_generator(fill: Fill, seed: int) -> _RandomBaseline | TextBaseline:
+    """The generator of a fill and seed: read-only, so the guests of one process share it
+    (a fleet of idle VMs holds one pool, not one per VM)."""
+    return TextBaseline(seed) if fill == "text" else _RandomBaseline(seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _firmware_map(page_count: int, pages: bytes) -> npt.NDArray[np.uint8]:
+    """1 where the boot content is a firmware page; shared read-only by guests of one layout."""
+    firmware = np.zeros(page_count, dtype=np.uint8)
+    firmware[np.frombuffer(pages, dtype=_U64).astype(np.int64)] = 1
+    firmware.flags.writeable = False
+    return firmware
+
+
 def page_runs(indexes: npt.ArrayLike) -> list[tuple[int, int]]:
     """Split sorted page indexes into ``(start, count)`` runs of consecutive pages.
 
@@ -249,10 +266,7 @@ class GuestMemory:
         self.fill: Fill = fill
         self.seed = seed & _MASK64
         #: the generator of the non-zero baseline pages (None: all zero)
-        self._random: _RandomBaseline | TextBaseline | None = (
-            None if fill == "zero" else TextBaseline(self.seed) if fill == "text"
-            else _RandomBaseline(self.seed)
-        )  # fmt: skip
+        self._random = None if fill == "zero" else _baseline_generator(fill, self.seed)
         #: ``idle``: 1 where the baseline is a firmware page (non-zero), else None
         self._firmware: npt.NDArray[np.uint8] | None = None
         self._firmware_digest = b""
@@ -261,9 +275,8 @@ class GuestMemory:
                                        dtype=np.int64))  # fmt: skip
             if idx.size and (int(idx[0]) < 0 or int(idx[-1]) >= self.page_count):
                 raise ValueError("a firmware page lies outside the guest RAM")
-            self._firmware = np.zeros(self.page_count, dtype=np.uint8)
-            self._firmware[idx] = 1
             self._firmware_digest = hashlib.sha256(idx.astype(_U64).tobytes()).digest()
+            self._firmware = _firmware_map(self.page_count, idx.astype(_U64).tobytes())
         elif firmware_pages is not None:
             raise ValueError("firmware_pages is only meaningful with the 'idle' fill")
         #: page index -> content, only for pages that differ from the baseline (rule 1).

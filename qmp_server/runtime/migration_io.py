@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MigrationController"]
 
+#: statuses of a direction with nothing under way
+_AT_REST = frozenset({"none", "completed", "failed", "cancelled"})
 
 
 class MigrationController:
@@ -78,7 +80,10 @@ class MigrationController:
         #: the incoming migration's state (QEMU's ``mis->state``)
         self.incoming: IncomingMigration = self.dest_driver.state
         self.devices: list[VfioSimDevice] = self.ctx.devices
-        self.ticker = WorkloadTicker(self.ctx, self.source.count_dirtied)
+        self.ticker = WorkloadTicker(self.ctx, self.source.count_dirtied, self._in_flight)
+
+    def _in_flight(self) -> bool:
+        return self.source.status not in _AT_REST or self.incoming.status not in _AT_REST
 
     # -- the state other layers read (REST, tests) ----------------------------------------
     @property
@@ -125,11 +130,13 @@ class MigrationController:
         return in_schema_order(info)
 
     def migrate(self, uri: str) -> None:
+        self.ticker.wake()
         self.source_driver.migrate(uri)
 
     def start_incoming(
         self, uri: str, *, at_startup: bool = False, exit_on_error: bool = True
     ) -> None:
+        self.ticker.wake()
         self.dest_driver.start_incoming(uri, at_startup=at_startup, exit_on_error=exit_on_error)
 
     def continue_migration(self) -> None:
