@@ -95,7 +95,11 @@ def parse_chardev(text: str, *, implicit_server: bool = False) -> tuple[str | No
     except ValueError:
         raise UsageError(f"error parsing port in address '{host}:{port}'") from None
     return chardev_id, ChardevSpec(
-        "tcp", host=host or "0.0.0.0", port=port_number, server=server, wait=wait,
+        "tcp",
+        host=host or "0.0.0.0",
+        port=port_number,
+        server=server,
+        wait=wait,
         reconnect=reconnect,
     )
 

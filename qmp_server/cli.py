@@ -483,7 +483,7 @@ def parse_args(argv: Sequence[str]) -> Options | None:
             opts.machine = _check_machine(value, profile)
             for part in value.split(","):
                 if part.startswith("accel="):
-                    opts.accel = part[len("accel="):].split(":")
+                    opts.accel = part[len("accel=") :].split(":")
             if "acpi=off" in value.split(","):
                 opts.no_acpi = True
         elif name == "accel":
@@ -539,6 +539,10 @@ def parse_args(argv: Sequence[str]) -> Options | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qmp-server`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from qmp_server.fleet.cli import is_fleet_command_line
+
+    if is_fleet_command_line(args):
+        return _fleet_main(args)
     try:
         options = parse_args(args)
         if options is None:
@@ -550,6 +554,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: {err}\n")
         return 1
     return runtime.run()
+
+
+def _fleet_main(args: list[str]) -> int:
+    """``qmp-server --fleet FILE`` / ``--fleet-size N``: many VMs in this process."""
+    from qmp_server.fleet.cli import parse_fleet_command_line
+
+    try:
+        line = parse_fleet_command_line(args)
+        options = parse_args(list(line.process_args))
+        assert options is not None  # process options print no help
+        from qmp_server.runtime.fleet import Fleet
+
+        fleet = Fleet(
+            line.spec,
+            options,
+            link_bandwidth=line.link_bandwidth,
+            link_latency=line.link_latency,
+        )
+    except UsageError as err:
+        sys.stderr.write(f"{PROG}: {err}\n")
+        return 1
+    return fleet.run()
 
 
 if __name__ == "__main__":

@@ -854,18 +854,30 @@ def build_parser() -> argparse.ArgumentParser:
         f"and migrate resume on the source (up to {MAX_RECOVERIES} times)",
     )
     tuning = parser.add_argument_group("parallel and compressed migration (as virsh migrate)")
-    tuning.add_argument("--parallel", action="store_true",
-                        help="multifd on both sides: pages on several connections")
-    tuning.add_argument("--parallel-connections", type=int, metavar="N",
-                        help="multifd-channels on both sides")
-    tuning.add_argument("--compressed", action="store_true",
-                        help="compress the migration (--comp-methods, default xbzrle)")
-    tuning.add_argument("--comp-methods", metavar="LIST",
-                        help="comma list of xbzrle, mt (7.2), zlib, zstd (zlib/zstd: --parallel)")
-    for name, help_text in (("zlib-level", "multifd-zlib-level"),
-                            ("zstd-level", "multifd-zstd-level"),
-                            ("mt-level", "compress-level"),
-                            ("mt-threads", "compress-threads")):
+    tuning.add_argument(
+        "--parallel",
+        action="store_true",
+        help="multifd on both sides: pages on several connections",
+    )
+    tuning.add_argument(
+        "--parallel-connections", type=int, metavar="N", help="multifd-channels on both sides"
+    )
+    tuning.add_argument(
+        "--compressed",
+        action="store_true",
+        help="compress the migration (--comp-methods, default xbzrle)",
+    )
+    tuning.add_argument(
+        "--comp-methods",
+        metavar="LIST",
+        help="comma list of xbzrle, mt (7.2), zlib, zstd (zlib/zstd: --parallel)",
+    )
+    for name, help_text in (
+        ("zlib-level", "multifd-zlib-level"),
+        ("zstd-level", "multifd-zstd-level"),
+        ("mt-level", "compress-level"),
+        ("mt-threads", "compress-threads"),
+    ):
         tuning.add_argument(f"--comp-{name}", type=int, metavar="N", help=help_text)
     tuning.add_argument("--comp-xbzrle-cache", type=_size, metavar="SIZE",
                         help="xbzrle-cache-size")  # fmt: skip

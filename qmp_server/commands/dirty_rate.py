@@ -34,8 +34,7 @@ def calc_dirty_rate(vm: VirtualMachine, args: dict[str, Any]) -> Any:
         start_time = int(timers.wall())
     else:
         start_time = int(timers.monotonic())
-    meter.start(calc_ms, sample_pages, mode, start_time=start_time,
-                pages_written=_pages(vm)[0])
+    meter.start(calc_ms, sample_pages, mode, start_time=start_time, pages_written=_pages(vm)[0])
 
     def done() -> None:
         written, total = _pages(vm)

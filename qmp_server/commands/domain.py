@@ -40,9 +40,7 @@ def query_chardev(vm: VirtualMachine, args: dict[str, Any]) -> Any:
             domain.qom.defaults("query-chardev"), key=lambda e: _DEFAULT_CHARDEVS.get(e["label"], 9)
         )
         for entry in defaults:
-            states.setdefault(
-                entry["label"], ChardevState(entry["label"], entry["filename"], True)
-            )
+            states.setdefault(entry["label"], ChardevState(entry["label"], entry["filename"], True))
     # chardevs are children of a QOM container: hash-slot order, each one prepended
     return [
         {"label": c.label, "filename": c.filename, "frontend-open": c.frontend_open}

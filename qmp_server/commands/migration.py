@@ -56,9 +56,7 @@ def set_dirty_rate(vm: VirtualMachine, args: dict[str, Any]) -> Any:
     write_bytes = args.get("write-bytes")
     if write_bytes is not None and not 1 <= int(write_bytes) <= 4096:
         raise CommandError("Parameter 'write-bytes' expects a size from 1 to 4096")
-    _driver(vm).set_dirty_rate(
-        int(args["rate"]), None if write_bytes is None else int(write_bytes)
-    )
+    _driver(vm).set_dirty_rate(int(args["rate"]), None if write_bytes is None else int(write_bytes))
     return None
 
 

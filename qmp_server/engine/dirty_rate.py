@@ -86,8 +86,9 @@ class DirtyRateMeter:
             raise CommandError("mode dirty-ring is not enabled, use other method instead.")
         return calc_ms, sample_pages, mode
 
-    def start(self, calc_ms: int, sample_pages: int, mode: str, *, start_time: int,
-              pages_written: int) -> None:
+    def start(
+        self, calc_ms: int, sample_pages: int, mode: str, *, start_time: int, pages_written: int
+    ) -> None:
         self.status = "measuring"
         self.calc_ms = calc_ms
         self.sample_pages = sample_pages

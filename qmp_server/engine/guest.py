@@ -92,7 +92,6 @@ _U64 = np.dtype("<u8")
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
-
 def _seed_key(seed: int, salt: bytes) -> np.uint64:
     return np.uint64(seed_key(seed, salt, b"qmpsrv-guest"))
 

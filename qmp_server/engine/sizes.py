@@ -125,8 +125,6 @@ def qemu_strtosz(text: str, default_shift: int = 0) -> int:
     return total
 
 
-
-
 def parse_size(text: str, default_suffix: str = "b", *, name: str = "size") -> int:
     """Parse a QEMU size string into bytes, with QEMU's error text naming ``name``.
 

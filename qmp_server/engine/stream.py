@@ -876,9 +876,7 @@ class StreamDecoder:
         state = self._state
         after_checksum, self._after_checksum = self._after_checksum, tag is Tag.CHECKSUM
         if state is _State.HEADER:
-            first = (
-                Tag.CHANNEL if self._channel else Tag.RECOVER if self._recovery else Tag.HEADER
-            )
+            first = Tag.CHANNEL if self._channel else Tag.RECOVER if self._recovery else Tag.HEADER
             if tag is not first:
                 raise self._fail(f"expected {first.name} record, got {tag.name}")
             if self._channel:

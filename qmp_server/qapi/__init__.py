@@ -77,7 +77,8 @@ def load_schema(path: str | Path, defines: frozenset[str]) -> Schema:
     return build_schema(check_exprs(parse_schema(path)), defines)
 
 
-def load_schema_text(text: str, defines: frozenset[str] = frozenset(),
-                     fname: str = "<string>") -> Schema:
+def load_schema_text(
+    text: str, defines: frozenset[str] = frozenset(), fname: str = "<string>"
+) -> Schema:
     """Like :func:`load_schema` for schema text without includes (handy in tests)."""
     return build_schema(check_exprs(parse_text(text, fname)), defines)

@@ -24,9 +24,40 @@ __all__ = ["first_leftover", "ghash_order", "qdict_order"]
 
 _M32 = 0xFFFFFFFF
 _MIN_SHIFT = 3
-_PRIME_MOD = (1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749,
-              65521, 131071, 262139, 524287, 1048573, 2097143, 4194301, 8388593, 16777213,
-              33554393, 67108859, 134217689, 268435399, 536870909, 1073741789, 2147483647)
+_PRIME_MOD = (
+    1,
+    2,
+    3,
+    7,
+    13,
+    31,
+    61,
+    127,
+    251,
+    509,
+    1021,
+    2039,
+    4093,
+    8191,
+    16381,
+    32749,
+    65521,
+    131071,
+    262139,
+    524287,
+    1048573,
+    2097143,
+    4194301,
+    8388593,
+    16777213,
+    33554393,
+    67108859,
+    134217689,
+    268435399,
+    536870909,
+    1073741789,
+    2147483647,
+)
 _UNUSED, _TOMBSTONE = 0, 1
 
 
@@ -106,8 +137,9 @@ class _GHashSet:
         self._maybe_resize()
 
     def _maybe_resize(self) -> None:
-        if ((self.size > self.nnodes * 4 and self.size > 1 << _MIN_SHIFT)
-                or self.size <= self.noccupied + self.noccupied // 16):
+        if (
+            self.size > self.nnodes * 4 and self.size > 1 << _MIN_SHIFT
+        ) or self.size <= self.noccupied + self.noccupied // 16:
             self._resize()
 
     def _resize(self) -> None:
@@ -144,8 +176,8 @@ class _GHashSet:
                 if replaced < 2:
                     break
                 h, key = replaced, replaced_key
-        del self.hashes[self.size:]
-        del self.keys[self.size:]
+        del self.hashes[self.size :]
+        del self.keys[self.size :]
         self.noccupied = self.nnodes
 
     def first(self) -> str | None:

@@ -211,14 +211,39 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "alternate": (("data",), ("if", "features")),
     "command": (
         (),
-        ("data", "returns", "boxed", "if", "features", "gen", "success-response",
-         "allow-oob", "allow-preconfig", "coroutine"),
+        (
+            "data",
+            "returns",
+            "boxed",
+            "if",
+            "features",
+            "gen",
+            "success-response",
+            "allow-oob",
+            "allow-preconfig",
+            "coroutine",
+        ),
     ),
     "event": ((), ("data", "boxed", "if", "features")),
 }
 _BUILTIN_REF_OK = frozenset(
-    {"str", "int", "bool", "number", "null", "any", "size", "int8", "int16", "int32", "int64",
-     "uint8", "uint16", "uint32", "uint64"}
+    {
+        "str",
+        "int",
+        "bool",
+        "number",
+        "null",
+        "any",
+        "size",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+    }
 )
 
 
@@ -242,8 +267,11 @@ def _check_keys(ctx: _Ctx, data: dict[str, Any], meta: str) -> None:
     allowed = {meta, *required, *optional}
     for key in data:
         if key not in allowed:
-            raise ctx.fail(f"key '{key}' is not allowed here (allowed: "
-                           + ", ".join(f"'{k}'" for k in sorted(allowed)) + ")")
+            raise ctx.fail(
+                f"key '{key}' is not allowed here (allowed: "
+                + ", ".join(f"'{k}'" for k in sorted(allowed))
+                + ")"
+            )
 
 
 def _check_name(ctx: _Ctx, name: Any, pattern: re.Pattern[str], what: str) -> str:
@@ -269,8 +297,10 @@ def check_if(ctx: _Ctx, cond: Any, where: str = "'if'") -> IfCond:
         return IfCond("sym", cond)
     if isinstance(cond, dict):
         if len(cond) != 1:
-            raise ctx.fail(f"{where} condition has {len(cond)} operators, needs exactly one "
-                           "of 'all', 'any', 'not'")
+            raise ctx.fail(
+                f"{where} condition has {len(cond)} operators, needs exactly one "
+                "of 'all', 'any', 'not'"
+            )
         ((op, arg),) = cond.items()
         if op == "not":
             return IfCond("not", args=(check_if(ctx, arg, where),))
@@ -308,8 +338,12 @@ def _check_features(ctx: _Ctx, value: Any) -> tuple[FeatureDef, ...]:
 
 def _check_type_ref(ctx: _Ctx, value: Any, what: str, allow_array: bool = True) -> TypeRef:
     if isinstance(value, str):
-        if not (value in _BUILTIN_REF_OK or _TYPE_NAME.match(value)
-                or value.startswith("q_obj_") or value == "q_empty"):
+        if not (
+            value in _BUILTIN_REF_OK
+            or _TYPE_NAME.match(value)
+            or value.startswith("q_obj_")
+            or value == "q_empty"
+        ):
             raise ctx.fail(f"{what} uses an invalid type name '{value}'")
         return TypeRef(value)
     if isinstance(value, list) and allow_array:
@@ -391,9 +425,7 @@ def _check_enum_values(ctx: _Ctx, data: Any) -> tuple[EnumValueDef, ...]:
     return tuple(out)
 
 
-def _check_data(
-    ctx: _Ctx, data: dict[str, Any], boxed: bool
-) -> str | tuple[MemberDef, ...] | None:
+def _check_data(ctx: _Ctx, data: dict[str, Any], boxed: bool) -> str | tuple[MemberDef, ...] | None:
     if "data" not in data:
         if boxed:
             raise ctx.fail("'boxed': true requires 'data'")
@@ -414,8 +446,10 @@ def _one(expr_data: dict[str, Any], fname: str, line: int, doc: str | None) -> D
             if len(expr_data) != 1 or not isinstance(expr_data["pragma"], dict):
                 raise ctx.fail("'pragma' must be the only key and take an object")
             return None
-        raise ctx.fail("expression must define one of: "
-                       + ", ".join(f"'{k}'" for k in (*_KEYS, "include", "pragma")))
+        raise ctx.fail(
+            "expression must define one of: "
+            + ", ".join(f"'{k}'" for k in (*_KEYS, "include", "pragma"))
+        )
     name = expr_data[meta]
     shown = name if isinstance(name, str) else "?"
     ctx = _Ctx(fname, line, f"In {meta} '{shown}'")
@@ -438,8 +472,7 @@ def _one(expr_data: dict[str, Any], fname: str, line: int, doc: str | None) -> D
         base = expr_data.get("base")
         if base is not None:
             base = _check_type_ref(ctx, base, "'base'", False).name
-        return StructDef(*common, members=_check_members(ctx, expr_data["data"], "data"),
-                         base=base)
+        return StructDef(*common, members=_check_members(ctx, expr_data["data"], "data"), base=base)
     if meta == "union":
         raw_base = expr_data["base"]
         ubase: str | tuple[MemberDef, ...]
@@ -450,8 +483,12 @@ def _one(expr_data: dict[str, Any], fname: str, line: int, doc: str | None) -> D
         disc = expr_data["discriminator"]
         if not isinstance(disc, str):
             raise ctx.fail("'discriminator' must be a string")
-        return UnionDef(*common, base=ubase, discriminator=disc,
-                        branches=_check_branches(ctx, expr_data["data"]))
+        return UnionDef(
+            *common,
+            base=ubase,
+            discriminator=disc,
+            branches=_check_branches(ctx, expr_data["data"]),
+        )
     if meta == "alternate":
         return AlternateDef(*common, branches=_check_branches(ctx, expr_data["data"]))
     if meta == "command":

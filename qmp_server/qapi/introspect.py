@@ -70,8 +70,11 @@ class _Introspector:
         """Queue ``t`` if it is new; return how the payload refers to it."""
         if isinstance(t, BuiltinType) and t.json_type == "int":
             t = self.int_type
-        elif (isinstance(t, ArrayType) and isinstance(t.element_type, BuiltinType)
-              and t.element_type.json_type == "int"):
+        elif (
+            isinstance(t, ArrayType)
+            and isinstance(t.element_type, BuiltinType)
+            and t.element_type.json_type == "int"
+        ):
             t = ArrayType("intList", self.int_type)
         if t.name not in self.queued:
             self.queued.add(t.name)
@@ -95,8 +98,11 @@ class _Introspector:
         if isinstance(t, BuiltinType):
             return {"name": t.name, "json-type": t.json_type, "meta-type": "builtin"}
         if isinstance(t, ArrayType):
-            return {"name": self.use(t), "element-type": self.use(t.element_type),
-                    "meta-type": "array"}
+            return {
+                "name": self.use(t),
+                "element-type": self.use(t.element_type),
+                "meta-type": "array",
+            }
         out: JSONObject = {"name": self.name(t)}
         if isinstance(t, EnumType):
             if "members" in self.enum_keys:
@@ -111,8 +117,9 @@ class _Introspector:
             members = [self.member(m) for m in t.members]
             if t.variants is not None:
                 out["tag"] = t.variants.tag.name
-                out["variants"] = [{"case": v.name, "type": self.use(v.type)}
-                                   for v in t.variants.cases]
+                out["variants"] = [
+                    {"case": v.name, "type": self.use(v.type)} for v in t.variants.cases
+                ]
             out["members"] = members
             out["meta-type"] = "object"
         else:

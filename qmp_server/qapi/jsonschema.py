@@ -85,10 +85,12 @@ class _Gen:
                 then["required"] = vreq
             if case.type.variants is not None:
                 then["allOf"] = self.branches(case.type)
-            out.append({
-                "if": {"properties": {tag: {"const": case.name}}, "required": [tag]},
-                "then": then,
-            })
+            out.append(
+                {
+                    "if": {"properties": {tag: {"const": case.name}}, "required": [tag]},
+                    "then": then,
+                }
+            )
         return out
 
     def body(self, t: QAPIType) -> JSONObject:

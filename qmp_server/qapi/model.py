@@ -349,8 +349,9 @@ class _Builder:
                 raise self.fail(d, f"'{d.name}' is the name of a built-in type")
             if d.name in seen:
                 other = seen[d.name]
-                raise self.fail(d, f"'{d.name}' is already defined at "
-                                   f"{other.loc.fname}:{other.loc.line}")
+                raise self.fail(
+                    d, f"'{d.name}' is already defined at {other.loc.fname}:{other.loc.line}"
+                )
             seen[d.name] = d
         self.types[EMPTY_OBJECT] = ObjectType(EMPTY_OBJECT, implicit=True)
         for d in self.defs:
@@ -373,8 +374,10 @@ class _Builder:
         t = self.types.get(ref.name)
         if t is None or (ref.name == EMPTY_OBJECT):
             if any(d.name == ref.name for d in self.all_defs):
-                raise self.fail(defn, f"{what} uses type '{ref.name}', which is compiled out "
-                                      "in this configuration")
+                raise self.fail(
+                    defn,
+                    f"{what} uses type '{ref.name}', which is compiled out in this configuration",
+                )
             raise self.fail(defn, f"{what} uses unknown type '{ref.name}'")
         if ref.array:
             return self.array_of(t)
@@ -420,7 +423,8 @@ class _Builder:
         if isinstance(d, EnumDef):
             values = tuple(
                 EnumMember(v.name, _feats(v.features, self.defines))
-                for v in d.values if v.ifcond.holds(self.defines)
+                for v in d.values
+                if v.ifcond.holds(self.defines)
             )
             _set(shell, "members", values)
         elif isinstance(d, StructDef):
@@ -446,8 +450,11 @@ class _Builder:
         all_members = [*(base.members if base else ()), *own]
         clash = self._clash(all_members)
         if clash:
-            raise self.fail(d, f"member '{clash}' clashes with another member"
-                               + (f" (base '{base.name}')" if base else ""))
+            raise self.fail(
+                d,
+                f"member '{clash}' clashes with another member"
+                + (f" (base '{base.name}')" if base else ""),
+            )
         _set(shell, "base", base)
         _set(shell, "members", tuple(all_members))
 
@@ -478,18 +485,21 @@ class _Builder:
             if not b.ifcond.holds(self.defines):
                 continue
             if b.name not in values:
-                raise self.fail(d, f"branch '{b.name}' is present but enum value '{b.name}' of "
-                                   f"{tag.type.name} is compiled out")
+                raise self.fail(
+                    d,
+                    f"branch '{b.name}' is present but enum value '{b.name}' of "
+                    f"{tag.type.name} is compiled out",
+                )
             btype = self.resolve(d, b.type, f"branch '{b.name}'")
             bdef = self.def_of.get(btype.name)
             if not isinstance(btype, ObjectType) or not isinstance(bdef, StructDef | UnionDef):
-                raise self.fail(d, f"branch '{b.name}' must be a struct type, "
-                                   f"'{btype.name}' isn't")
+                raise self.fail(d, f"branch '{b.name}' must be a struct type, '{btype.name}' isn't")
             self.fill(btype.name)
             clash = self._clash([*base_members, *btype.members])
             if clash:
-                raise self.fail(d, f"member '{clash}' of branch '{b.name}' clashes with a "
-                                   "base member")
+                raise self.fail(
+                    d, f"member '{clash}' of branch '{b.name}' clashes with a base member"
+                )
             cases.append(Variant(b.name, btype))
         covered = {c.name for c in cases}
         # As QEMU does, values without a branch get the empty object (visible in introspection).
@@ -516,8 +526,7 @@ class _Builder:
             if kind in ("value", "alternate"):
                 raise self.fail(d, f"branch '{b.name}' cannot use type '{btype.name}'")
             if kind in kinds:
-                raise self.fail(d, f"branch '{b.name}' can't be distinguished from "
-                                   f"'{kinds[kind]}'")
+                raise self.fail(d, f"branch '{b.name}' can't be distinguished from '{kinds[kind]}'")
             kinds[kind] = b.name
             branches.append(AlternateBranch(b.name, btype))
         if not branches:
@@ -555,8 +564,18 @@ class _Builder:
             feats = _feats(d.features, self.defines)
             if isinstance(d, CommandDef):
                 ret = self.resolve(d, d.returns, "'returns'") if d.returns else None
-                cmd = Command(d.name, self.arg_type(d), ret, d.allow_oob, d.boxed,
-                              d.success_response, feats, d.allow_preconfig, d.coroutine, d.doc)
+                cmd = Command(
+                    d.name,
+                    self.arg_type(d),
+                    ret,
+                    d.allow_oob,
+                    d.boxed,
+                    d.success_response,
+                    feats,
+                    d.allow_preconfig,
+                    d.coroutine,
+                    d.doc,
+                )
                 if not d.success_response and ret is not None:
                     raise self.fail(d, "'success-response': false forbids 'returns'")
                 commands[d.name] = cmd
@@ -567,15 +586,26 @@ class _Builder:
                 entities.append(ev)
         types: dict[str, QAPIType] = dict(self.types)
         types.update(self.arrays)
-        return Schema(MappingProxyType(commands), MappingProxyType(events),
-                      MappingProxyType(types), tuple(entities), self.defines)
+        return Schema(
+            MappingProxyType(commands),
+            MappingProxyType(events),
+            MappingProxyType(types),
+            tuple(entities),
+            self.defines,
+        )
 
 
 def json_kind(t: QAPIType) -> str:
     """The JSON kind a value of ``t`` has on the wire (what alternates dispatch on)."""
     if isinstance(t, BuiltinType):
-        return {"string": "string", "int": "number", "number": "number", "boolean": "boolean",
-                "null": "null", "value": "value"}[t.json_type]
+        return {
+            "string": "string",
+            "int": "number",
+            "number": "number",
+            "boolean": "boolean",
+            "null": "null",
+            "value": "value",
+        }[t.json_type]
     if isinstance(t, EnumType):
         return "string"
     if isinstance(t, ArrayType):
@@ -591,4 +621,3 @@ def build_schema(defs: list[Definition], defines: frozenset[str]) -> Schema:
     :raise SchemaError: on the first semantic defect.
     """
     return _Builder(defs, defines).build()
-

@@ -111,7 +111,7 @@ class _Parser:
         out: list[str] = []
         while True:
             if self.pos >= len(text) or text[self.pos] == "\n":
-                raise self.error("missing terminating \"'\"")
+                raise self.error('missing terminating "\'"')
             ch = text[self.pos]
             self.pos += 1
             if ch == "'":
@@ -160,8 +160,9 @@ class _Parser:
         while True:
             ch = self._peek()
             if ch != "'":
-                raise self.error("strings must be single-quoted" if ch == '"'
-                                 else "expected string key")
+                raise self.error(
+                    "strings must be single-quoted" if ch == '"' else "expected string key"
+                )
             key_line = self.line
             key = self._string()
             if key in result:
@@ -256,8 +257,12 @@ def parse_schema(path: str | Path) -> list[RawExpr]:
                 if not isinstance(target, str) or not target:
                     raise SchemaError(expr.fname, expr.line, "value of 'include' must be a string")
                 child = p.parent / target
-                visit(child, str(Path(shown).parent / target), (expr.fname, expr.line),
-                      (*stack, resolved))
+                visit(
+                    child,
+                    str(Path(shown).parent / target),
+                    (expr.fname, expr.line),
+                    (*stack, resolved),
+                )
             else:
                 out.append(expr)
 

@@ -81,10 +81,12 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-QAPI_TYPE_CHECKER = jsonschema.validators.Draft202012Validator.TYPE_CHECKER.redefine_many({
-    "integer": lambda _checker, value: _is_int(value),
-    "number": lambda _checker, value: _is_number(value),
-})
+QAPI_TYPE_CHECKER = jsonschema.validators.Draft202012Validator.TYPE_CHECKER.redefine_many(
+    {
+        "integer": lambda _checker, value: _is_int(value),
+        "number": lambda _checker, value: _is_number(value),
+    }
+)
 """JSON types as QEMU sees them: ``1.0`` is a double, not an integer; ``true`` is no number."""
 
 QAPIValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
@@ -120,8 +122,9 @@ class _Visit:
         if isinstance(t, ArrayType):
             if not isinstance(value, list):
                 raise VisitError(MSG_INVALID_TYPE.format(name=path, expected="array"))
-            return [self.visit(t.element_type, v, f"{path}[{i}]", None)
-                    for i, v in enumerate(value)]
+            return [
+                self.visit(t.element_type, v, f"{path}[{i}]", None) for i, v in enumerate(value)
+            ]
         if isinstance(t, ObjectType):
             if not isinstance(value, dict):
                 raise VisitError(MSG_INVALID_TYPE.format(name=path, expected="object"))
@@ -153,8 +156,9 @@ class _Visit:
             wrapped: int = value & UINT64_MAX
             assert t.int_range is not None
             if t.name in _UNSIGNED_C_NAME and wrapped > t.int_range[1]:
-                raise VisitError(MSG_EXPECTS.format(name=bare or NULL_NAME,
-                                                    expected=_UNSIGNED_C_NAME[t.name]))
+                raise VisitError(
+                    MSG_EXPECTS.format(name=bare or NULL_NAME, expected=_UNSIGNED_C_NAME[t.name])
+                )
             return wrapped
         if not (is_qnum_int and value <= INT64_MAX):
             raise VisitError(MSG_INVALID_TYPE.format(name=path, expected="integer"))
@@ -162,8 +166,9 @@ class _Visit:
             assert t.int_range is not None
             lo, hi = t.int_range
             if not lo <= value <= hi:
-                raise VisitError(MSG_EXPECTS.format(name=bare or NULL_NAME,
-                                                    expected=_SIGNED_C_NAME[t.name]))
+                raise VisitError(
+                    MSG_EXPECTS.format(name=bare or NULL_NAME, expected=_SIGNED_C_NAME[t.name])
+                )
         result: int = value
         return result
 
@@ -176,8 +181,9 @@ class _Visit:
             raise VisitError(MSG_UNEXPECTED.format(name=_child(path, extra or "?")))
         return {k: out[k] for k in value}  # keep the caller's key order
 
-    def members(self, t: ObjectType, value: JSONObject, path: str, out: JSONObject,
-                visited: list[str]) -> None:
+    def members(
+        self, t: ObjectType, value: JSONObject, path: str, out: JSONObject, visited: list[str]
+    ) -> None:
         """Visit ``t``'s members, then (for a union) those of the branch the tag selects."""
         for m in t.members:
             self.member(m, value, path, out, visited)
@@ -187,8 +193,9 @@ class _Visit:
             if case is not None:
                 self.members(case.type, value, path, out, visited)
 
-    def member(self, m: Member, value: JSONObject, path: str, out: JSONObject,
-               visited: list[str]) -> None:
+    def member(
+        self, m: Member, value: JSONObject, path: str, out: JSONObject, visited: list[str]
+    ) -> None:
         if m.name not in value:
             if m.optional:
                 return

@@ -82,8 +82,9 @@ class RestContext:
         if scheme.lower() != "bearer" or not presented.strip():
             raise RestError(401, MISSING_TOKEN_DESC, headers={"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
-            raise RestError(401, BAD_TOKEN_DESC,
-                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise RestError(
+                401, BAD_TOKEN_DESC, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
 
 
 def get_context(request: Request) -> RestContext:

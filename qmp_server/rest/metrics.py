@@ -66,15 +66,24 @@ class _MigrationCollector(Collector):
         xbzrle = info.get("xbzrle-cache") if isinstance(info.get("xbzrle-cache"), dict) else {}
         compression = info.get("compression") if isinstance(info.get("compression"), dict) else {}
         assert isinstance(xbzrle, dict) and isinstance(compression, dict)
-        yield gauge("qmpmig_migration_xbzrle_bytes",
-                    "XBZRLE delta bytes sent (xbzrle-cache.bytes)", xbzrle.get("bytes"))
+        yield gauge(
+            "qmpmig_migration_xbzrle_bytes",
+            "XBZRLE delta bytes sent (xbzrle-cache.bytes)",
+            xbzrle.get("bytes"),
+        )
         yield gauge("qmpmig_migration_compressed_bytes",
                     "7.2 compress: compressed page bytes (compression.compressed-size)",
                     compression.get("compressed-size"))  # fmt: skip
-        yield gauge("qmpmig_migration_data_remaining_bytes",
-                    "RAM bytes still to send (ram.remaining)", d["remaining-bytes"])
-        yield gauge("qmpmig_migration_data_total_bytes",
-                    "Guest RAM size being migrated (ram.total)", d["total-bytes"])
+        yield gauge(
+            "qmpmig_migration_data_remaining_bytes",
+            "RAM bytes still to send (ram.remaining)",
+            d["remaining-bytes"],
+        )
+        yield gauge(
+            "qmpmig_migration_data_total_bytes",
+            "Guest RAM size being migrated (ram.total)",
+            d["total-bytes"],
+        )
         yield gauge("qmpmig_migration_dirty_memory_rate_bytes",
                     "Guest dirty rate in bytes/s (dirty-pages-rate * page-size)",
                     d["dirty-rate-bytes"])  # fmt: skip
@@ -100,7 +109,8 @@ class _MigrationCollector(Collector):
                     "Derived progress, (total - remaining) / total, 0..1",
                     None if progress is None else progress / 100)  # fmt: skip
         status = GaugeMetricFamily(
-            "qmpmig_migration_status", "Migration status (1 for the current one)",
+            "qmpmig_migration_status",
+            "Migration status (1 for the current one)",
             labels=["status"],
         )
         current = d["status"]
@@ -124,10 +134,16 @@ class _MigrationCollector(Collector):
         yield gauge("qmpmig_switchover_ack_pending",
                     "1 while the switchover waits for the destination's ACK",
                     1.0 if d["switchover-ack"] == "pending" else 0.0)  # fmt: skip
-        yield gauge("qmpmig_qmp_connections", "Clients connected to the QMP monitors",
-                    sum(len(m.connections()) for m in self._runtime.monitors))
-        yield gauge("qmpmig_http_event_subscribers", "Open server-sent-event streams",
-                    self._hub.subscriber_count)
+        yield gauge(
+            "qmpmig_qmp_connections",
+            "Clients connected to the QMP monitors",
+            sum(len(m.connections()) for m in self._runtime.monitors),
+        )
+        yield gauge(
+            "qmpmig_http_event_subscribers",
+            "Open server-sent-event streams",
+            self._hub.subscriber_count,
+        )
         dropped = CounterMetricFamily(
             "qmpmig_http_event_subscribers_dropped",
             "SSE subscribers disconnected because their queue was full",
@@ -143,8 +159,10 @@ class RestMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``*_created`` series: this process owns prometheus_client
         self.registry = CollectorRegistry(auto_describe=False)
         self.commands = Counter(
-            "qmpmig_qmp_commands", "QMP commands executed, by name and result",
-            ["command", "result"], registry=self.registry,
+            "qmpmig_qmp_commands",
+            "QMP commands executed, by name and result",
+            ["command", "result"],
+            registry=self.registry,
         )
         self._runtime = runtime
         self._internal = False

@@ -67,7 +67,7 @@ class _Embedder:
                         assert root is not None
                         value = f"#/components/schemas/{root}"
                     elif value.startswith("#/$defs/"):
-                        value = "#/components/schemas/" + value[len("#/$defs/"):]
+                        value = "#/components/schemas/" + value[len("#/$defs/") :]
                     out[key] = value
                 else:
                     out[key] = self._rewrite(value, root)
@@ -126,19 +126,23 @@ def build_openapi(skeleton: dict[str, Any], schema: Schema) -> dict[str, Any]:
         op = paths.get(path, {}).get(method)
         if op is None or ret_cmd not in schema.commands:
             continue
-        op["responses"] = {"200": _returns(schema, emb, ret_cmd), **_errors(
-            _WRITE_ERRORS if arg_cmd else _READ_ERRORS)}
+        op["responses"] = {
+            "200": _returns(schema, emb, ret_cmd),
+            **_errors(_WRITE_ERRORS if arg_cmd else _READ_ERRORS),
+        }
         if arg_cmd is not None and arg_cmd in schema.commands:
             op["requestBody"] = _request_body(schema, emb, arg_cmd)
             op["security"] = [{"bearer": []}]
     migration = paths.get("/api/v1/migration", {}).get("get")
     if migration is not None and "query-migrate" in schema.commands:
         info = _returns(schema, emb, "query-migrate")["content"]["application/json"]["schema"]
-        migration["responses"]["200"]["content"] = _json({
-            "type": "object",
-            "properties": {"info": info, "derived": {"type": "object"}},
-            "required": ["info", "derived"],
-        })
+        migration["responses"]["200"]["content"] = _json(
+            {
+                "type": "object",
+                "properties": {"info": info, "derived": {"type": "object"}},
+                "required": ["info", "derived"],
+            }
+        )
     for name in schema.commands:
         read_only = is_read_only_command(name)
         op = {
@@ -146,8 +150,10 @@ def build_openapi(skeleton: dict[str, Any], schema: Schema) -> dict[str, Any]:
             "summary": f"Execute the QMP command '{name}'",
             "tags": ["qmp"],
             "requestBody": _request_body(schema, emb, name),
-            "responses": {"200": _returns(schema, emb, name), **_errors(
-                ("400", "404", "409", "413") if read_only else (*_WRITE_ERRORS, "404"))},
+            "responses": {
+                "200": _returns(schema, emb, name),
+                **_errors(("400", "404", "409", "413") if read_only else (*_WRITE_ERRORS, "404")),
+            },
         }
         if not read_only:
             op["security"] = [{"bearer": []}]

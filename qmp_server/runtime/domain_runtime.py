@@ -55,18 +55,14 @@ def build_domain(options: Options) -> Domain:
     devices = [device_identity(text) for text in options.devices]
     qom = QomTree(model, family or "", topology, devices)
     iothreads = [i for i in (_iothread_id(o) for o in options.objects) if i is not None]
-    return Domain(
-        topology=topology, qom=qom, defaults=not options.nodefaults, iothreads=iothreads
-    )
+    return Domain(topology=topology, qom=qom, defaults=not options.nodefaults, iothreads=iothreads)
 
 
 def start_threads(domain: Domain, options: Options, threads: IdleThreads) -> None:
     """One idle thread per vCPU and per I/O thread, named as QEMU names them."""
     debug = options.debug_threads
     cpus = domain.topology.cpus if domain.qom.cpu_type else 0
-    domain.vcpu_thread_ids = [
-        threads.start(f"CPU {i}/TCG" if debug else None) for i in range(cpus)
-    ]
+    domain.vcpu_thread_ids = [threads.start(f"CPU {i}/TCG" if debug else None) for i in range(cpus)]
     domain.iothread_thread_ids = {
         iothread: threads.start(f"IO {iothread}" if debug else None)
         for iothread in domain.iothreads

@@ -129,7 +129,4 @@ class GuestChardev:
 
 def frontend_opens(label: str, devices: DeviceTable) -> bool:
     """Whether a ``-device`` that opens its chardev at creation uses chardev ``label``."""
-    return any(
-        d.driver in SERIAL_FRONTENDS and d.props.get("chardev") == label for d in devices
-    )
-
+    return any(d.driver in SERIAL_FRONTENDS and d.props.get("chardev") == label for d in devices)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ctypes
 import ctypes.util
+import functools
 import time
 from collections.abc import Callable
 

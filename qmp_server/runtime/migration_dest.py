@@ -473,7 +473,6 @@ class DestinationDriver:
             self.exit_process(1, desc)
 
 
-
 def new_decompressor(method: str) -> Callable[[bytes, int], bytes]:
     """A multifd channel's decompressor (one stream per channel, as the source's)."""
     if method not in ("zlib", "zstd"):

@@ -851,9 +851,7 @@ class SourceDriver:
         datas: list[bytes] = []
         if squeeze.any():
             raw = [self.ctx.guest.read_page(int(i)) for i in pages[squeeze]]
-            datas = await asyncio.get_running_loop().run_in_executor(
-                None, legacy.compress_all, raw
-            )
+            datas = await asyncio.get_running_loop().run_in_executor(None, legacy.compress_all, raw)
         await channel.send(
             [*encoded.parts, *(enc.compressed_page(int(i), d)
                                for i, d in zip(pages[squeeze], datas, strict=True))]

@@ -239,4 +239,3 @@ class MultifdOutgoing:
             parts += lane.enc.compressed_parts(self.compression, idx, data)
             self.account.compressed(int(idx.size) * PAGE_SIZE, len(data))
         return parts
-

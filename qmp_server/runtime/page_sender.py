@@ -96,9 +96,7 @@ class PageSender:
         self.cursor += int(pages.size)
         if pages.size:
             # QEMU's round ends where its walk wraps at the end of RAM
-            wrapped = (0 <= int(pages[0]) < self.last_page) or bool(
-                np.any(pages[1:] < pages[:-1])
-            )
+            wrapped = (0 <= int(pages[0]) < self.last_page) or bool(np.any(pages[1:] < pages[:-1]))
             if wrapped or self.cursor >= self.pages.size:
                 self.completed_pass = True
             self.last_page = int(pages[-1])

@@ -56,7 +56,7 @@ from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.runtime.vcpu_threads import IdleThreads
 from qmp_server.wire.encoder import encode_line
 
-__all__ = ["SCHEMA_PATH", "VMInstance", "build_vm", "schema_for", "stderr_line"]
+__all__ = ["SCHEMA_PATH", "VMInstance", "build_vm", "make_event", "schema_for", "stderr_line"]
 
 
 def _schema_path() -> Path:
@@ -107,6 +107,18 @@ def stderr_line(text: str) -> None:
         sys.stderr.flush()
 
 
+def make_event(name: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    """A QMP event of now (QEMU's timestamp: seconds and microseconds)."""
+    now = time.time_ns() // 1000
+    event: dict[str, Any] = {
+        "event": name,
+        "timestamp": {"seconds": now // 1_000_000, "microseconds": now % 1_000_000},
+    }
+    if data is not None:
+        event["data"] = data
+    return event
+
+
 class _LoopTimers:
     """:class:`~qmp_server.engine.vm.Timers` on the running loop; after a deferred call the
     VM looks whether it asked to end (a guest power-off)."""
@@ -136,9 +148,18 @@ class VMInstance:
     """The VM, dispatcher and monitors of one qmp-server command line."""
 
     def __init__(
-        self, options: Options, *, on_end: Callable[[VMInstance], None] | None = None
+        self,
+        options: Options,
+        *,
+        on_end: Callable[[VMInstance], None] | None = None,
+        prefix: str = "qmp-server: ",
+        fleet_name: str = "",
     ) -> None:
         self.options = options
+        #: the VM's name in a fleet ("" for the VM of a one-VM process)
+        self.fleet_name = fleet_name
+        #: what begins this VM's diagnostics on stderr (a fleet adds the VM's name)
+        self.prefix = prefix
         self.vm = build_vm(options, self.emit)
         for warning in self.vm.config.warnings:
             self.warn(f"warning: {warning}")
@@ -238,13 +259,7 @@ class VMInstance:
 
     # -- events -------------------------------------------------------------------------
     def emit(self, name: str, data: dict[str, Any] | None) -> None:
-        now = time.time_ns() // 1000
-        event: dict[str, Any] = {
-            "event": name,
-            "timestamp": {"seconds": now // 1_000_000, "microseconds": now % 1_000_000},
-        }
-        if data is not None:
-            event["data"] = data
+        event = make_event(name, data)
         line = encode_line(event)
         for monitor in self.monitors:
             monitor.broadcast(line)
@@ -258,14 +273,15 @@ class VMInstance:
 
     def warn(self, text: str) -> None:
         """A start-up diagnostic, as ``qmp-server: TEXT`` (a fleet prefixes the VM's name)."""
-        sys.stderr.write(f"qmp-server: {text}\n")
+        sys.stderr.write(f"{self.prefix}{text}\n")
 
     # -- lifecycle ----------------------------------------------------------------------
     def _after_input(self) -> None:
         if self.vm.shutdown_reason is not None:
-            self._end()
+            self.end()
 
-    def _end(self) -> None:
+    def end(self) -> None:
+        """This VM is over: tell its host once."""
         if self.ended:
             return
         self.ended = True
@@ -274,11 +290,11 @@ class VMInstance:
 
     def _exit(self, code: int, message: str) -> None:
         """End this VM (an incoming migration failed: QEMU 7.2 exits with status 1)."""
-        stderr_line(f"qmp-server: {message}\n")
+        stderr_line(f"{self.prefix}{message}\n")
         self.exit_code = code
         for monitor in self.monitors:
             monitor.freeze()
-        self._end()
+        self.end()
 
     async def start(self) -> bool:
         """Start the guest, an ``-incoming`` at start-up, the threads and the monitors.
@@ -291,7 +307,7 @@ class VMInstance:
             try:
                 self.migration.start_incoming(self.options.incoming, at_startup=True)
             except CommandError as err:  # bind/open failures end start-up, as in QEMU
-                stderr_line(f"qmp-server: -incoming {self.options.incoming}: {err.desc}\n")
+                stderr_line(f"{self.prefix}-incoming {self.options.incoming}: {err.desc}\n")
                 self.exit_code = 1
                 return False
         start_threads(self.domain, self.options, self._idle_threads)

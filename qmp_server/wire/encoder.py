@@ -30,7 +30,7 @@ _BUCKETS = 512
 _order_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
 _str_cache: dict[str, str] = {}
 _plan_cache: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
-_PLAIN = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_PLAIN = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 _SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -46,9 +46,7 @@ def qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
     """The order in which QEMU iterates a QDict whose keys were inserted in ``keys`` order."""
     order = _order_cache.get(keys)
     if order is None:
-        ranked = sorted(
-            range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i)
-        )
+        ranked = sorted(range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i))
         order = tuple(keys[i] for i in ranked)
         if len(_order_cache) > 4096:
             _order_cache.clear()
