@@ -11,7 +11,8 @@ which options each VM gets.  Rules:
 3. A ``[[vm]]`` entry has a ``name`` and an optional ``count`` (default 1).  In names and in
    every argument, ``{name}`` is the VM's name, ``{index}`` its number within the entry (from
    0) and ``{fleet_index}`` its number in the fleet.
-4. A VM's ``-name`` is its fleet name unless its options give ``-name``.
+4. Nothing is added to a VM's options: ``query-name`` answers what ``-name`` says (for the
+   fleet name, ``args = ["-name", "{name}"]`` in ``[defaults]``).
 5. ``[fleet]`` holds the process's own options (the fleet monitor's ``qmp``, ``http``,
    ``http-token-file``, ``pidfile``, ``daemonize``, ``link-bandwidth``...); the same options
    on the command line win.
@@ -150,15 +151,8 @@ def _vm_specs(entries: Sequence[Any], defaults: Mapping[str, Any]) -> list[VMSpe
             fleet_index = len(vms)
             name = check_name(expand(template, index=index, fleet_index=fleet_index))
             fields = {"name": name, "index": index, "fleet_index": fleet_index}
-            vms.append(VMSpec(name, _with_name(name, [expand(a, **fields) for a in args])))
+            vms.append(VMSpec(name, tuple(expand(a, **fields) for a in args)))
     return vms
-
-
-def _with_name(name: str, args: list[str]) -> tuple[str, ...]:
-    """Rule 4."""
-    if any(a.lstrip("-") == "name" for a in args):
-        return tuple(args)
-    return ("-name", name, *args)
 
 
 def _check_unique(vms: Sequence[VMSpec]) -> None:

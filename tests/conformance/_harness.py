@@ -588,6 +588,67 @@ def replay_session(
     return result
 
 
+def replay_steps(client: Client, target: Target, recorded: list[dict[str, Any]]) -> list[Mismatch]:
+    """Replay recorded steps on a connected client; the mismatches (after masking)."""
+    mismatches: list[Mismatch] = []
+    for i, rec in enumerate(recorded):
+        step = rec["step"]
+        if step.get("reconnect"):
+            client.reconnect()
+        elif "sleep" in step:
+            time.sleep(float(step["sleep"]))
+        else:
+            payload = step_payload(step)
+            if payload is not None:
+                client.send(payload)
+        exp_lines: list[str] = rec["lines"]
+        exp_eols: list[str] = rec.get("eols") or ["\r\n"] * len(exp_lines)
+        raw = client.read_lines(len(exp_lines))
+        if i == 0:
+            _check_greeting_first(target, raw[0] if raw else None)
+        got = [split_line(r) for r in raw]
+        exp_view = [mask_line(t) + repr(e)[1:-1] for t, e in zip(exp_lines, exp_eols, strict=True)]
+        act_view = [mask_line(t) + repr(e)[1:-1] for t, e in got]
+        if exp_view != act_view:
+            note = ""
+            if len(got) < len(exp_lines):
+                note = (
+                    f"got {len(got)} of {len(exp_lines)} lines "
+                    f"({'connection closed' if client.eof else 'timed out'})"
+                )
+            mismatches.append(Mismatch(i, step, exp_view, act_view, note))
+            break  # later steps would only cascade
+        if rec.get("closed"):
+            # QEMU closed the connection after this step: nothing
+            # more may arrive before EOF.
+            extra = client.read_until_eof(LINE_TIMEOUT)
+            if extra or not client.eof:
+                mismatches.append(
+                    Mismatch(
+                        i,
+                        step,
+                        exp_view,
+                        act_view + [split_line(r)[0] for r in extra],
+                        "expected the connection to close after these lines"
+                        + ("" if client.eof else " (it stayed open)"),
+                    )
+                )
+                break
+    if not mismatches and not client.eof:
+        extra, _ = client.collect(DEFAULT_SETTLE)
+        if extra:
+            mismatches.append(
+                Mismatch(
+                    len(recorded),
+                    {"after": "last step"},
+                    [],
+                    [split_line(r)[0] for r in extra],
+                    "unexpected extra output after the last step",
+                )
+            )
+    return mismatches
+
+
 def _replay_session_once(
     target: Target, scenario: dict[str, Any], recorded: list[dict[str, Any]]
 ) -> tuple[list[Mismatch], str]:
@@ -602,64 +663,7 @@ def _replay_session_once(
                 time.sleep(target.connect_grace)
             client = Client(proc.endpoint)
             try:
-                for i, rec in enumerate(recorded):
-                    step = rec["step"]
-                    if step.get("reconnect"):
-                        client.reconnect()
-                    elif "sleep" in step:
-                        time.sleep(float(step["sleep"]))
-                    else:
-                        payload = step_payload(step)
-                        if payload is not None:
-                            client.send(payload)
-                    exp_lines: list[str] = rec["lines"]
-                    exp_eols: list[str] = rec.get("eols") or ["\r\n"] * len(exp_lines)
-                    raw = client.read_lines(len(exp_lines))
-                    if i == 0:
-                        _check_greeting_first(target, raw[0] if raw else None)
-                    got = [split_line(r) for r in raw]
-                    exp_view = [
-                        mask_line(t) + repr(e)[1:-1]
-                        for t, e in zip(exp_lines, exp_eols, strict=True)
-                    ]
-                    act_view = [mask_line(t) + repr(e)[1:-1] for t, e in got]
-                    if exp_view != act_view:
-                        note = ""
-                        if len(got) < len(exp_lines):
-                            note = (
-                                f"got {len(got)} of {len(exp_lines)} lines "
-                                f"({'connection closed' if client.eof else 'timed out'})"
-                            )
-                        mismatches.append(Mismatch(i, step, exp_view, act_view, note))
-                        break  # later steps would only cascade
-                    if rec.get("closed"):
-                        # QEMU closed the connection after this step: nothing
-                        # more may arrive before EOF.
-                        extra = client.read_until_eof(LINE_TIMEOUT)
-                        if extra or not client.eof:
-                            mismatches.append(
-                                Mismatch(
-                                    i,
-                                    step,
-                                    exp_view,
-                                    act_view + [split_line(r)[0] for r in extra],
-                                    "expected the connection to close after these lines"
-                                    + ("" if client.eof else " (it stayed open)"),
-                                )
-                            )
-                            break
-                if not mismatches and not client.eof:
-                    extra, _ = client.collect(DEFAULT_SETTLE)
-                    if extra:
-                        mismatches.append(
-                            Mismatch(
-                                len(recorded),
-                                {"after": "last step"},
-                                [],
-                                [split_line(r)[0] for r in extra],
-                                "unexpected extra output after the last step",
-                            )
-                        )
+                mismatches = replay_steps(client, target, recorded)
             finally:
                 client.close()
         finally:
