@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "qmp_server"
-CORES = ("wire", "qapi", "engine", "commands", "hmp")
+CORES = ("wire", "qapi", "engine", "commands", "hmp", "fleet")
 FORBIDDEN = {
     "asyncio", "socket", "selectors", "threading", "time", "subprocess",
     "fastapi", "starlette", "pydantic", "uvicorn", "httpx",

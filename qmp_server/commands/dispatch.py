@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from qmp_server.commands.registry import HANDLERS, Handler
 from qmp_server.errors import COMMAND_NOT_FOUND, GENERIC_ERROR, CommandError
-from qmp_server.wire.encoder import qdict_order
+from qmp_server.wire.encoder import Encoded, qdict_order
 from qmp_server.wire.parser import ParseError
 
 if TYPE_CHECKING:
@@ -147,7 +147,8 @@ class Dispatcher:
         reply = self._dispatch({"execute": name, "arguments": args}, mon)
         if "error" in reply:
             raise CommandError(reply["error"]["desc"], reply["error"]["class"])
-        return reply["return"]
+        result = reply["return"]
+        return result.value if isinstance(result, Encoded) else result
 
     @staticmethod
     def _qmp_capabilities(args: dict[str, Any], mon: MonitorState) -> None:

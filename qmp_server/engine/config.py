@@ -34,6 +34,7 @@ from qmp_server.engine.parameters import check_parameters, merge_request, query_
 from qmp_server.engine.properties import apply_globals
 from qmp_server.errors import CommandError
 from qmp_server.profiles import Profile
+from qmp_server.wire.encoder import Encoded
 
 __all__ = ["MigrationConfig"]
 
@@ -72,7 +73,7 @@ class MigrationConfig:
         self._caps: dict[str, bool] = {}
         #: the last query-migrate-capabilities answer and the capabilities it was built
         #: from (every change replaces ``_caps``): monitors poll it, often
-        self._caps_answer: tuple[dict[str, bool], list[dict[str, Any]]] | None = None
+        self._caps_answer: tuple[dict[str, bool], Encoded] | None = None
         self._params: dict[str, Any] = {}
         self.reset()
 
@@ -109,20 +110,21 @@ class MigrationConfig:
         """True when capability ``name`` is on (an unknown name is off)."""
         return self._caps.get(name, False)
 
-    def query_capabilities(self) -> list[dict[str, Any]]:
+    def query_capabilities(self) -> Encoded:
         """``query-migrate-capabilities``: every capability in enum order.
 
         ``block`` is left out on a build without live block migration, as QEMU does.  The
-        answer is built once per state of the capabilities: callers must not change it.
+        answer, and its QMP text, are made once per state of the capabilities (a fleet's
+        orchestrator polls them): ``.value`` is the list, which callers must not change.
         """
         cached = self._caps_answer
         if cached is not None and cached[0] is self._caps:
             return cached[1]
-        answer = [
+        answer = Encoded([
             {"capability": name, "state": state}
             for name, state in self._caps.items()
             if name != "block" or self.host.live_block_migration
-        ]
+        ])  # fmt: skip
         self._caps_answer = (self._caps, answer)
         return answer
 

@@ -15,6 +15,8 @@
 #include <string.h>
 
 static PyObject *Fallback;
+/* encoder.Encoded: a value whose line text was made once (registered at import) */
+static PyObject *EncodedType = NULL;
 
 typedef struct {
     char *buf;
@@ -248,8 +250,33 @@ static int encode(Out *o, PyObject *v, int depth)
         }
         return out_put(o, "]", 1);
     }
+    if (EncodedType != NULL && (PyObject *)t == EncodedType) {
+        PyObject *text = PyObject_GetAttrString(v, "encoded");
+        if (text == NULL) {
+            return -1;
+        }
+        int rc;
+        if (PyBytes_CheckExact(text)) {
+            rc = out_put(o, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text));
+        } else {
+            PyErr_SetString(Fallback, "encoded");
+            rc = -1;
+        }
+        Py_DECREF(text);
+        return rc;
+    }
     PyErr_SetString(Fallback, "type");
     return -1;
+}
+
+static PyObject *qjson_register_encoded(PyObject *self, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "register_encoded takes a class");
+        return NULL;
+    }
+    Py_XSETREF(EncodedType, Py_NewRef(cls));
+    Py_RETURN_NONE;
 }
 
 static PyObject *qjson_encode_line(PyObject *self, PyObject *value)
@@ -266,6 +293,8 @@ static PyObject *qjson_encode_line(PyObject *self, PyObject *value)
 static PyMethodDef qjson_methods[] = {
     {"encode_line", qjson_encode_line, METH_O,
      "encode_line(value) -> bytes: the QMP output line of value, as encoder.encode_line"},
+    {"register_encoded", qjson_register_encoded, METH_O,
+     "register_encoded(cls): instances of cls carry their encoding in .encoded (bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

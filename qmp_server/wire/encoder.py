@@ -24,7 +24,7 @@ try:  # the C fast path (optional: the Python code below gives the same bytes)
 except ImportError:  # pragma: no cover - depends on the build
     _qjson = None  # type: ignore[assignment]
 
-__all__ = ["encode", "encode_line", "encode_line_python", "qdict_order"]
+__all__ = ["Encoded", "encode", "encode_line", "encode_line_python", "qdict_order"]
 
 _BUCKETS = 512
 _order_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -114,6 +114,8 @@ def _encode(value: Any, out: list[str]) -> None:
         append("}")
     elif kind is str:
         append(_string(value))
+    elif kind is Encoded:
+        append(value.encoded.decode("ascii"))
     elif kind is list or kind is tuple:
         if not value:
             append("[]")
@@ -146,6 +148,32 @@ def _plain_copy(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return list(value)
+
+
+class Encoded:
+    """A value whose QMP text is made once: an answer that stays the same from one request to
+    the next (``query-migrate-capabilities`` between two changes of the capabilities), so a
+    client polling it costs no encoding.  The encoders write ``encoded`` where the value
+    would go; :meth:`~qmp_server.commands.dispatch.Dispatcher.execute` hands out ``value``.
+    """
+
+    __slots__ = ("encoded", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.encoded: bytes = encode_line(value)[:-2]
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.value == (other.value if isinstance(other, Encoded) else other))
+
+    __hash__ = None  # type: ignore[assignment]  # like the list or dict it stands for
+
+    def __repr__(self) -> str:
+        return f"Encoded({self.value!r})"
+
+
+if _qjson is not None and hasattr(_qjson, "register_encoded"):
+    _qjson.register_encoded(Encoded)
 
 
 def encode(value: Any) -> str:

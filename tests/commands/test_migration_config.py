@@ -13,6 +13,7 @@ from qmp_server.engine.config import MigrationConfig
 from qmp_server.engine.host import HostInfo
 from qmp_server.errors import CommandError
 from qmp_server.profiles import PROFILES, Profile
+from qmp_server.wire.encoder import Encoded
 
 
 @dataclass
@@ -65,7 +66,8 @@ def vm_for(key: str = "7.2", **kw: Any) -> FakeVM:
 
 
 def call(vm: FakeVM, name: str, args: dict[str, Any] | None = None) -> Any:
-    return HANDLERS[name](vm, args or {})  # type: ignore[arg-type]
+    result = HANDLERS[name](vm, args or {})  # type: ignore[arg-type]
+    return result.value if isinstance(result, Encoded) else result
 
 
 def error(vm: FakeVM, name: str, args: dict[str, Any] | None = None) -> str:

@@ -54,3 +54,14 @@ def test_what_it_leaves_to_python_still_encodes() -> None:
 def test_the_special_cases() -> None:
     for value in (math.inf, -math.inf, -0.0, 1e300, 2**80, "\U0001f600\x7f\"\\\b", []):
         assert _qjson.encode_line(value) == _python(value)
+
+
+@settings(max_examples=300)
+@given(values, values)
+def test_an_encoded_value_is_written_as_its_value(inner: object, outer: object) -> None:
+    """``Encoded`` (an answer whose text is made once) gives the bytes of the plain value,
+    wherever it sits, on both paths."""
+    message = {"return": encoder.Encoded(inner), "id": outer}
+    plain = _python({"return": inner, "id": outer})
+    assert encoder.encode_line(message) == plain
+    assert _python(message) == plain
