@@ -180,3 +180,11 @@ def test_command_line(tmp_path: Path) -> None:
     line = parse_fleet_command_line(["--fleet", str(path), "--link-latency", "1ms"])
     assert line.link_latency == "1ms"
     assert parse_fleet_command_line(["--fleet", str(path)]).link_latency == "2ms"
+
+
+def test_the_readme_example_is_a_fleet() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = parse_fleet_text(block, "README.md")
+    assert len(spec.vms) == 101
+    assert spec.vms[-1].args[-2:] == ("-name", "db")
