@@ -97,6 +97,27 @@ def memory_of(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+class CpuShare:
+    """The CPU a process used over a block, as a share of one CPU (1.0: a core all along):
+    below 1 while its loop is busy, the machine's other load took the difference."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.share = 0.0
+
+    def _cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> CpuShare:
+        self._start = (self._cpu(), time.monotonic())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu, wall = self._cpu() - self._start[0], time.monotonic() - self._start[1]
+        self.share = cpu / wall if wall > 0 else 0.0
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -249,6 +270,7 @@ class Results:
     migrations: list[dict[str, Any]] = field(default_factory=list)
     migration_wall_s: float = 0.0
     dirty: str = ""
+    load_start: float = field(default_factory=lambda: os.getloadavg()[0])
 
 
 def vm_options(args: argparse.Namespace) -> list[str]:
@@ -355,9 +377,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> Results:
         await poll(conns, args.pollers, sweeps=1)
         idle_until = asyncio.Event()
         asyncio.get_running_loop().call_later(args.idle_seconds, idle_until.set)
-        res.latency["fleet, no migration"] = percentiles(
-            await poll(conns, args.pollers, sweeps=2, until=idle_until)
-        )
+        with CpuShare(fleet.pid) as cpu:
+            lat = await poll(conns, args.pollers, sweeps=2, until=idle_until)
+        res.latency["fleet, no migration"] = {**percentiles(lat), "cpu": cpu.share}
         _progress("no-migration pass done")
 
         # m migrations, polled until every one has ended
@@ -366,13 +388,14 @@ async def run(args: argparse.Namespace, tmp: Path) -> Results:
             await execute(dst[i], "migrate-incoming", uri=f"tcp:127.0.0.1:{ports[i]}")
         done = asyncio.Event()
         t_mig = time.monotonic()
-        for i in range(m):
-            await execute(ctl[i], "migrate", uri=f"tcp:127.0.0.1:{ports[i]}")
-        watcher = asyncio.create_task(_watch(ctl, done, args.migration_timeout))
-        lat = await poll(conns, args.pollers, sweeps=1, until=done)
-        res.migrations = await watcher
+        with CpuShare(fleet.pid) as cpu:
+            for i in range(m):
+                await execute(ctl[i], "migrate", uri=f"tcp:127.0.0.1:{ports[i]}")
+            watcher = asyncio.create_task(_watch(ctl, done, args.migration_timeout))
+            lat = await poll(conns, args.pollers, sweeps=1, until=done)
+            res.migrations = await watcher
         res.migration_wall_s = time.monotonic() - t_mig
-        res.latency[f"fleet, {m} migrations"] = percentiles(lat)
+        res.latency[f"fleet, {m} migrations"] = {**percentiles(lat), "cpu": cpu.share}
         _progress(f"{m} migrations ended")
         for i in range(m):
             status = await execute(dst[i], "query-status")
@@ -390,9 +413,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> Results:
         await poll(fconns, args.pollers, sweeps=1)
         floor_until = asyncio.Event()
         asyncio.get_running_loop().call_later(args.idle_seconds, floor_until.set)
-        res.latency["asyncio floor"] = percentiles(
-            await poll(fconns, args.pollers, sweeps=2, until=floor_until)
-        )
+        with CpuShare(floor.pid) as cpu:
+            lat = await poll(fconns, args.pollers, sweeps=2, until=floor_until)
+        res.latency["asyncio floor"] = {**percentiles(lat), "cpu": cpu.share}
         close(fconns)
     finally:
         for proc in (fleet, dest, floor):
@@ -450,7 +473,7 @@ def report(res: Results, args: argparse.Namespace) -> None:
     load = os.getloadavg()
     print()
     print(f"Fleet benchmark: {n} VMs of -m {res.memory}, {os.cpu_count()} CPUs, "
-          f"load {load[0]:.2f} at the end")  # fmt: skip
+          f"load {res.load_start:.2f} at the start, {load[0]:.2f} at the end")  # fmt: skip
     print()
     print(f"{'':34} {'one fleet':>14} {f'{n} singles (from {k})':>24}  target")
     ok = "ok" if res.fleet_greeting_s <= TARGET_GREETING_S else "MISSED"
@@ -472,12 +495,15 @@ def report(res: Results, args: argparse.Namespace) -> None:
           f"{batches} such batches, RSS x N")  # fmt: skip
     print()
     print(f"query-status round trip, {args.pollers} concurrent pollers over {n} monitors (ms):")
-    print(f"{'':28} {'requests':>9} {'p50':>8} {'p99':>8} {'max':>8}")
+    print(f"{'':28} {'requests':>9} {'p50':>8} {'p99':>8} {'max':>8} {'server CPU':>11}")
     for name, p in res.latency.items():
         mark = ""
         if "migrations" in name:
             mark = "  <= 50 ms " + ("ok" if p["p99"] <= TARGET_P99_MS else "MISSED")
-        print(f"{name:28} {p['n']:>9} {p['p50']:>8.2f} {p['p99']:>8.2f} {p['max']:>8.2f}{mark}")
+        print(
+            f"{name:28} {p['n']:>9} {p['p50']:>8.2f} {p['p99']:>8.2f} {p['max']:>8.2f} "
+            f"{p.get('cpu', 0) * 100:>10.0f}%{mark}"
+        )
     print()
     print(f"migrations: {len(res.migrations)} over TCP to a second fleet process, guest workload "
           f"{res.dirty}; all ended in {res.migration_wall_s:.1f} s")  # fmt: skip
