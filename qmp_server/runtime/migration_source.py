@@ -77,6 +77,7 @@ from qmp_server.runtime.migration_context import (
 from qmp_server.runtime.multifd_source import Compressor, MultifdOutgoing
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 from qmp_server.runtime.postcopy_source import PostcopyOutgoing
+from qmp_server.runtime.step_turns import CONTENDED_STEP_PAGES, step_turns
 
 __all__ = ["IN_PROGRESS", "SourceDriver"]
 
@@ -754,8 +755,12 @@ class SourceDriver:
                 src.count_device_bytes(payload)
                 qemu.device_data(payload)
         qemu.begin_section()
+        turns = step_turns()
         while sender.remaining:
-            pages, zero = sender.peek(STEP_PAGES)
+            # QMP, the return path, the workload and the process's other migrations run
+            # between steps (step_turns: one migration's step per turn of the loop)
+            await turns.take()
+            pages, zero = sender.peek(CONTENDED_STEP_PAGES if turns.contended else STEP_PAGES)
             cost = qemu.cost(pages, zero)
             count = pages.size
             if not limit.unlimited:
@@ -771,7 +776,6 @@ class SourceDriver:
                 src.ram.remaining = sender.remaining * PAGE_SIZE
             if limit.exceeded(self._rate_bytes() - period_base) or time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(0)
         if self._multifd is not None and self._multifd.account.rules.sync_per_section:
             self._multifd_sync()  # 7.2: at the end of every RAM section
         qemu.end_section(downtime=downtime)
@@ -995,7 +999,9 @@ class SourceDriver:
             src.count_device_bytes(payload)
             device_bytes += payload
         digests = [(dev.id, dev.digest()) for dev in ctx.devices]
-        ram_digest = ctx.guest.digest()
+        # hashing every page the guest wrote takes tens of ms: off the loop, so the process's
+        # other monitors and migrations run meanwhile (the guest is stopped: nothing writes)
+        ram_digest = await asyncio.get_running_loop().run_in_executor(None, ctx.guest.digest)
         await channel.send([enc.complete(ram_digest, digests)])
         qemu.complete(device_bytes)
         self._count()

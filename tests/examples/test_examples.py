@@ -25,6 +25,7 @@ def test_every_example_is_tested() -> None:
     tested = {
         "libvirt_sequence.py", "proxmox_polling.py", "downtime_comparison.py",
         "record_qmp_shell_session.py", "qmp_shell_session.txt",
+        "fleet-compose.yaml",  # tests/examples/test_fleet_compose.py (and its fleets/)
     }  # fmt: skip
     # _launch.py is the examples' shared helper, exercised by every run below
     examples = {p.name for p in EXAMPLES.iterdir() if p.is_file() and not p.name.startswith("_")}
