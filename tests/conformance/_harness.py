@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -274,6 +275,27 @@ def _check_greeting_first(target: Target, first_line: bytes | str | None) -> Non
     text = first_line.decode("utf-8", "replace") if isinstance(first_line, bytes) else first_line
     if not text.startswith('{"QMP": '):
         raise StartupRace(f"QEMU sent {text.strip()[:200]!r} before its greeting")
+
+
+#: what in a scenario names a fixed socket, file or port (two such scenarios must not overlap)
+_ADDRESS = re.compile(r"(?:/tmp/[A-Za-z0-9_.-]+|tcp:[0-9.]+:\d+|port=\d+)")
+_address_table: dict[str, threading.Lock] = {}
+_address_table_lock = threading.Lock()
+
+
+@contextmanager
+def address_locks(scenario: dict[str, Any]) -> Iterator[None]:
+    """Hold the locks of the fixed addresses ``scenario`` names (replays run side by side)."""
+    names = sorted(set(_ADDRESS.findall(json.dumps(scenario))))
+    with _address_table_lock:
+        locks = [_address_table.setdefault(n, threading.Lock()) for n in names]
+    for lock in locks:
+        lock.acquire()
+    try:
+        yield
+    finally:
+        for lock in reversed(locks):
+            lock.release()
 
 
 def _retrying(fn: Any, target: Target, *args: Any) -> Any:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +25,6 @@ from . import _harness as h
 FIXTURES = {"7.2": h.FIXTURE_DIR, "10.0": h.FIXTURE_DIR_100}
 #: groups whose scenarios need their own process: fixed monitor chardevs, a disk image
 _OWN_PROCESS = {"domain-start", "lifecycle-guest", "startup", "device"}
-_ADDRESS = re.compile(r"(?:/tmp/[A-Za-z0-9_.-]+|tcp:[0-9.]+:\d+)")
 
 
 def _scenarios(version: str) -> list[tuple[str, dict[str, Any]]]:
@@ -57,11 +54,6 @@ def _fleet_file(version: str, scenarios: list[tuple[str, dict[str, Any]]], d: Pa
     return path
 
 
-def _locks_for(sc: dict[str, Any], table: dict[str, threading.Lock]) -> list[threading.Lock]:
-    text = json.dumps(sc)
-    return [table[a] for a in sorted(set(_ADDRESS.findall(text)))]
-
-
 @pytest.mark.parametrize("version", list(FIXTURES))
 def test_fleet_vms_answer_as_single_processes(version: str, tmp_path: Path) -> None:
     scenarios = _scenarios(version)
@@ -80,25 +72,15 @@ def test_fleet_vms_answer_as_single_processes(version: str, tmp_path: Path) -> N
             assert time.monotonic() < deadline, "the fleet did not start"
             time.sleep(0.05)
         target = h.qmp_server_target(version)
-        locks: dict[str, threading.Lock] = {}
-        for _, sc in scenarios:
-            for address in _ADDRESS.findall(json.dumps(sc)):
-                locks.setdefault(address, threading.Lock())
 
         def replay(item: tuple[int, tuple[str, dict[str, Any]]]) -> str | None:
             i, (case, sc) = item
-            held = _locks_for(sc, locks)
-            for lock in held:
-                lock.acquire()
-            try:
+            with h.address_locks(sc):
                 client = h.Client(str(tmp_path / f"s{i}.sock"))
                 try:
                     mismatches = h.replay_steps(client, target, sc["steps"])
                 finally:
                     client.close()
-            finally:
-                for lock in held:
-                    lock.release()
             if not mismatches:
                 return None
             return f"{case}:\n" + "\n".join(m.render() for m in mismatches)

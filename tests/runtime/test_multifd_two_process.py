@@ -43,7 +43,10 @@ async def test_multifd_compression(rig: Rig, version: str, method: str) -> None:
 async def test_legacy_compress_on_7_2(rig: Rig) -> None:
     source, dest, uri = await rig.pair(
         "--compat", "7.2", "-machine", "pc", "-m", "64", "-nodefaults", "--guest-fill", "text",
-        src=("--dirty-rate", "1M"), caps={"compress": True}, uri=rig.unix_uri(),
+        # small writes keep re-sent pages text-like (whole random pages would not compress,
+        # and how many are re-sent depends on the machine's load)
+        src=("--dirty-rate", "1M", "--dirty-write-bytes", "64"), caps={"compress": True},
+        uri=rig.unix_uri(),
     )  # fmt: skip
     await source.params(max_bandwidth=64 * MiB, compress_threads=2)
     await source.run("migrate", {"uri": uri})
@@ -53,5 +56,8 @@ async def test_legacy_compress_on_7_2(rig: Rig) -> None:
     stats = info["compression"]
     assert set(stats) == {"pages", "busy", "busy-rate", "compressed-size", "compression-rate"}
     assert stats["pages"] > 16000 and 0 < stats["compressed-size"] < stats["pages"] * 4096 // 2
-    assert info["ram"]["transferred"] < 32 * MiB  # text compresses to ~45% per page
+    # text compresses to ~45% per page: the stream is well under the pages' raw size (how many
+    # pages are sent again depends on how long the run took, i.e. on the machine's load)
+    sent = (stats["pages"] + info["ram"]["normal"]) * 4096
+    assert info["ram"]["transferred"] < 0.6 * sent, (info["ram"], stats)
     assert (await dest.digest())["ram"] == (await source.digest())["ram"]
