@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from typing import Any
 
@@ -73,6 +74,8 @@ class Fleet:
         ]
         #: the VMs by name, in the order they were added
         self.vms: dict[str, VMInstance] = {}
+        #: listening monitor address -> the VM that has it
+        self._addresses: dict[str, str] = {}
         #: called with every fleet event and with ``(vm name, event)`` for every VM event
         self.event_listeners: list[Any] = []
         self.vm_event_listeners: list[Any] = []
@@ -112,9 +115,11 @@ class Fleet:
             raise UsageError(f"{name}: {err}") from None
         if options is None:
             raise UsageError(f"{name}: help and version options do not start a VM")
+        claimed = self._claim_addresses(name, options)
         instance = VMInstance(
             options, on_end=self._vm_ended, prefix=f"qmp-server: {name}: ", fleet_name=name
         )
+        self._addresses.update(claimed)
         listeners = self.vm_event_listeners
 
         def relay(event: dict[str, Any]) -> None:
@@ -126,6 +131,23 @@ class Fleet:
         for hook in self.on_vm_added:
             hook(name, instance)
         return instance
+
+    def _claim_addresses(self, name: str, options: Options) -> dict[str, str]:
+        """The listening addresses of VM ``name``'s monitors, none of them another VM's (a
+        template without ``{name}`` would make every VM take over the same socket).
+
+        :raise UsageError: the monitor and the VM that has its address.
+        """
+        claimed: dict[str, str] = {}
+        for spec in [*options.monitors, *options.hmp_monitors]:
+            if not spec.server or spec.kind == "fd" or (spec.kind == "tcp" and not spec.port):
+                continue
+            key = os.path.abspath(spec.path) if spec.kind == "unix" else spec.describe()
+            owner = self._addresses.get(key) or claimed.get(key)
+            if owner is not None:
+                raise UsageError(f"{name}: {spec.describe()}: VM '{owner}' already listens there")
+            claimed[key] = name
+        return claimed
 
     async def _start_vm(self, name: str, instance: VMInstance) -> bool:
         try:
@@ -153,6 +175,8 @@ class Fleet:
             return
         del self.vms[name]
         self._started.pop(name, None)
+        for key in [k for k, owner in self._addresses.items() if owner == name]:
+            del self._addresses[key]
         reason = instance.vm.shutdown_reason if not instance.exit_code else None
         self._emit("FLEET_VM_REMOVED", {"name": name, "reason": reason or "failed"})
         for hook in self.on_vm_removed:
