@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from qmp_server.rest.metrics import RestMetrics
     from qmp_server.runtime.vm_instance import VMInstance
 
-__all__ = ["ContextSource", "Ctx", "RestContext", "get_context", "is_read_only_command",
-           "load_token", "require_write"]  # fmt: skip
+__all__ = ["ContextSource", "Ctx", "RestContext", "check_token", "get_context",
+           "is_read_only_command", "load_token", "require_write"]  # fmt: skip
 
 READ_ONLY_DESC = "The REST mirror is read-only (start qmp-server with --http-token-file)"
 MISSING_TOKEN_DESC = "This request needs 'Authorization: Bearer <token>'"
@@ -76,15 +76,23 @@ class RestContext:
 
     def check_write(self, authorization: str | None) -> None:
         """Apply auth rules 1 and 2 to one mutation."""
-        if self.token is None:
-            raise RestError(403, READ_ONLY_DESC)
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise RestError(401, MISSING_TOKEN_DESC, headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
-            raise RestError(
-                401, BAD_TOKEN_DESC, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
+        check_token(self.token, authorization)
+
+
+def check_token(token: str | None, authorization: str | None) -> None:
+    """Auth rules 1 and 2: ``authorization`` (the header) against ``token``.
+
+    :raise RestError: 403 (read-only) or 401.
+    """
+    if token is None:
+        raise RestError(403, READ_ONLY_DESC)
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise RestError(401, MISSING_TOKEN_DESC, headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise RestError(
+            401, BAD_TOKEN_DESC, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
 
 
 class ContextSource(Protocol):
