@@ -216,6 +216,8 @@ async def test_a_migration_inside_the_fleet_shows_in_migrations(fleet: FleetServ
         assert _add(http, fleet, "dst", "-incoming", "defer").status_code == 201
         uri = f"tcp:127.0.0.1:{free_port()}"
         auth = fleet.auth()
+        fast = {"max-bandwidth": 1 << 30}
+        assert http.patch("/api/v1/vms/src/parameters", headers=auth, json=fast).is_success
         assert http.post("/api/v1/vms/dst/qmp/migrate-incoming", headers=auth,
                          json={"uri": uri}).status_code == 200  # fmt: skip
         assert http.post("/api/v1/vms/src/qmp/migrate", headers=auth,
