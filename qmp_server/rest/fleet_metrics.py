@@ -3,7 +3,9 @@
 Cost per scrape (1,000 VMs): one pass over the VMs; ``query-migrate`` runs only for the VMs
 whose source or incoming migration is not ``none`` (an idle VM's answer is ``{}``, and its
 samples are derived from that without running the command); the status family has one sample
-per VM (its current status), not one per MigrationStatus value.  About twenty samples per VM.
+per VM (its current status), not one per MigrationStatus value.  About twenty samples per VM;
+:func:`exposition` writes them as ``generate_latest`` would, byte for byte, several times
+faster (a scrape runs in the event loop that serves the monitors).
 
 Fleet families (no ``vm`` label): ``qmpmig_fleet_vms{state}`` (VMs by run state, every
 RunState value), ``qmpmig_fleet_migrations_in_flight{direction}`` (``outgoing``: source side
@@ -14,18 +16,19 @@ between ``setup`` and its end; ``incoming``: destination side likewise),
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from qmp_server.rest.metrics import Families, add_vm_samples
 
 if TYPE_CHECKING:
     from qmp_server.rest.fleet_state import FleetRest
 
-__all__ = ["ENDED_STATUSES", "FleetCollector", "migration_info"]
+__all__ = ["ENDED_STATUSES", "FleetCollector", "exposition", "migration_info"]
 
 #: Migration statuses that are not "in flight".
 ENDED_STATUSES = frozenset({"none", "completed", "failed", "cancelled"})
@@ -76,3 +79,37 @@ class FleetCollector(Collector):
                     "Open fleet-wide server-sent-event streams (not filtered to one VM)", (),
                     rest.hub.subscribers_by_vm().get(None, 0))  # fmt: skip
         yield from fleet
+
+
+_go_float: Callable[[float], str] = floatToGoString
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """The Prometheus text format (0.0.4) of gauge and counter ``families``, as
+    ``prometheus_client.generate_latest`` writes it (labels sorted, values Go-formatted)."""
+    out: list[str] = []
+    escaped: dict[str, str] = {}
+    numbers: dict[float, str] = {}
+    for family in families:
+        name = family.name + "_total" if family.type == "counter" else family.name
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {family.type}\n")
+        for sample in family.samples:
+            value = numbers.get(sample.value)
+            if value is None:
+                value = numbers[sample.value] = _go_float(sample.value)
+            if not sample.labels:
+                out.append(f"{sample.name} {value}\n")
+                continue
+            parts = []
+            for key, text in sorted(sample.labels.items()):
+                quoted = escaped.get(text)
+                if quoted is None:
+                    quoted = escaped[text] = _escape(text)
+                parts.append(f'{key}="{quoted}"')
+            out.append(f"{sample.name}{{{','.join(parts)}}} {value}\n")
+    return "".join(out).encode()

@@ -9,7 +9,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
-from prometheus_client import CollectorRegistry
 
 from qmp_server.engine.sizes import parse_size
 from qmp_server.rest.deps import RestContext, check_token
@@ -38,8 +37,8 @@ class FleetRest:
         self.token = token
         self.policy = policy
         self.hub = EventHub()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(FleetCollector(self))
+        #: the fleet's metrics (``GET /metrics`` writes them with ``fleet_metrics.exposition``)
+        self.collector = FleetCollector(self)
         self._counts: dict[str, tuple[VMInstance, CommandCounts]] = {}
         self._contexts: dict[str, RestContext] = {}
         self._statuses: dict[int, tuple[str, ...]] = {}

@@ -15,12 +15,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from qmp_server.fleet.commands import fleet_version
 from qmp_server.rest.derive import derive_migration
 from qmp_server.rest.errors import RestError
-from qmp_server.rest.fleet_metrics import ENDED_STATUSES, migration_info
+from qmp_server.rest.fleet_metrics import ENDED_STATUSES, exposition, migration_info
 from qmp_server.rest.fleet_state import FleetRest
 from qmp_server.rest.routes._exec import execute_on, read_arguments
 from qmp_server.rest.routes.events import parse_id, stream
@@ -65,7 +65,7 @@ async def healthz(rest: Fleet) -> dict[str, Any]:
 @router.get("/metrics", summary="Prometheus metrics of every VM (label vm) and of the fleet",
             response_class=Response, responses=TEXT_RESPONSE)  # fmt: skip
 async def metrics(rest: Fleet) -> Response:
-    return Response(generate_latest(rest.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(rest.collector.collect()), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)
