@@ -36,9 +36,10 @@ from qmp_server.rest.policy import UriPolicy
 from qmp_server.rest.routes import include_vm_routes, ops
 
 if TYPE_CHECKING:
+    from qmp_server.cli import Options
     from qmp_server.runtime.runtime import Runtime
 
-__all__ = ["create_app", "detach", "new_app"]
+__all__ = ["create_app", "detach", "new_app", "token_of"]
 
 _DESCRIPTION = """\
 A mirror of qmp-server's QMP command layer over HTTP.  Every resource runs the same command,
@@ -79,6 +80,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     where = ".".join(str(p) for p in first.get("loc", ()))
     desc = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
     return JSONResponse(error_body("BadRequest", desc), 400)
+
+
+def token_of(options: Options, token: str | None) -> str | None:
+    """``token``, or the one in ``--http-token-file`` (None: the mirror is read-only)."""
+    if token is None and options.http_token_file:
+        return load_token(options.http_token_file)
+    return token
 
 
 def new_app(title: str, description: str, cors: Sequence[str] | None, max_body: int,
@@ -123,13 +131,13 @@ def create_app(
     :raise OSError: when the token file cannot be read or is empty.
     """
     options = runtime.options
-    if token is None and options.http_token_file:
-        token = load_token(options.http_token_file)
+    token = token_of(options, token)
     hub = EventHub()
     ctx = RestContext(runtime, hub, RestMetrics(runtime, hub), token, policy or UriPolicy())
     app = new_app("qmp-server REST mirror", _DESCRIPTION, options.http_cors, max_body,
                   ["GET", "PATCH", "POST"])  # fmt: skip
     app.state.rest = ctx
+    app.state.hub = hub
     include_vm_routes(app, "/api/v1", "")
 
     def openapi() -> dict[str, Any]:

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 
-from qmp_server.rest.app import new_app
-from qmp_server.rest.deps import load_token
+from qmp_server.rest.app import new_app, token_of
 from qmp_server.rest.fleet_state import FleetRest
 from qmp_server.rest.limits import MAX_BODY_BYTES
 from qmp_server.rest.policy import UriPolicy
@@ -58,12 +57,11 @@ def create_fleet_app(
     :raise OSError: when the token file cannot be read or is empty.
     """
     options = fleet.options
-    if token is None and options.http_token_file:
-        token = load_token(options.http_token_file)
-    rest = FleetRest(fleet, token, policy or UriPolicy())
+    rest = FleetRest(fleet, token_of(options, token), policy or UriPolicy())
     app = new_app("qmp-server fleet REST mirror", _DESCRIPTION, options.http_cors, max_body,
                   ["GET", "PATCH", "POST", "DELETE"])  # fmt: skip
     app.state.rest = rest
+    app.state.hub = rest.hub
     app.state.detach = rest.detach
     app.include_router(fleet_routes.router)
     include_vm_routes(app, VM_PREFIX, VM_PREFIX, [Depends(fleet_routes.vm_name)])

@@ -7,7 +7,6 @@ bound first, event streams end first on close), with the fleet's app
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from qmp_server.rest.fleet_app import create_fleet_app
@@ -25,6 +24,4 @@ async def start_fleet_http(fleet: Fleet) -> HTTPServer:
     :raise OSError: the address cannot be bound, or the token file cannot be read.
     """
     assert fleet.options.http is not None
-    app = create_fleet_app(fleet)
-    app.state.rest.hub.bind_loop(asyncio.get_running_loop())
-    return await serve_app(app, *fleet.options.http)
+    return await serve_app(create_fleet_app(fleet), *fleet.options.http)

@@ -141,6 +141,53 @@ def _sub(info: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+#: (counter?, family, help, where, member, divisor): ``where`` is a member of query-migrate
+#: read verbatim, or ``derived`` (:func:`~qmp_server.rest.derive.derive_migration`).
+_Row = tuple[bool, str, str, str, str, float]
+_MIGRATION_ROWS: tuple[_Row, ...] = (
+    (False, "qmpmig_migration_data_processed_bytes",
+     "RAM bytes sent so far (query-migrate ram.transferred)", "ram", "transferred", 1),
+    (False, "qmpmig_migration_multifd_bytes",
+     "Bytes sent on the multifd channels (ram.multifd-bytes)", "ram", "multifd-bytes", 1),
+    (False, "qmpmig_migration_xbzrle_bytes", "XBZRLE delta bytes sent (xbzrle-cache.bytes)",
+     "xbzrle-cache", "bytes", 1),
+    (False, "qmpmig_migration_compressed_bytes",
+     "7.2 compress: compressed page bytes (compression.compressed-size)", "compression",
+     "compressed-size", 1),
+    (False, "qmpmig_migration_data_remaining_bytes", "RAM bytes still to send (ram.remaining)",
+     "derived", "remaining-bytes", 1),
+    (False, "qmpmig_migration_data_total_bytes", "Guest RAM size being migrated (ram.total)",
+     "derived", "total-bytes", 1),
+    (False, "qmpmig_migration_dirty_memory_rate_bytes",
+     "Guest dirty rate in bytes/s (dirty-pages-rate * page-size)", "derived",
+     "dirty-rate-bytes", 1),
+    (False, "qmpmig_migration_transfer_rate_bytes",
+     "Migration bandwidth in bytes/s (ram.mbps * 1e6 / 8)", "derived", "transfer-rate-bytes", 1),
+    (True, "qmpmig_migration_iterations",
+     "Dirty-bitmap sync passes of the current migration (ram.dirty-sync-count)", "derived",
+     "iteration", 1),
+    (False, "qmpmig_migration_expected_downtime_seconds",
+     "Expected downtime while active (expected-downtime / 1000)", "derived",
+     "expected-downtime-ms", 1000),
+    (False, "qmpmig_migration_downtime_seconds",
+     "Actual downtime of the completed migration (downtime / 1000)", "derived", "downtime-ms",
+     1000),
+    (False, "qmpmig_migration_progress_ratio",
+     "Derived progress, (total - remaining) / total, 0..1", "derived", "progress-percent", 100),
+)  # fmt: skip
+_POSTCOPY_ROWS: tuple[_Row, ...] = (
+    (False, "qmpmig_migration_postcopy_bytes",
+     "RAM bytes sent after the switch to postcopy (ram.postcopy-bytes)", "derived",
+     "postcopy-bytes", 1),
+    (True, "qmpmig_migration_postcopy_requests",
+     "Page requests the destination made in postcopy (ram.postcopy-requests)", "derived",
+     "postcopy-requests", 1),
+    (False, "qmpmig_migration_postcopy_blocktime_seconds",
+     "Destination time with every vCPU blocked on a missing page (postcopy-blocktime / 1000)",
+     "derived", "postcopy-blocktime-ms", 1000),
+)  # fmt: skip
+
+
 def add_vm_samples(out: Families, key: Sequence[str], src: VMSamples,
                    info: dict[str, Any], *, one_hot: bool = True) -> None:  # fmt: skip
     """Write one VM's samples, from its ``query-migrate`` answer ``info``.
@@ -155,61 +202,22 @@ def add_vm_samples(out: Families, key: Sequence[str], src: VMSamples,
     for (command, result), count in src.counts.counts.items():
         out.counter(commands, "", key, count, ("command", "result"), (command, result))
     d = derive_migration(info, getattr(runtime.vm, "switchover_ack_state", None))
-    ram, xbzrle = _sub(info, "ram"), _sub(info, "xbzrle-cache")
-    compression = _sub(info, "compression")
-    ms = 1000.0
+    sources = {"derived": d, "ram": _sub(info, "ram"), "xbzrle-cache": _sub(info, "xbzrle-cache"),
+               "compression": _sub(info, "compression")}  # fmt: skip
 
-    def seconds(value: float | None) -> float | None:
-        return None if value is None else value / ms
+    def write(table: tuple[_Row, ...]) -> None:
+        for counter, name, doc, where, member, divisor in table:
+            value = sources[where].get(member)
+            number = None if value is None else value / divisor
+            (out.counter if counter else out.gauge)(name, doc, key, number)
 
-    out.gauge("qmpmig_migration_data_processed_bytes",
-              "RAM bytes sent so far (query-migrate ram.transferred)", key,
-              ram.get("transferred"))  # fmt: skip
-    out.gauge("qmpmig_migration_multifd_bytes",
-              "Bytes sent on the multifd channels (ram.multifd-bytes)", key,
-              ram.get("multifd-bytes"))  # fmt: skip
-    out.gauge("qmpmig_migration_xbzrle_bytes", "XBZRLE delta bytes sent (xbzrle-cache.bytes)",
-              key, xbzrle.get("bytes"))  # fmt: skip
-    out.gauge("qmpmig_migration_compressed_bytes",
-              "7.2 compress: compressed page bytes (compression.compressed-size)", key,
-              compression.get("compressed-size"))  # fmt: skip
-    out.gauge("qmpmig_migration_data_remaining_bytes", "RAM bytes still to send (ram.remaining)",
-              key, d["remaining-bytes"])  # fmt: skip
-    out.gauge("qmpmig_migration_data_total_bytes", "Guest RAM size being migrated (ram.total)",
-              key, d["total-bytes"])  # fmt: skip
-    out.gauge("qmpmig_migration_dirty_memory_rate_bytes",
-              "Guest dirty rate in bytes/s (dirty-pages-rate * page-size)", key,
-              d["dirty-rate-bytes"])  # fmt: skip
-    out.gauge("qmpmig_migration_transfer_rate_bytes",
-              "Migration bandwidth in bytes/s (ram.mbps * 1e6 / 8)", key,
-              d["transfer-rate-bytes"])  # fmt: skip
-    out.counter("qmpmig_migration_iterations",
-                "Dirty-bitmap sync passes of the current migration (ram.dirty-sync-count)", key,
-                d["iteration"])  # fmt: skip
-    out.gauge("qmpmig_migration_expected_downtime_seconds",
-              "Expected downtime while active (expected-downtime / 1000)", key,
-              seconds(d["expected-downtime-ms"]))  # fmt: skip
-    out.gauge("qmpmig_migration_downtime_seconds",
-              "Actual downtime of the completed migration (downtime / 1000)", key,
-              seconds(d["downtime-ms"]))  # fmt: skip
-    progress = d["progress-percent"]
-    out.gauge("qmpmig_migration_progress_ratio",
-              "Derived progress, (total - remaining) / total, 0..1", key,
-              None if progress is None else progress / 100)  # fmt: skip
+    write(_MIGRATION_ROWS)
     status_doc = "Migration status (1 for the current one)"
     current = d["status"]
     for name in src.statuses if one_hot else (current,):
         out.gauge("qmpmig_migration_status", status_doc, key, 1.0 if name == current else 0.0,
                   ("status",), (str(name),))  # fmt: skip
-    out.gauge("qmpmig_migration_postcopy_bytes",
-              "RAM bytes sent after the switch to postcopy (ram.postcopy-bytes)", key,
-              d["postcopy-bytes"])  # fmt: skip
-    out.counter("qmpmig_migration_postcopy_requests",
-                "Page requests the destination made in postcopy (ram.postcopy-requests)", key,
-                d["postcopy-requests"])  # fmt: skip
-    out.gauge("qmpmig_migration_postcopy_blocktime_seconds",
-              "Destination time with every vCPU blocked on a missing page "
-              "(postcopy-blocktime / 1000)", key, seconds(d["postcopy-blocktime-ms"]))  # fmt: skip
+    write(_POSTCOPY_ROWS)
     out.gauge("qmpmig_switchover_ack_pending",
               "1 while the switchover waits for the destination's ACK", key,
               1.0 if d["switchover-ack"] == "pending" else 0.0)  # fmt: skip

@@ -99,16 +99,16 @@ async def start_http(runtime: Runtime) -> HTTPServer:
     :raise OSError: the address cannot be bound, or the token file cannot be read.
     """
     assert runtime.options.http is not None
-    app = create_app(runtime)
-    app.state.rest.hub.bind_loop(asyncio.get_running_loop())
-    return await serve_app(app, *runtime.options.http)
+    return await serve_app(create_app(runtime), *runtime.options.http)
 
 
 async def serve_app(app: FastAPI, host: str, port: int) -> HTTPServer:
-    """Bind ``host:port`` and serve ``app`` (one VM's or a fleet's) in the running loop.
+    """Bind ``host:port`` and serve ``app`` (one VM's or a fleet's) in the running loop; its
+    event hub (``app.state.hub``) delivers events on this loop from then on.
 
     :raise OSError: the address cannot be bound, or the server did not start.
     """
+    app.state.hub.bind_loop(asyncio.get_running_loop())
     sock = _bind(host, port)
     config = uvicorn.Config(
         app,

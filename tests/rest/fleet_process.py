@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from server_process import free_port
+from server_process import ServerProcess, free_port
 
 TOKEN = "fleet-token-for-tests"
 
@@ -43,14 +43,7 @@ class FleetServer:
         return httpx.Client(base_url=self.base_url, timeout=10, **kwargs)
 
     def stop(self) -> bytes:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.stderr.read() if self.proc.stderr else b""
+        return ServerProcess(self.proc, self.socket).stop()[1]
 
 
 #: The fleet's host link (``--link-bandwidth``): wide enough that it slows no test.

@@ -10,7 +10,13 @@ import httpx
 import pytest
 from fleet_process import LINK_BANDWIDTH, FleetServer, start_fleet
 from server_process import free_port
-from test_rest_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401
+from test_rest_dashboard import (  # noqa: F401  (pytestmark: the same skip)
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    pytestmark,
+    watched_page,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +40,7 @@ async def test_fleet_dashboard_follows_vms_and_migrations(fleet: FleetServer) ->
     async with playwright_api.async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
+            page = await watched_page(browser, problems, height=900)
             await page.goto(fleet.base_url + "/")
 
             # The grid shows the fleet; the events panel opens with the history.
@@ -86,10 +90,14 @@ async def test_fleet_dashboard_follows_vms_and_migrations(fleet: FleetServer) ->
             await expect(tiles).to_have_count(4)
             await expect(row).to_have_count(0)
 
-            # A tile opens that VM's own dashboard, served under /api/v1/vms/NAME/.
-            await page.click('#grid .vm[data-vm="vm2"]')
-            await expect(page.locator("#runstate")).to_have_text("paused")
-            await expect(page.locator("#conn")).to_have_text("open")
+            # A tile links to that VM's own dashboard, served under /api/v1/vms/NAME/.
+            href = await page.locator('#grid .vm[data-vm="vm2"]').get_attribute("href")
+            assert href == "/api/v1/vms/vm2/"
+            vm_page = await watched_page(browser, problems, height=900)
+            await vm_page.goto(fleet.base_url + href)
+            await expect(vm_page.locator("#runstate")).to_have_text("paused")
+            await expect(vm_page.locator("#conn")).to_have_text("open")
+            await expect(vm_page.locator('#events li[data-event="STOP"]')).to_have_count(1)
         finally:
             await browser.close()
             http.close()

@@ -18,9 +18,9 @@ from fastapi import APIRouter, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from qmp_server.rest.deps import Ctx
-from qmp_server.rest.events import Subscription
+from qmp_server.rest.events import EventSource, Subscription
 
-__all__ = ["RETRY_MS", "parse_id", "router", "stream"]
+__all__ = ["RETRY_MS", "follow", "parse_id", "router", "stream"]
 
 router = APIRouter(tags=["events"])
 
@@ -56,7 +56,12 @@ async def get_events(
     last_event_id: str | None = Header(default=None, alias="Last-Event-ID"),
     since: str | None = Query(default=None, alias="last_event_id"),
 ) -> AsyncIterator[ServerSentEvent]:
-    hub = ctx.hub
-    sub = hub.subscribe(parse_id(last_event_id, since))
-    async for message in stream(sub, hub.last_seq, hub.history_size):
+    async for message in follow(ctx.hub, last_event_id, since):
         yield message
+
+
+def follow(source: EventSource, last_event_id: str | None,
+           since: str | None) -> AsyncIterator[ServerSentEvent]:  # fmt: skip
+    """The SSE messages of a new subscription to ``source``, after the id the client gave."""
+    sub = source.subscribe(parse_id(last_event_id, since))
+    return stream(sub, source.last_seq, source.history_size)

@@ -20,10 +20,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from qmp_server.fleet.commands import fleet_version
 from qmp_server.rest.derive import derive_migration
 from qmp_server.rest.errors import RestError
+from qmp_server.rest.events import VMEvents
 from qmp_server.rest.fleet_metrics import ENDED_STATUSES, exposition, migration_info
 from qmp_server.rest.fleet_state import FleetRest
 from qmp_server.rest.routes._exec import execute_on, read_arguments
-from qmp_server.rest.routes.events import parse_id, stream
+from qmp_server.rest.routes.events import follow
 from qmp_server.rest.routes.ops import TEXT_RESPONSE, static_page
 
 __all__ = ["LEAVE_WAIT", "router", "vm_name"]
@@ -159,7 +160,6 @@ async def fleet_events(
     last_event_id: str | None = Header(default=None, alias="Last-Event-ID"),
     since: str | None = Query(default=None, alias="last_event_id"),
 ) -> AsyncIterator[ServerSentEvent]:
-    hub = rest.hub
-    sub = hub.subscribe(parse_id(last_event_id, since), vm or None)
-    async for message in stream(sub, hub.last_seq, hub.history_size):
+    source = VMEvents(rest.hub, vm) if vm else rest.hub
+    async for message in follow(source, last_event_id, since):
         yield message

@@ -55,15 +55,20 @@ function renderGrid(vms) {
   $("vm-count").textContent = String(vms.length);
 }
 
+// Read ``path``, show it with ``render`` (or the error in ``errorId``).
+async function refresh(path, render, errorId) {
+  try {
+    render(await api(path));
+    $(errorId).hidden = true;
+  } catch (err) {
+    $(errorId).textContent = err.message;
+    $(errorId).hidden = false;
+  }
+}
+
 async function loadVms() {
   clearTimeout(fleet.listTimer);
-  try {
-    renderGrid(await api("/api/v1/vms"));
-    $("grid-error").hidden = true;
-  } catch (err) {
-    $("grid-error").textContent = err.message;
-    $("grid-error").hidden = false;
-  }
+  await refresh("/api/v1/vms", renderGrid, "grid-error");
   fleet.listTimer = setTimeout(loadVms, 2000);
 }
 
@@ -142,13 +147,7 @@ function renderLink(link, throughput) {
 
 async function loadMigrations() {
   clearTimeout(fleet.migTimer);
-  try {
-    renderMigrations(await api("/api/v1/migrations"));
-    $("mig-error").hidden = true;
-  } catch (err) {
-    $("mig-error").textContent = err.message;
-    $("mig-error").hidden = false;
-  }
+  await refresh("/api/v1/migrations", renderMigrations, "mig-error");
   fleet.migTimer = setTimeout(loadMigrations, fleet.inFlight ? 500 : 3000);
 }
 
