@@ -182,6 +182,12 @@ class EventHub:
             counts[sub.vm] = counts.get(sub.vm, 0) + 1
         return counts
 
+    def close_vm(self, vm: str) -> None:
+        """End the streams filtered to ``vm`` (it left the fleet) after what they have queued."""
+        for sub in [s for s in self._subscribers if s.vm == vm]:
+            self._subscribers.discard(sub)
+            sub._close()
+
     def close(self) -> None:
         """End every stream (server shutdown); later subscriptions end at once."""
         self.closed = True

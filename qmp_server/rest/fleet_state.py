@@ -65,6 +65,8 @@ class FleetRest:
         ctx = self._contexts.get(name)
         if ctx is not None and ctx.runtime is instance:
             del self._contexts[name]
+        if name not in self.fleet.vms:
+            self.hub.close_vm(name)
         for waiter in self._leaving.pop(name, []):
             if not waiter.done():
                 waiter.set_result(None)

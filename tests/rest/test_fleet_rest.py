@@ -170,6 +170,19 @@ async def test_events_are_tagged_and_filtered_by_vm(fleet: FleetServer) -> None:
         await _qmp(fleet.vm_socket("vm1"), "cont")
 
 
+async def test_a_removed_vms_stream_ends_with_its_removal(fleet: FleetServer) -> None:
+    with fleet.client() as sync:
+        assert _add(sync, fleet, "leaving").status_code == 201
+    async with (httpx.AsyncClient(base_url=fleet.base_url, timeout=10) as http,
+                aconnect_sse(http, "GET", "/api/v1/vms/leaving/events") as sse):  # fmt: skip
+        events = sse.aiter_sse()
+        assert (await events.__anext__()).event == "hello"
+        gone = await http.delete("/api/v1/vms/leaving", headers=fleet.auth())
+        assert gone.status_code == 204
+        names = [message.event async for message in events]  # ends: the VM left
+    assert names == ["SHUTDOWN", "FLEET_VM_REMOVED"]
+
+
 def test_hub_filters_replay_and_live_events_by_vm() -> None:
     hub = EventHub(history=8)
     hub.publish_vm("a", {"event": "STOP"})
@@ -180,6 +193,8 @@ def test_hub_filters_replay_and_live_events_by_vm() -> None:
     assert [(e.seq, e.name, e.vm) for e in sub._queue] == [(2, "STOP", "b"), (4, "RESUME", "b")]
     assert hub.subscribers_by_vm() == {"b": 1}
     assert sub._queue[0].payload()["vm"] == "b"
+    hub.close_vm("b")  # the VM left: its streams end after what they queued
+    assert sub.closed and len(sub._queue) == 2 and hub.subscribers_by_vm() == {}
 
 
 async def test_metrics_have_a_vm_label_and_fleet_gauges(fleet: FleetServer) -> None:
