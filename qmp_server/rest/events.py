@@ -18,8 +18,9 @@ Rules:
 5. Fleet: one hub for the whole fleet, every event tagged with the VM it is about
    (:meth:`EventHub.publish_vm`; the payload then has ``"vm"``).  ``subscribe(vm=NAME)`` sees
    only that VM's events (numbers stay the fleet's: a per-VM stream has gaps in its ids, and its
-   replay is the ring filtered).  :class:`VMEvents` is that filtered view with the interface a
-   one-VM route uses (:class:`EventSource`).
+   replay is the ring filtered).  Subscribers are kept by the VM they follow, so an event costs
+   only the streams that want it, however many VMs have one open.  :class:`VMEvents` is that
+   filtered view with the interface a one-VM route uses (:class:`EventSource`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Subscription:
 
     def close(self) -> None:
         """Leave the hub (the client went away)."""
-        self._hub._subscribers.discard(self)
+        self._hub._discard(self)
         self._close()
 
 
@@ -109,14 +110,16 @@ class EventHub:
         self.dropped_subscribers = 0
         #: drops of VM-filtered subscribers, by VM (rule 5)
         self.dropped_by_vm: dict[str, int] = {}
-        self._subscribers: set[Subscription] = set()
+        #: the subscribers by the VM they follow (None: every event), so that an event is
+        #: offered only to the streams that want it
+        self._subscribers: dict[str | None, set[Subscription]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.get_ident()
         self.closed = False
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return sum(len(subs) for subs in self._subscribers.values())
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Remember the loop (and its thread) events must be delivered on."""
@@ -146,11 +149,12 @@ class EventHub:
             vm,
         )
         self.history.append(item)
-        for sub in list(self._subscribers):
-            if sub.vm is not None and sub.vm != vm:
-                continue
+        wanted = list(self._subscribers.get(None, ()))
+        if vm is not None:
+            wanted += self._subscribers.get(vm, ())
+        for sub in wanted:
             if not sub._offer(item):
-                self._subscribers.discard(sub)
+                self._discard(sub)
                 self.dropped_subscribers += 1
                 if sub.vm is not None:
                     self.dropped_by_vm[sub.vm] = self.dropped_by_vm.get(sub.vm, 0) + 1
@@ -172,27 +176,32 @@ class EventHub:
             sub._queue.extend(
                 e for e in self.history if e.seq > last_id and (vm is None or e.vm == vm)
             )
-        self._subscribers.add(sub)
+        self._subscribers.setdefault(vm, set()).add(sub)
         return sub
 
+    def _discard(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.vm)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.vm]
+
     def subscribers_by_vm(self) -> dict[str | None, int]:
-        """How many streams follow each VM (None: the unfiltered ones), counted in one pass."""
-        counts: dict[str | None, int] = {}
-        for sub in self._subscribers:
-            counts[sub.vm] = counts.get(sub.vm, 0) + 1
-        return counts
+        """How many streams follow each VM (None: the unfiltered ones)."""
+        return {vm: len(subs) for vm, subs in self._subscribers.items()}
 
     def close_vm(self, vm: str) -> None:
         """End the streams filtered to ``vm`` (it left the fleet) after what they have queued."""
-        for sub in [s for s in self._subscribers if s.vm == vm]:
-            self._subscribers.discard(sub)
+        for sub in self._subscribers.pop(vm, set()):
             sub._close()
+        self.dropped_by_vm.pop(vm, None)
 
     def close(self) -> None:
         """End every stream (server shutdown); later subscriptions end at once."""
         self.closed = True
-        for sub in list(self._subscribers):
-            sub._close()
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub._close()
         self._subscribers.clear()
 
 
@@ -231,7 +240,7 @@ class VMEvents:
 
     @property
     def subscriber_count(self) -> int:
-        return self.hub.subscribers_by_vm().get(self.vm, 0)
+        return len(self.hub._subscribers.get(self.vm, ()))
 
     @property
     def dropped_subscribers(self) -> int:
