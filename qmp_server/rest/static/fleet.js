@@ -11,6 +11,7 @@ const fleet = {
   inFlight: false,
 };
 const MAX_LOG = 300;
+const COMPACT_AT = 120;   // more VMs than this: compact tiles
 const ENDED = new Set(["none", "completed", "failed", "cancelled"]);
 const LEGEND = ["running", "paused", "inmigrate", "postmigrate", "prelaunch", "shutdown"];
 const FLEET_EVENTS = ["FLEET_VM_ADDED", "FLEET_VM_REMOVED"];
@@ -52,6 +53,7 @@ function renderGrid(vms) {
     previous = el;
   }
   for (const el of existing.values()) el.remove();
+  grid.dataset.compact = String(vms.length > COMPACT_AT);
   $("vm-count").textContent = String(vms.length);
 }
 
