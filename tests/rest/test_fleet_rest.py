@@ -123,6 +123,11 @@ async def test_add_and_remove_a_vm(fleet: FleetServer) -> None:
         bad = http.post("/api/v1/vms", headers=fleet.auth(),
                         json={"name": "bad", "args": ["-m", "lots"]})  # fmt: skip
         assert bad.status_code == 400 and bad.json()["desc"].startswith("bad: ")
+        unbindable = ["-m", "64M", "-qmp", "unix:/nonexistent/dir/x.sock,server=on,wait=off"]
+        failed = http.post("/api/v1/vms", headers=fleet.auth(),
+                           json={"name": "broken", "args": unbindable})  # fmt: skip
+        assert (failed.status_code, failed.json()["class"]) == (500, "GenericError")
+        assert http.get("/api/v1/vms/broken").status_code == 404
 
         assert http.delete("/api/v1/vms/added").status_code == 401
         assert http.delete("/api/v1/vms/added", headers=fleet.auth()).status_code == 204
