@@ -96,6 +96,8 @@ async def test_fleet_dashboard_follows_vms_and_migrations(fleet: FleetServer) ->
             vm_page = await watched_page(browser, problems, height=900)
             await vm_page.goto(fleet.base_url + href)
             await expect(vm_page.locator("#runstate")).to_have_text("paused")
+            await expect(vm_page.locator("#vm-name")).to_have_text("vm2")
+            await expect(vm_page.locator("#fleet-link")).to_be_visible()
             await expect(vm_page.locator("#conn")).to_have_text("open")
             await expect(vm_page.locator('#events li[data-event="STOP"]')).to_have_count(1)
         finally:

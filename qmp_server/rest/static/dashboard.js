@@ -335,6 +335,11 @@ async function connectEvents() {
 
 // -- start ------------------------------------------------------------------------------------
 async function start() {
+  if (VM_BASE) {  // one VM of a fleet: name it, and link back to the fleet's page
+    $("vm-name").textContent = decodeURIComponent(VM_BASE.split("/").pop());
+    $("vm-name").hidden = false;
+    $("fleet-link").hidden = false;
+  }
   try {
     const health = await api("/healthz");
     state.writable = health.writable;
