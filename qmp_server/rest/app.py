@@ -1,7 +1,8 @@
 """``create_app(runtime)``: the FastAPI application of the REST mirror and dashboard.
 
 Contract: the app reaches the runtime only through ``app.state.rest`` (a
-:class:`~qmp_server.rest.deps.RestContext`, read by the one dependency ``get_context``) and runs
+:class:`~qmp_server.rest.deps.RestContext`, read by the one dependency ``get_context``; a
+fleet's app keeps a ``ContextSource`` there instead, :mod:`.fleet_app`) and runs
 every command through ``runtime.dispatcher.execute``, so REST and QMP share validation, handlers
 and error texts.  Creating the app subscribes the event hub to ``runtime.event_listeners`` and
 the metrics to ``runtime.dispatcher.observers``; :func:`detach` undoes both.
