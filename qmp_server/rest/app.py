@@ -1,7 +1,8 @@
 """``create_app(runtime)``: the FastAPI application of the REST mirror and dashboard.
 
 Contract: the app reaches the runtime only through ``app.state.rest`` (a
-:class:`~qmp_server.rest.deps.RestContext`, read by the one dependency ``get_context``) and runs
+:class:`~qmp_server.rest.deps.RestContext`, read by the one dependency ``get_context``; a
+fleet's app keeps a ``ContextSource`` there instead, :mod:`.fleet_app`) and runs
 every command through ``runtime.dispatcher.execute``, so REST and QMP share validation, handlers
 and error texts.  Creating the app subscribes the event hub to ``runtime.event_listeners`` and
 the metrics to ``runtime.dispatcher.observers``; :func:`detach` undoes both.
@@ -11,6 +12,7 @@ Neighbours: :mod:`.server` runs the app under uvicorn in the runtime's event loo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +34,13 @@ from qmp_server.rest.limits import MAX_BODY_BYTES, BodyLimitMiddleware
 from qmp_server.rest.metrics import RestMetrics
 from qmp_server.rest.openapi import build_openapi
 from qmp_server.rest.policy import UriPolicy
-from qmp_server.rest.routes import api, commands, events, ops
+from qmp_server.rest.routes import include_vm_routes, ops
 
 if TYPE_CHECKING:
+    from qmp_server.cli import Options
     from qmp_server.runtime.runtime import Runtime
 
-__all__ = ["create_app", "detach"]
+__all__ = ["create_app", "detach", "new_app", "token_of"]
 
 _DESCRIPTION = """\
 A mirror of qmp-server's QMP command layer over HTTP.  Every resource runs the same command,
@@ -80,6 +83,39 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("BadRequest", desc), 400)
 
 
+def token_of(options: Options, token: str | None) -> str | None:
+    """``token``, or the one in ``--http-token-file`` (None: the mirror is read-only)."""
+    if token is None and options.http_token_file:
+        return load_token(options.http_token_file)
+    return token
+
+
+def new_app(title: str, description: str, cors: Sequence[str] | None, max_body: int,
+            methods: list[str]) -> FastAPI:  # fmt: skip
+    """An app with the mirror's error bodies, static files, body bound and CORS, no routes."""
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        description=description,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.add_exception_handler(RestError, _rest_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.mount("/static", StaticFiles(directory=str(Path(str(ops.STATIC_DIR)))), name="static")
+    app.add_middleware(BodyLimitMiddleware, limit=max_body)
+    if cors:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors),
+            allow_methods=methods,
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    return app
+
+
 def create_app(
     runtime: Runtime,
     *,
@@ -96,33 +132,14 @@ def create_app(
     :raise OSError: when the token file cannot be read or is empty.
     """
     options = runtime.options
-    if token is None and options.http_token_file:
-        token = load_token(options.http_token_file)
+    token = token_of(options, token)
     hub = EventHub()
     ctx = RestContext(runtime, hub, RestMetrics(runtime, hub), token, policy or UriPolicy())
-    app = FastAPI(
-        title="qmp-server REST mirror",
-        version=__version__,
-        description=_DESCRIPTION,
-        docs_url="/api/docs",
-        redoc_url=None,
-        openapi_url="/api/openapi.json",
-    )
+    app = new_app("qmp-server REST mirror", _DESCRIPTION, options.http_cors, max_body,
+                  ["GET", "PATCH", "POST"])  # fmt: skip
     app.state.rest = ctx
-    app.add_exception_handler(RestError, _rest_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    for module in (api, commands, events, ops):
-        app.include_router(module.router)
-    app.mount("/static", StaticFiles(directory=str(Path(str(ops.STATIC_DIR)))), name="static")
-    app.add_middleware(BodyLimitMiddleware, limit=max_body)
-    if options.http_cors:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(options.http_cors),
-            allow_methods=["GET", "PATCH", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-        )
+    app.state.hub = hub
+    include_vm_routes(app, "/api/v1", "")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -134,15 +151,18 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     runtime.event_listeners.append(hub.publish)
     runtime.dispatcher.observers.append(ctx.metrics.observe)
+
+    def unsubscribe() -> None:
+        if hub.publish in runtime.event_listeners:
+            runtime.event_listeners.remove(hub.publish)
+        if ctx.metrics.observe in runtime.dispatcher.observers:
+            runtime.dispatcher.observers.remove(ctx.metrics.observe)
+        hub.close()
+
+    app.state.detach = unsubscribe
     return app
 
 
 def detach(app: FastAPI) -> None:
-    """Unsubscribe the app from its runtime and end every event stream."""
-    ctx: RestContext = app.state.rest
-    runtime = ctx.runtime
-    if ctx.hub.publish in runtime.event_listeners:
-        runtime.event_listeners.remove(ctx.hub.publish)
-    if ctx.metrics.observe in runtime.dispatcher.observers:
-        runtime.dispatcher.observers.remove(ctx.metrics.observe)
-    ctx.hub.close()
+    """Unsubscribe the app from its runtime (or fleet) and end every event stream."""
+    app.state.detach()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from fastapi import Depends, Request
 
@@ -23,12 +23,12 @@ from qmp_server.rest.errors import RestError
 from qmp_server.rest.policy import UriPolicy
 
 if TYPE_CHECKING:
-    from qmp_server.rest.events import EventHub
+    from qmp_server.rest.events import EventSource
     from qmp_server.rest.metrics import RestMetrics
-    from qmp_server.runtime.runtime import Runtime
+    from qmp_server.runtime.vm_instance import VMInstance
 
-__all__ = ["Ctx", "RestContext", "get_context", "is_read_only_command", "load_token",
-           "require_write"]  # fmt: skip
+__all__ = ["ContextSource", "Ctx", "RestContext", "check_token", "get_context",
+           "is_read_only_command", "load_token", "require_write"]  # fmt: skip
 
 READ_ONLY_DESC = "The REST mirror is read-only (start qmp-server with --http-token-file)"
 MISSING_TOKEN_DESC = "This request needs 'Authorization: Bearer <token>'"
@@ -62,10 +62,10 @@ def is_read_only_command(name: str) -> bool:
 
 @dataclass(eq=False)
 class RestContext:
-    """Everything a route needs: the runtime, the event hub, metrics, auth and URI policy."""
+    """Everything a route needs: the VM, its events, metrics, auth and URI policy."""
 
-    runtime: Runtime
-    hub: EventHub
+    runtime: VMInstance
+    hub: EventSource
     metrics: RestMetrics
     token: str | None = None
     policy: UriPolicy = field(default_factory=UriPolicy)
@@ -76,20 +76,37 @@ class RestContext:
 
     def check_write(self, authorization: str | None) -> None:
         """Apply auth rules 1 and 2 to one mutation."""
-        if self.token is None:
-            raise RestError(403, READ_ONLY_DESC)
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise RestError(401, MISSING_TOKEN_DESC, headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(presented.strip().encode(), self.token.encode()):
-            raise RestError(
-                401, BAD_TOKEN_DESC, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
+        check_token(self.token, authorization)
+
+
+def check_token(token: str | None, authorization: str | None) -> None:
+    """Auth rules 1 and 2: ``authorization`` (the header) against ``token``.
+
+    :raise RestError: 403 (read-only) or 401.
+    """
+    if token is None:
+        raise RestError(403, READ_ONLY_DESC)
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise RestError(401, MISSING_TOKEN_DESC, headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise RestError(
+            401, BAD_TOKEN_DESC, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+
+
+class ContextSource(Protocol):
+    """What a fleet app keeps in ``app.state.rest``: the context of the VM a request names."""
+
+    def context_for(self, request: Request) -> RestContext: ...
 
 
 def get_context(request: Request) -> RestContext:
-    ctx: RestContext = request.app.state.rest
-    return ctx
+    """The one VM a request is about: the app's, or (fleet) the one its path names."""
+    source: RestContext | ContextSource = request.app.state.rest
+    if isinstance(source, RestContext):
+        return source
+    return source.context_for(request)
 
 
 Ctx = Annotated[RestContext, Depends(get_context)]

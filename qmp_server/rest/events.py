@@ -15,6 +15,12 @@ Rules:
    ``last_id`` is older than the ring, :attr:`Subscription.gap` says which ids were lost.
 4. The hub is used from the event loop thread only; :meth:`EventHub.publish` called from
    another thread is handed to the loop with ``call_soon_threadsafe``.
+5. Fleet: one hub for the whole fleet, every event tagged with the VM it is about
+   (:meth:`EventHub.publish_vm`; the payload then has ``"vm"``).  ``subscribe(vm=NAME)`` sees
+   only that VM's events (numbers stay the fleet's: a per-VM stream has gaps in its ids, and its
+   replay is the ring filtered).  Subscribers are kept by the VM they follow, so an event costs
+   only the streams that want it, however many VMs have one open.  :class:`VMEvents` is that
+   filtered view with the interface a one-VM route uses (:class:`EventSource`).
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["HISTORY_SIZE", "QUEUE_SIZE", "EventHub", "SequencedEvent", "Subscription"]
+__all__ = ["HISTORY_SIZE", "QUEUE_SIZE", "EventHub", "EventSource", "SequencedEvent",
+           "Subscription", "VMEvents"]  # fmt: skip
 
 HISTORY_SIZE = 1024
 QUEUE_SIZE = 256
@@ -39,18 +46,24 @@ class SequencedEvent:
     name: str
     data: dict[str, Any]
     timestamp: dict[str, int]
+    #: the VM the event is about (fleet hubs only)
+    vm: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        """What goes into SSE ``data:``: the QMP data and timestamp."""
-        return {"data": self.data, "timestamp": self.timestamp}
+        """What goes into SSE ``data:``: the QMP data and timestamp (and the VM's name)."""
+        if self.vm is None:
+            return {"data": self.data, "timestamp": self.timestamp}
+        return {"vm": self.vm, "data": self.data, "timestamp": self.timestamp}
 
 
 class Subscription:
     """One SSE client's view of the hub; iterate with :meth:`next`."""
 
-    def __init__(self, hub: EventHub, limit: int) -> None:
+    def __init__(self, hub: EventHub, limit: int, vm: str | None = None) -> None:
         self._hub = hub
         self._limit = limit
+        #: only this VM's events (rule 5); None: all
+        self.vm = vm
         self._queue: deque[SequencedEvent] = deque()
         self._wakeup = asyncio.Event()
         self.closed = False
@@ -83,7 +96,7 @@ class Subscription:
 
     def close(self) -> None:
         """Leave the hub (the client went away)."""
-        self._hub._subscribers.discard(self)
+        self._hub._discard(self)
         self._close()
 
 
@@ -95,24 +108,36 @@ class EventHub:
         self.queue_size = queue_size
         self.last_seq = 0
         self.dropped_subscribers = 0
-        self._subscribers: set[Subscription] = set()
+        #: drops of VM-filtered subscribers, by VM (rule 5)
+        self.dropped_by_vm: dict[str, int] = {}
+        #: the subscribers by the VM they follow (None: every event), so that an event is
+        #: offered only to the streams that want it
+        self._subscribers: dict[str | None, set[Subscription]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.get_ident()
         self.closed = False
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return sum(len(subs) for subs in self._subscribers.values())
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Remember the loop (and its thread) events must be delivered on."""
         self._loop = loop
         self._thread = threading.get_ident()
 
+    @property
+    def history_size(self) -> int:
+        return self.history.maxlen or 0
+
     def publish(self, event: dict[str, Any]) -> None:
         """A runtime event listener: number, remember and fan out one QMP event dict."""
+        self.publish_vm(None, event)
+
+    def publish_vm(self, vm: str | None, event: dict[str, Any]) -> None:
+        """:meth:`publish` for an event about VM ``vm`` (a fleet's ``vm_event_listeners``)."""
         if self._loop is not None and threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self.publish, event)
+            self._loop.call_soon_threadsafe(self.publish_vm, vm, event)
             return
         data = event.get("data")
         self.last_seq += 1
@@ -121,19 +146,26 @@ class EventHub:
             str(event.get("event")),
             data if isinstance(data, dict) else {},
             dict(event.get("timestamp") or {}),
+            vm,
         )
         self.history.append(item)
-        for sub in list(self._subscribers):
+        wanted = list(self._subscribers.get(None, ()))
+        if vm is not None:
+            wanted += self._subscribers.get(vm, ())
+        for sub in wanted:
             if not sub._offer(item):
-                self._subscribers.discard(sub)
+                self._discard(sub)
                 self.dropped_subscribers += 1
+                if sub.vm is not None:
+                    self.dropped_by_vm[sub.vm] = self.dropped_by_vm.get(sub.vm, 0) + 1
 
-    def subscribe(self, last_id: int | None = None) -> Subscription:
-        """A new subscriber; with ``last_id``, the ring's later events are queued first.
+    def subscribe(self, last_id: int | None = None, vm: str | None = None) -> Subscription:
+        """A new subscriber (to ``vm``'s events only, if given); with ``last_id``, the ring's
+        later events are queued first.
 
         Replay beyond the queue bound is allowed (it is bounded by the ring).
         """
-        sub = Subscription(self, self.queue_size)
+        sub = Subscription(self, self.queue_size, vm)
         if self.closed:
             sub._close()
             return sub
@@ -141,13 +173,78 @@ class EventHub:
             oldest = self.history[0].seq if self.history else self.last_seq + 1
             if last_id + 1 < oldest:
                 sub.gap = (last_id + 1, oldest - 1)
-            sub._queue.extend(e for e in self.history if e.seq > last_id)
-        self._subscribers.add(sub)
+            sub._queue.extend(
+                e for e in self.history if e.seq > last_id and (vm is None or e.vm == vm)
+            )
+        self._subscribers.setdefault(vm, set()).add(sub)
         return sub
+
+    def _discard(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.vm)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.vm]
+
+    def subscribers_by_vm(self) -> dict[str | None, int]:
+        """How many streams follow each VM (None: the unfiltered ones)."""
+        return {vm: len(subs) for vm, subs in self._subscribers.items()}
+
+    def close_vm(self, vm: str) -> None:
+        """End the streams filtered to ``vm`` (it left the fleet) after what they have queued."""
+        for sub in self._subscribers.pop(vm, set()):
+            sub._close()
+        self.dropped_by_vm.pop(vm, None)
 
     def close(self) -> None:
         """End every stream (server shutdown); later subscriptions end at once."""
         self.closed = True
-        for sub in list(self._subscribers):
-            sub._close()
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub._close()
         self._subscribers.clear()
+
+
+class EventSource(Protocol):
+    """What the one-VM routes and metrics read from their events: a hub or a :class:`VMEvents`."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    @property
+    def history_size(self) -> int: ...
+
+    @property
+    def subscriber_count(self) -> int: ...
+
+    @property
+    def dropped_subscribers(self) -> int: ...
+
+    def subscribe(self, last_id: int | None = None) -> Subscription: ...
+
+
+class VMEvents:
+    """One VM's events in a fleet's hub (rule 5), as an :class:`EventSource`."""
+
+    def __init__(self, hub: EventHub, vm: str) -> None:
+        self.hub = hub
+        self.vm = vm
+
+    @property
+    def last_seq(self) -> int:
+        return self.hub.last_seq
+
+    @property
+    def history_size(self) -> int:
+        return self.hub.history_size
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self.hub._subscribers.get(self.vm, ()))
+
+    @property
+    def dropped_subscribers(self) -> int:
+        return self.hub.dropped_by_vm.get(self.vm, 0)
+
+    def subscribe(self, last_id: int | None = None) -> Subscription:
+        return self.hub.subscribe(last_id, self.vm)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from qmp_server.runtime.runtime import Runtime
 
-__all__ = ["GRACE_SECONDS", "HTTPServer", "start_http"]
+__all__ = ["GRACE_SECONDS", "HTTPServer", "serve_app", "start_http"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +99,16 @@ async def start_http(runtime: Runtime) -> HTTPServer:
     :raise OSError: the address cannot be bound, or the token file cannot be read.
     """
     assert runtime.options.http is not None
-    host, port = runtime.options.http
-    app = create_app(runtime)
-    app.state.rest.hub.bind_loop(asyncio.get_running_loop())
+    return await serve_app(create_app(runtime), *runtime.options.http)
+
+
+async def serve_app(app: FastAPI, host: str, port: int) -> HTTPServer:
+    """Bind ``host:port`` and serve ``app`` (one VM's or a fleet's) in the running loop; its
+    event hub (``app.state.hub``) delivers events on this loop from then on.
+
+    :raise OSError: the address cannot be bound, or the server did not start.
+    """
+    app.state.hub.bind_loop(asyncio.get_running_loop())
     sock = _bind(host, port)
     config = uvicorn.Config(
         app,

@@ -11,6 +11,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import RestServer
@@ -30,6 +31,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+async def watched_page(browser: Any, problems: list[str], height: int) -> Any:
+    """A new page whose console errors, page errors and failed requests go to ``problems``."""
+    page = await browser.new_page(viewport={"width": 1280, "height": height})
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+    return page
+
+
 async def test_dashboard_renders_and_follows_a_migration(
     rest_server: Callable[..., RestServer], qmp_server: Callable[..., ServerProcess]
 ) -> None:
@@ -45,10 +55,7 @@ async def test_dashboard_renders_and_follows_a_migration(
     async with playwright_api.async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            page = await watched_page(browser, problems, height=1100)
             await page.goto(source.base_url + "/")
             expect = playwright_api.expect
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from fastapi import Request
 
+from qmp_server.commands.dispatch import Dispatcher
 from qmp_server.errors import CommandError
 from qmp_server.rest.deps import RestContext
 from qmp_server.rest.errors import RestError, from_command_error
 from qmp_server.rest.policy import check_uris
 
-__all__ = ["execute", "read_arguments"]
+__all__ = ["execute", "execute_on", "read_arguments"]
 
 
 def execute(ctx: RestContext, name: str, args: dict[str, Any] | None = None) -> Any:
@@ -22,8 +23,16 @@ def execute(ctx: RestContext, name: str, args: dict[str, Any] | None = None) -> 
     """
     arguments = {} if args is None else args
     check_uris(name, arguments, ctx.policy)
+    return execute_on(ctx.runtime.dispatcher, name, arguments)
+
+
+def execute_on(dispatcher: Dispatcher, name: str, args: dict[str, Any]) -> Any:
+    """Run ``name`` on ``dispatcher`` (a VM's, or the fleet monitor's).
+
+    :raise RestError: the QMP error mapped to its HTTP status.
+    """
     try:
-        return ctx.runtime.dispatcher.execute(name, arguments)
+        return dispatcher.execute(name, args)
     except CommandError as err:
         raise from_command_error(err) from None
 

@@ -16,7 +16,7 @@ from qmp_server.rest.routes._exec import execute, read_arguments
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1", tags=["migration"])
+router = APIRouter(tags=["migration"])
 
 
 @router.get("/capabilities", summary="query-migrate-capabilities")

@@ -17,7 +17,7 @@ from qmp_server.rest.routes._exec import execute, read_arguments
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1", tags=["qmp"])
+router = APIRouter(tags=["qmp"])
 
 
 @router.post("/qmp/{command}", include_in_schema=False)

@@ -18,23 +18,23 @@ from fastapi import APIRouter, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from qmp_server.rest.deps import Ctx
-from qmp_server.rest.events import Subscription
+from qmp_server.rest.events import EventSource, Subscription
 
-__all__ = ["router"]
+__all__ = ["RETRY_MS", "follow", "parse_id", "router", "stream"]
 
-router = APIRouter(prefix="/api/v1", tags=["events"])
+router = APIRouter(tags=["events"])
 
 RETRY_MS = 2000
 
 
-def _parse_id(*candidates: str | None) -> int | None:
+def parse_id(*candidates: str | None) -> int | None:
     for text in candidates:
         if text is not None and text.strip().isdigit():
             return int(text.strip())
     return None
 
 
-async def _stream(sub: Subscription, last_seq: int, size: int) -> AsyncIterator[ServerSentEvent]:
+async def stream(sub: Subscription, last_seq: int, size: int) -> AsyncIterator[ServerSentEvent]:
     try:
         hello = {"last-id": last_seq, "history": size}
         yield ServerSentEvent(event="hello", raw_data=json.dumps(hello), retry=RETRY_MS)
@@ -56,7 +56,12 @@ async def get_events(
     last_event_id: str | None = Header(default=None, alias="Last-Event-ID"),
     since: str | None = Query(default=None, alias="last_event_id"),
 ) -> AsyncIterator[ServerSentEvent]:
-    hub = ctx.hub
-    sub = hub.subscribe(_parse_id(last_event_id, since))
-    async for message in _stream(sub, hub.last_seq, hub.history.maxlen or 0):
+    async for message in follow(ctx.hub, last_event_id, since):
         yield message
+
+
+def follow(source: EventSource, last_event_id: str | None,
+           since: str | None) -> AsyncIterator[ServerSentEvent]:  # fmt: skip
+    """The SSE messages of a new subscription to ``source``, after the id the client gave."""
+    sub = source.subscribe(parse_id(last_event_id, since))
+    return stream(sub, source.last_seq, source.history_size)

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from qmp_server.commands.control import version_info
 from qmp_server.rest.deps import Ctx
 
-__all__ = ["STATIC_DIR", "router"]
+__all__ = ["CSP", "STATIC_DIR", "TEXT_RESPONSE", "router", "static_page"]
 
 router = APIRouter(tags=["operations"])
 
@@ -32,18 +32,24 @@ async def healthz(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-_TEXT: dict[int | str, dict[str, Any]] = {
+TEXT_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/plain": {"schema": {"type": "string"}}}}
 }
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses=_TEXT)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses=TEXT_RESPONSE)  # fmt: skip
 async def metrics(ctx: Ctx) -> Response:
     # async on purpose: the collector reads the VM, which lives in the event loop thread.
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def static_page(name: str) -> HTMLResponse:
+    """A page of ``static/``, never cached, scripts only from qmp-server itself."""
+    page = (STATIC_DIR / name).read_text(encoding="utf-8")
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
+
+
 @router.get("/", include_in_schema=False)
 async def dashboard() -> HTMLResponse:
-    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
+    return static_page("index.html")

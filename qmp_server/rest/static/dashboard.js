@@ -1,12 +1,12 @@
 // qmp-server dashboard: plain JavaScript, no build step, no third-party code.
 // Data: GET /api/v1/{status,capabilities,parameters,migration} and the SSE stream
 // /api/v1/events; mutations (PATCH, and POST /api/v1/qmp/... for the postcopy controls)
-// carry the bearer token typed into the header form.
+// carry the bearer token typed into the header form.  In a fleet the same page is one VM's,
+// under /api/v1/vms/NAME/ (common.js's url() maps the paths).  Helpers: common.js.
 "use strict";
 
 const state = {
   writable: false,
-  token: sessionStorage.getItem("qmp-server-token") || "",
   migrationStatus: "none",
   samples: [],          // {t, remaining, dirty, rate, pass}
   passMarks: [],        // {t, pass}
@@ -21,47 +21,6 @@ const POSTCOPY = new Set(["postcopy-active", "postcopy-paused", "postcopy-recove
   "postcopy-recover"]);
 const MAX_SAMPLES = 600;
 const MAX_LOG = 300;
-
-const $ = (id) => document.getElementById(id);
-
-function setBadge(el, text) {
-  el.textContent = text;
-  el.dataset.state = text;
-}
-
-function fmtBytes(n) {
-  if (n === null || n === undefined) return "–";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = Number(n), i = 0;
-  while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-  return (i === 0 ? v.toFixed(0) : v.toFixed(1)) + " " + units[i];
-}
-const fmtRate = (n) => (n === null || n === undefined ? "–" : fmtBytes(n) + "/s");
-const fmtMs = (n) => (n === null || n === undefined ? "–" : Number(n).toFixed(0) + " ms");
-function fmtSeconds(s) {
-  if (s === null || s === undefined) return "–";
-  if (s < 1) return (s * 1000).toFixed(0) + " ms";
-  if (s < 120) return s.toFixed(1) + " s";
-  return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
-}
-
-async function api(path, options = {}) {
-  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
-  if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  if (state.token && options.method && options.method !== "GET") {
-    headers.Authorization = "Bearer " + state.token;
-  }
-  const response = await fetch(path, Object.assign({}, options, { headers }));
-  const text = await response.text();
-  const body = text ? JSON.parse(text) : null;
-  if (!response.ok) {
-    const err = new Error(body && body.desc ? body.desc : response.statusText);
-    err.errorClass = body && body.class;
-    err.status = response.status;
-    throw err;
-  }
-  return body;
-}
 
 function showError(id, err) {
   const el = $(id);
@@ -83,7 +42,7 @@ async function loadStatus() {
   }
 }
 
-function canWrite() { return state.writable && state.token !== ""; }
+function canWrite() { return state.writable && session.token !== ""; }
 
 async function loadCapabilities() {
   let caps;
@@ -340,26 +299,9 @@ function drawPlots() {
 }
 
 // -- events ---------------------------------------------------------------------------------
-function logEvent(name, payload, id) {
-  const list = $("events");
-  const item = document.createElement("li");
-  const ts = payload && payload.timestamp;
-  const when = ts ? new Date(ts.seconds * 1000 + ts.microseconds / 1000) : new Date();
-  item.dataset.event = name;
-  if (id) item.value = Number(id);
-  const nameSpan = document.createElement("span");
-  nameSpan.className = "name";
-  nameSpan.textContent = name;
-  const data = payload && payload.data && Object.keys(payload.data).length
-    ? " " + JSON.stringify(payload.data) : "";
-  item.append(when.toISOString().slice(11, 23) + " ", nameSpan, data);
-  list.prepend(item);
-  while (list.children.length > MAX_LOG) list.lastElementChild.remove();
-}
-
 function onQmpEvent(message) {
   const payload = JSON.parse(message.data);
-  logEvent(message.type, payload, message.lastEventId);
+  logEvent("events", message.type, payload, message.lastEventId, MAX_LOG);
   switch (message.type) {
     case "STOP": case "RESUME": case "SHUTDOWN":
       loadStatus(); break;
@@ -384,15 +326,20 @@ async function connectEvents() {
   // A page that opens late still shows what happened: replay the recent history (the last
   // MAX_LOG events the server keeps), then follow live; a reconnect resumes by Last-Event-ID.
   const since = Math.max(0, state.lastEventId - MAX_LOG);
-  const source = new EventSource("/api/v1/events?last_event_id=" + since);
+  const source = new EventSource(url("/api/v1/events?last_event_id=" + since));
   source.addEventListener("hello", () => setBadge($("conn"), "open"));
-  source.addEventListener("gap", (m) => logEvent("gap", { data: JSON.parse(m.data) }));
+  source.addEventListener("gap", (m) => logEvent("events", "gap", { data: JSON.parse(m.data) }, null, MAX_LOG));
   for (const name of names) source.addEventListener(name, onQmpEvent);
   source.onerror = () => setBadge($("conn"), source.readyState === 2 ? "closed" : "connecting");
 }
 
 // -- start ------------------------------------------------------------------------------------
 async function start() {
+  if (VM_BASE) {  // one VM of a fleet: name it, and link back to the fleet's page
+    $("vm-name").textContent = decodeURIComponent(VM_BASE.split("/").pop());
+    $("vm-name").hidden = false;
+    $("fleet-link").hidden = false;
+  }
   try {
     const health = await api("/healthz");
     state.writable = health.writable;
@@ -401,16 +348,16 @@ async function start() {
     $("version").textContent = "QEMU " + v.major + "." + v.minor + "." + v.micro +
       (health.version.package ? " " + health.version.package : "");
   } catch (err) { /* the page still shows what it can */ }
-  $("mode").textContent = state.writable ? (state.token ? "token set" : "read-only until a token is given")
+  $("mode").textContent = state.writable ? (session.token ? "token set" : "read-only until a token is given")
     : "read-only mirror";
   const form = $("token-form");
   form.hidden = !state.writable;
-  $("token").value = state.token;
+  $("token").value = session.token;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    state.token = $("token").value.trim();
-    sessionStorage.setItem("qmp-server-token", state.token);
-    $("mode").textContent = state.token ? "token set" : "read-only until a token is given";
+    session.token = $("token").value.trim();
+    sessionStorage.setItem("qmp-server-token", session.token);
+    $("mode").textContent = session.token ? "token set" : "read-only until a token is given";
     loadCapabilities();
     loadParameters();
   });
