@@ -122,7 +122,7 @@ async def test_vms_come_and_go(fleet: tuple[subprocess.Popen[bytes], Path]) -> N
     with pytest.raises(ExecuteError, match="-daemonize is an option of the fleet"):
         await mon.execute("fleet-vm-add", {"name": "bad", "args": ["-daemonize"]})
     same = ["-qmp", f"unix:{d}/web0.sock,server=on,wait=off"]
-    with pytest.raises(ExecuteError, match="web0.sock: VM 'web0' already listens there"):
+    with pytest.raises(ExecuteError, match=r"web0\.sock: VM 'web0' already listens there"):
         await mon.execute("fleet-vm-add", {"name": "thief", "args": same})
     with pytest.raises(ExecuteError, match="VM name 'a b' must be"):
         await mon.execute("fleet-vm-add", {"name": "a b", "args": []})
