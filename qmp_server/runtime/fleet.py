@@ -13,9 +13,7 @@ REST mirror add and remove VMs through the same methods.  A signal ends every VM
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 from typing import Any
 
 from qmp_server.cli import Options, parse_args
@@ -25,9 +23,14 @@ from qmp_server.fleet.commands import FLEET_HANDLERS, FleetTarget, fleet_version
 from qmp_server.fleet.config import FleetSpec, check_name
 from qmp_server.qapi import ArgumentValidator, Schema, load_schema
 from qmp_server.runtime.monitor import QMPMonitor
-from qmp_server.runtime.process import ProcessRunner
-from qmp_server.runtime.vm_instance import SCHEMA_PATH, VMInstance, make_event, stderr_line
-from qmp_server.wire.encoder import encode_line
+from qmp_server.runtime.process import ProcessRunner, on_signals
+from qmp_server.runtime.vm_instance import (
+    SCHEMA_PATH,
+    VMInstance,
+    broadcast_event,
+    make_event,
+    stderr_line,
+)
 
 __all__ = ["FLEET_SCHEMA_PATH", "Fleet", "monitor_address"]
 
@@ -237,12 +240,7 @@ class Fleet:
         return {"QMP": {"version": fleet_version(), "capabilities": ["oob"]}}
 
     def _emit(self, name: str, data: dict[str, Any]) -> None:
-        event = make_event(name, data)
-        line = encode_line(event)
-        for monitor in self.monitors:
-            monitor.broadcast(line)
-        for listener in self.event_listeners:
-            listener(event)
+        broadcast_event(make_event(name, data), self.monitors, self.event_listeners)
 
     def _after_input(self) -> None:
         pass
@@ -275,10 +273,7 @@ class Fleet:
 
     async def serve(self) -> None:
         self._stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, self._on_signal, signum)
+        on_signals(self._on_signal)
         try:
             for monitor in self.monitors:
                 await monitor.start()

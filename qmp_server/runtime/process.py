@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -19,7 +20,7 @@ from qmp_server.errors import UsageError
 from qmp_server.runtime.loop import new_event_loop
 from qmp_server.runtime.vm_instance import stderr_line
 
-__all__ = ["ProcessRunner", "write_pidfile"]
+__all__ = ["ProcessRunner", "on_signals", "write_pidfile"]
 
 
 def write_pidfile(path: str) -> int:
@@ -52,6 +53,15 @@ def _wait_for_daemon(ready: int, pid: int) -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return code if code > 0 else 1
+
+
+def on_signals(handler: Callable[[int], None]) -> None:
+    """SIGTERM, SIGINT and SIGHUP end the process through ``handler(signum)`` (QEMU's
+    "terminating on signal N"), on the running loop."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, handler, signum)
 
 
 class ProcessRunner:

@@ -8,12 +8,10 @@ A fleet of VMs in one process is :mod:`qmp_server.runtime.fleet`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from typing import Any
 
 from qmp_server.cli import Options
-from qmp_server.runtime.process import ProcessRunner, write_pidfile
+from qmp_server.runtime.process import ProcessRunner, on_signals, write_pidfile
 from qmp_server.runtime.vm_instance import SCHEMA_PATH, VMInstance, build_vm, stderr_line
 
 __all__ = ["SCHEMA_PATH", "Runtime", "build_vm", "write_pidfile"]
@@ -46,10 +44,7 @@ class Runtime(VMInstance):
 
     async def serve(self) -> None:
         self._stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, self._on_signal, signum)
+        on_signals(self._on_signal)
         try:
             if not await self.start():
                 return

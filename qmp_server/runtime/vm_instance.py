@@ -18,7 +18,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,15 @@ from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.runtime.vcpu_threads import IdleThreads
 from qmp_server.wire.encoder import encode_line
 
-__all__ = ["SCHEMA_PATH", "VMInstance", "build_vm", "make_event", "schema_for", "stderr_line"]
+__all__ = [
+    "SCHEMA_PATH",
+    "VMInstance",
+    "broadcast_event",
+    "build_vm",
+    "make_event",
+    "schema_for",
+    "stderr_line",
+]
 
 
 def _schema_path() -> Path:
@@ -117,6 +125,19 @@ def make_event(name: str, data: dict[str, Any] | None) -> dict[str, Any]:
     if data is not None:
         event["data"] = data
     return event
+
+
+def broadcast_event(
+    event: dict[str, Any],
+    monitors: Sequence[QMPMonitor | HMPMonitor],
+    listeners: Sequence[Callable[[dict[str, Any]], None]],
+) -> None:
+    """An event to the current client of every monitor, then to the in-process listeners."""
+    line = encode_line(event)
+    for monitor in monitors:
+        monitor.broadcast(line)
+    for listener in listeners:
+        listener(event)
 
 
 class _LoopTimers:
@@ -259,12 +280,7 @@ class VMInstance:
 
     # -- events -------------------------------------------------------------------------
     def emit(self, name: str, data: dict[str, Any] | None) -> None:
-        event = make_event(name, data)
-        line = encode_line(event)
-        for monitor in self.monitors:
-            monitor.broadcast(line)
-        for listener in self.event_listeners:
-            listener(event)
+        broadcast_event(make_event(name, data), self.monitors, self.event_listeners)
 
     def greeting(self) -> dict[str, Any]:
         return {"QMP": {"version": version_info(self.vm), "capabilities": ["oob"]}}

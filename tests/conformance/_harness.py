@@ -554,14 +554,7 @@ def _record_session_once(target: Target, scenario: dict[str, Any]) -> list[StepR
                 for step in steps:
                     res = StepResult(step)
                     settle = float(step.get("settle", DEFAULT_SETTLE))
-                    if step.get("reconnect"):
-                        client.reconnect()
-                    elif "sleep" in step:
-                        time.sleep(float(step["sleep"]))
-                    else:
-                        payload = step_payload(step)
-                        if payload is not None:
-                            client.send(payload)
+                    _send_step(client, step)
                     raw, closed = client.collect(settle)
                     if step is GREETING_STEP:
                         _check_greeting_first(target, raw[0] if raw else None)
@@ -610,19 +603,24 @@ def replay_session(
     return result
 
 
+def _send_step(client: Client, step: dict[str, Any]) -> None:
+    """What one step does to the connection: reconnect, wait, or send its payload."""
+    if step.get("reconnect"):
+        client.reconnect()
+    elif "sleep" in step:
+        time.sleep(float(step["sleep"]))
+    else:
+        payload = step_payload(step)
+        if payload is not None:
+            client.send(payload)
+
+
 def replay_steps(client: Client, target: Target, recorded: list[dict[str, Any]]) -> list[Mismatch]:
     """Replay recorded steps on a connected client; the mismatches (after masking)."""
     mismatches: list[Mismatch] = []
     for i, rec in enumerate(recorded):
         step = rec["step"]
-        if step.get("reconnect"):
-            client.reconnect()
-        elif "sleep" in step:
-            time.sleep(float(step["sleep"]))
-        else:
-            payload = step_payload(step)
-            if payload is not None:
-                client.send(payload)
+        _send_step(client, step)
         exp_lines: list[str] = rec["lines"]
         exp_eols: list[str] = rec.get("eols") or ["\r\n"] * len(exp_lines)
         raw = client.read_lines(len(exp_lines))
