@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Dispatcher", "MonitorState", "error_reply"]
 
+#: the members of an in-band request, none of which can fail when well-formed
+_PLAIN_KEYS = frozenset({"execute", "arguments", "id"})
+_NO_ARGS: dict[str, Any] = {}
+
 NEGOTIATION_EXPECTED = "Expecting capabilities negotiation with 'qmp_capabilities'"
 NEGOTIATION_DONE = "Capabilities negotiation is already complete, command ignored"
 
@@ -99,6 +103,13 @@ class Dispatcher:
 
     @staticmethod
     def _check_request(request: dict[str, Any], allow_oob: bool) -> tuple[str, bool]:
+        name = request.get("execute")
+        if (
+            type(name) is str
+            and request.keys() <= _PLAIN_KEYS
+            and type(request.get("arguments", _NO_ARGS)) is dict
+        ):
+            return name, False  # a well-formed request: no member can fail (rule 1)
         exec_key: str | None = None
         for key in qdict_order(tuple(request)):
             value = request[key]
