@@ -19,10 +19,12 @@ from typing import Any
 
 from qmp_server.cli import Options, parse_args
 from qmp_server.commands.dispatch import Dispatcher
+from qmp_server.engine.link import link_model
 from qmp_server.errors import CommandError, UsageError
 from qmp_server.fleet.commands import FLEET_HANDLERS, FleetTarget, fleet_version
 from qmp_server.fleet.config import FleetSpec, check_name
 from qmp_server.qapi import ArgumentValidator, Schema, load_schema
+from qmp_server.runtime.host_link import HostLink
 from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.runtime.process import ProcessRunner
 from qmp_server.runtime.vm_instance import SCHEMA_PATH, VMInstance, make_event, stderr_line
@@ -61,6 +63,12 @@ class Fleet:
         self.options = options
         #: the host link model's settings (``--link-bandwidth``, ``--link-latency``)
         self.link_settings = (link_bandwidth, link_latency)
+        try:
+            model = link_model(link_bandwidth, link_latency)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        #: the modelled NIC every VM's outgoing migration connections share (None: none)
+        self.link = HostLink(model) if model is not None else None
         self.schema: Schema = load_schema(FLEET_SCHEMA_PATH, frozenset())
         self.dispatcher = Dispatcher(
             FleetTarget(self.schema, self),  # type: ignore[arg-type]
@@ -122,6 +130,7 @@ class Fleet:
                 listener(name, event)
 
         instance.event_listeners.append(relay)
+        instance.migration.ctx.link = self.link
         self.vms[name] = instance
         for hook in self.on_vm_added:
             hook(name, instance)
@@ -274,6 +283,8 @@ class Fleet:
                 await self.http.close()
             for instance in list(self.vms.values()):
                 await instance.close()
+            if self.link is not None:
+                self.link.close()
             for monitor in self.monitors:
                 await monitor.close()
 
