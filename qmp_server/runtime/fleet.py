@@ -81,6 +81,8 @@ class Fleet:
         ]
         #: the VMs by name, in the order they were added
         self.vms: dict[str, VMInstance] = {}
+        #: each VM's command line ({name} replaced): query-fleet's ``args``
+        self.vm_args: dict[str, tuple[str, ...]] = {}
         #: called with every fleet event and with ``(vm name, event)`` for every VM event
         self.event_listeners: list[Any] = []
         self.vm_event_listeners: list[Any] = []
@@ -114,8 +116,9 @@ class Fleet:
             option = arg.lstrip("-").partition("=")[0]
             if arg.startswith("-") and option in _PROCESS_ONLY:
                 raise UsageError(f"{name}: {arg} is an option of the fleet, not of a VM")
+        args = [a.replace("{name}", name) for a in args]
         try:
-            options = parse_args([a.replace("{name}", name) for a in args])
+            options = parse_args(args)
         except UsageError as err:
             raise UsageError(f"{name}: {err}") from None
         if options is None:
@@ -132,6 +135,7 @@ class Fleet:
         instance.event_listeners.append(relay)
         instance.migration.ctx.link = self.link
         self.vms[name] = instance
+        self.vm_args[name] = tuple(args)
         for hook in self.on_vm_added:
             hook(name, instance)
         return instance
@@ -161,6 +165,7 @@ class Fleet:
         if self.vms.get(name) is not instance:
             return
         del self.vms[name]
+        self.vm_args.pop(name, None)
         self._started.pop(name, None)
         reason = instance.vm.shutdown_reason if not instance.exit_code else None
         self._emit("FLEET_VM_REMOVED", {"name": name, "reason": reason or "failed"})
@@ -171,8 +176,7 @@ class Fleet:
     def vm_infos(self) -> list[dict[str, Any]]:
         return [self.vm_info(name, vm) for name, vm in self.vms.items()]
 
-    @staticmethod
-    def vm_info(name: str, instance: VMInstance) -> dict[str, Any]:
+    def vm_info(self, name: str, instance: VMInstance) -> dict[str, Any]:
         migration = instance.migration
         return {
             "name": name,
@@ -182,7 +186,14 @@ class Fleet:
             "monitors": [
                 monitor_address(m) for m in instance.monitors if isinstance(m, QMPMonitor)
             ],
+            "args": list(self.vm_args.get(name, ())),
         }
+
+    def link_info(self) -> dict[str, Any]:
+        if self.link is None:
+            return {"modelled": False, "latency-ns": 0, "transmitted": 0, "received": 0,
+                    "connections": 0}  # fmt: skip
+        return self.link.info()
 
     def add_vm(self, name: str, args: list[str]) -> None:
         """Build VM ``name`` now and start it (FLEET_VM_ADDED once its monitors listen).

@@ -23,6 +23,7 @@ import itertools
 import logging
 import socket
 from collections import deque
+from typing import Any
 
 from qmp_server.engine.link import LinkDirection, LinkModel, queue_bytes
 
@@ -191,6 +192,17 @@ class HostLink:
                     await asyncio.wait_for(wake.wait(), deadline - loop.time())
             else:
                 await asyncio.sleep(0)
+
+    def info(self) -> dict[str, Any]:
+        """query-fleet-link's answer (schema/fleet.json FleetLinkInfo)."""
+        out: dict[str, Any] = {"modelled": True}
+        if self.model.bandwidth is not None:
+            out["bandwidth"] = self.model.bandwidth
+        out["latency-ns"] = round(self.model.latency * 1e9)
+        out["transmitted"] = self.transmit.bytes_total
+        out["received"] = self.receive.bytes_total
+        out["connections"] = len(self.connections)
+        return out
 
     def close(self) -> None:
         """End every pump and the schedulers (the fleet is ending)."""
