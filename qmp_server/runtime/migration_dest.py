@@ -454,6 +454,8 @@ class DestinationDriver:
             vm.start()
         else:
             vm.runstate = "paused"
+            # the received guest's program waits for `cont`: a paused guest writes nothing
+            ctx.workload.set_running(False, time.monotonic())
         send_rp(rp.resumed(time.monotonic()) + rp.shut(0))
         self.state.set_status("completed")
 
