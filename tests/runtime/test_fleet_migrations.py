@@ -27,7 +27,7 @@ LINK_BANDWIDTH = 2 << 20
 DEVICE = "vfio-sim,id=gpu,initial-bytes=2M,state-bytes=256K,load-ms=1000"
 VMS = {
     "vm0": "-m 64M --compat 10.0",
-    "vm1": "-m 64M --compat 10.0 --dirty-rate 2M",
+    "vm1": "-m 64M --compat 10.0 --dirty-rate 2M",  # its destination starts with -S
     "gpu0": f"-m 64M --compat 10.0 -device {DEVICE}",
     "gpu1": f"-m 64M --compat 8.1 -device {DEVICE}",
 }
@@ -67,7 +67,7 @@ def fleets() -> Iterator[Fleets]:
         plan = {
             "a": (VMS, [], []),
             "l": (LINKED, [], ["--link-bandwidth", "2M", "--link-latency", "10ms"]),
-            "b": ({**VMS, **LINKED}, ["-incoming", "defer"], []),
+            "b": ({**VMS, **LINKED, "vm1": VMS["vm1"] + " -S"}, ["-incoming", "defer"], []),
         }
         procs = {}
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -150,6 +150,8 @@ async def migrate(fleets: Fleets, src_fleet: str, name: str, *, ack: bool) -> Re
         same = await src.execute("x-query-guest-digest") == await dst.execute(
             "x-query-guest-digest"
         )
+        if (await dst.execute("query-status"))["status"] == "paused":
+            await dst.execute("cont")  # -S: compared before its guest wrote again (libvirt's way)
         src_status = (await src.execute("query-status"))["status"]
         dst_status = (await dst.execute("query-status"))["status"]
     return Result(name, info, elapsed, same, src_status, dst_status)
@@ -157,9 +159,11 @@ async def migrate(fleets: Fleets, src_fleet: str, name: str, *, ack: bool) -> Re
 
 async def quit_vm(fleets: Fleets, fleet: str, name: str) -> None:
     """What an orchestrator does with a source that migrated: ``quit`` it."""
-    async with connected(fleets.vm(fleet, name)) as qmp:
-        with contextlib.suppress(Exception):  # the monitor goes away with the VM
-            await qmp.execute("quit")
+    qmp = QMPClient(name)
+    await qmp.connect(fleets.vm(fleet, name))
+    await qmp.execute("quit")
+    with contextlib.suppress(EOFError):  # the monitor went away with the VM
+        await qmp.disconnect()
 
 
 async def fleet_vms(fleets: Fleets, fleet: str) -> dict[str, dict[str, Any]]:
