@@ -17,7 +17,8 @@ it was started with), as its turn comes:
    device ``return-path`` + ``switchover-ack`` (``precopy-initial-data`` before QEMU 8.1), so
    the device's set-up on the destination happens before the switchover, not in the downtime;
 4. ``migrate`` on the source, then wait for its ``MIGRATION`` event ``completed``;
-5. ``quit`` the source (QEMU leaves a migrated source in ``postmigrate``; it is the
+5. with ``--paused-start`` (libvirt's way: the destination started with ``-S``), ``cont`` it;
+6. ``quit`` the source (QEMU leaves a migrated source in ``postmigrate``; it is the
    orchestrator's to end).  A failed migration removes the destination; the source runs on.
 
 It prints each VM's downtime and total time (``query-migrate``) and the whole evacuation's
@@ -33,11 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from qemu.qmp import QMPClient
+
+#: A check run on a migrated VM's source and destination monitors (a benchmark's digests).
+Verify = Callable[[str, QMPClient, QMPClient], Awaitable[None]]
 
 #: Options of a source VM its destination must not get: its monitors (the destination gets
 #: its own), -incoming (it gets ``defer``), -S (it runs once the migration completed).
@@ -45,8 +50,9 @@ _DROP_WITH_VALUE = {"-qmp", "-qmp-pretty", "-monitor", "-mon", "-incoming", "-ch
 _DROP_FLAG = {"-S"}
 
 
-def dest_args(args: list[str], monitor: str) -> list[str]:
-    """The destination's command line: the source's options, its own monitor, -incoming."""
+def dest_args(args: list[str], monitor: str, *, paused: bool = False) -> list[str]:
+    """The destination's command line: the source's options, its own monitor, -incoming
+    (and -S when it is to start paused)."""
     out: list[str] = []
     dropped_chardevs = set()
     for i in range(len(args) - 1):  # the chardevs that served the monitors dropped below
@@ -66,7 +72,7 @@ def dest_args(args: list[str], monitor: str) -> list[str]:
                 continue
         out.append(arg)
         i += 1
-    return [*out, "-qmp", monitor, "-incoming", "defer"]
+    return [*out, "-qmp", monitor, "-incoming", "defer", *(["-S"] if paused else [])]
 
 
 def endpoint(address: str) -> str | tuple[str, int]:
@@ -91,10 +97,13 @@ class Outcome:
 class Evacuation:
     """Both fleet monitors (one connection each, shared by every VM's migration)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, verify: Verify | None = None) -> None:
         self.args = args
         self.source = QMPClient("fleet-a")
         self.dest = QMPClient("fleet-b")
+        #: called with the VM's name and both monitors once its migration completed, before
+        #: the destination is resumed (``--paused-start``) and the source quit
+        self.verify = verify
 
     async def run(self) -> list[Outcome]:
         await self.source.connect(endpoint(self.args.source))
@@ -162,6 +171,10 @@ class Evacuation:
             if info["status"] != "completed":
                 await self.dest.execute("fleet-vm-remove", {"name": name})
                 return Outcome(name, info["status"], error=info.get("error-desc", ""), gate=gate)
+            if self.verify is not None:
+                await self.verify(name, src, dst)
+            if self.args.paused:
+                await dst.execute("cont")
             await src.execute("quit")  # the source stays in postmigrate until told to go
             return Outcome(name, "completed", info.get("downtime"), info.get("total-time"),
                            gate=gate)  # fmt: skip
@@ -232,6 +245,13 @@ def main() -> int:
         "--migrate-host",
         default="127.0.0.1",
         help="the address B's VMs listen on for migrations (127.0.0.1)",
+    )
+    parser.add_argument(
+        "--paused-start",
+        dest="paused",
+        action="store_true",
+        help="start each destination paused (-S) and resume it with cont once its migration "
+        "completed, as libvirt does",
     )
     parser.add_argument(
         "--demo-vms",
