@@ -40,10 +40,17 @@ _SOCK_BUF = 4 << 20
 _WRITER_LIMIT = 8 << 20
 #: Chunks due within this much of the first are written together.
 _SLACK = 0.0005
+#: The most one receive takes, and the buffers one sendmsg gathers.
+_READ = 1 << 20
+_IOV_MAX = 512
 
 
 class _Flow:
-    """One direction of one connection: read from ``src``, deliver to ``dst`` when due."""
+    """One direction of one connection: read from ``src``, deliver to ``dst`` when due.
+
+    What was read is kept as the received buffers (views, never joined or copied again); a
+    grant takes its bytes from the front, and delivery hands them to ``sendmsg`` as they are.
+    """
 
     def __init__(
         self, link: LinkDirection, wake: asyncio.Event, conn: int, src: socket.socket,
@@ -56,32 +63,41 @@ class _Flow:
         self.src = src
         self.dst = dst
         self.loop = asyncio.get_running_loop()
-        self.buffer = bytearray()  # read, not granted yet
-        self.in_flight: deque[tuple[float, bytes]] = deque()  # granted: (due, data)
+        self.waiting: deque[memoryview] = deque()  # read, not granted yet
+        self.waiting_bytes = 0
+        self.in_flight: deque[tuple[float, list[memoryview]]] = deque()  # granted: (due, data)
         self.ended = False  # src reached its end
         self.space = asyncio.Event()
         self.arrived = asyncio.Event()
 
     def grant(self, nbytes: int, due: float) -> None:
-        data = bytes(self.buffer[:nbytes]) if nbytes < len(self.buffer) else bytes(self.buffer)
-        del self.buffer[:nbytes]
-        self.in_flight.append((due, data))
+        parts: list[memoryview] = []
+        self.waiting_bytes -= nbytes
+        while nbytes:
+            view = self.waiting.popleft()
+            if view.nbytes > nbytes:
+                self.waiting.appendleft(view[nbytes:])
+                view = view[:nbytes]
+            parts.append(view)
+            nbytes -= view.nbytes
+        self.in_flight.append((due, parts))
         self.arrived.set()
         self.space.set()
 
     async def read(self) -> None:
         while True:
-            room = self.queue - len(self.buffer)
+            room = self.queue - self.waiting_bytes
             if room <= 0:
                 self.space.clear()
                 await self.space.wait()
                 continue
-            data = await self.loop.sock_recv(self.src, min(room, 256 << 10))
+            data = await self.loop.sock_recv(self.src, min(room, _READ))
             if not data:
                 self.ended = True
                 self.arrived.set()
                 return
-            self.buffer += data
+            self.waiting.append(memoryview(data))
+            self.waiting_bytes += len(data)
             self.link.offer(self.conn, len(data))
             self.wake_link.set()
 
@@ -89,7 +105,7 @@ class _Flow:
         """Write each chunk when it is due; pass the end of stream on after the last one."""
         while True:
             if not self.in_flight:
-                if self.ended and not self.buffer:
+                if self.ended and not self.waiting_bytes:
                     with contextlib.suppress(OSError):
                         self.dst.shutdown(socket.SHUT_WR)
                     return
@@ -101,10 +117,41 @@ class _Flow:
             if delay > 0:
                 await asyncio.sleep(delay)
             limit = self.loop.time() + _SLACK
-            parts = []
+            parts: deque[memoryview] = deque()
             while self.in_flight and self.in_flight[0][0] <= limit:
-                parts.append(self.in_flight.popleft()[1])
-            await self.loop.sock_sendall(self.dst, parts[0] if len(parts) == 1 else b"".join(parts))
+                parts.extend(self.in_flight.popleft()[1])
+            await self._send(parts)
+
+    async def _send(self, parts: deque[memoryview]) -> None:
+        """Gather-write every part (``sendmsg``), waiting while the socket is full."""
+        while parts:
+            try:
+                sent = self.dst.sendmsg(list(itertools.islice(parts, _IOV_MAX)))
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            while sent:
+                head = parts[0]
+                if head.nbytes <= sent:
+                    sent -= head.nbytes
+                    parts.popleft()
+                else:
+                    parts[0] = head[sent:]
+                    sent = 0
+
+    async def _writable(self) -> None:
+        fut: asyncio.Future[None] = self.loop.create_future()
+        fd = self.dst.fileno()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.loop.add_writer(fd, ready)
+        try:
+            await fut
+        finally:
+            self.loop.remove_writer(fd)
 
 
 class _Connection:
