@@ -16,7 +16,8 @@ it was started with), as its turn comes:
 3. ``migrate-set-capabilities`` on both sides: ``events``, and for a VM with a ``vfio-sim``
    device ``return-path`` + ``switchover-ack`` (``precopy-initial-data`` before QEMU 8.1), so
    the device's set-up on the destination happens before the switchover, not in the downtime;
-4. ``migrate`` on the source, then wait for its ``MIGRATION`` event ``completed``;
+4. ``migrate`` on the source, then wait for ``MIGRATION`` ``completed`` on both sides (the
+   source's alone does not say the destination has loaded everything without a return path);
 5. with ``--paused-start`` (libvirt's way: the destination started with ``-S``), ``cont`` it;
 6. ``quit`` the source (QEMU leaves a migrated source in ``postmigrate``; it is the
    orchestrator's to end).  A failed migration removes the destination; the source runs on.
@@ -39,7 +40,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, QMPError
+from qemu.qmp.events import EventListener
 
 #: A check run on a migrated VM's source and destination monitors (a benchmark's digests).
 Verify = Callable[[str, QMPClient, QMPClient], Awaitable[None]]
@@ -81,6 +83,15 @@ def endpoint(address: str) -> str | tuple[str, int]:
         host, _, port = address[4:].rpartition(":")
         return host, int(port)
     return address.removeprefix("unix:").split(",", 1)[0]
+
+
+async def final_status(events: EventListener) -> str:
+    """The first MIGRATION status that ends a migration, on one side."""
+    async for event in events:
+        status = str(event["data"]["status"])
+        if status in ("completed", "failed", "cancelled"):
+            return status
+    return ""
 
 
 @dataclass
@@ -162,15 +173,18 @@ class Evacuation:
             await dst.execute("migrate-incoming", {"uri": f"tcp:{self.args.migrate_host}:0"})
             incoming: Any = await dst.execute("query-migrate")
             port = incoming["socket-address"][0]["port"]
-            with src.listener("MIGRATION") as events:
+            with src.listener("MIGRATION") as src_events, dst.listener("MIGRATION") as dst_events:
                 await src.execute("migrate", {"uri": f"tcp:{self.args.migrate_host}:{port}"})
-                async for event in events:
-                    if event["data"]["status"] in ("completed", "failed", "cancelled"):
-                        break
+                src_status = await final_status(src_events)
+                # without a return path the source completes once its last bytes are on
+                # their way: the VM has moved when the destination has loaded them
+                dst_status = await final_status(dst_events) if src_status == "completed" else ""
             info: Any = await src.execute("query-migrate")
-            if info["status"] != "completed":
-                await self.dest.execute("fleet-vm-remove", {"name": name})
-                return Outcome(name, info["status"], error=info.get("error-desc", ""), gate=gate)
+            if info["status"] != "completed" or dst_status != "completed":
+                with suppress(QMPError):  # a failed destination may have ended by itself
+                    await self.dest.execute("fleet-vm-remove", {"name": name})
+                error = info.get("error-desc", "") or f"destination {dst_status}"
+                return Outcome(name, info["status"], error=error, gate=gate)
             if self.verify is not None:
                 await self.verify(name, src, dst)
             if self.args.paused:
