@@ -109,7 +109,7 @@ async def bench(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
 
         options = argparse.Namespace(
             source=f"{tmp}/a/fleet.sock", dest=f"{tmp}/b/fleet.sock", only=None,
-            concurrency=args.concurrency, paused=True, migrate_host="127.0.0.1",
+            concurrency=args.concurrency, paused=True, migrate_host="127.0.0.1", timeout=60,
             dest_qmp=f"unix:{tmp}/b/{{name}}.sock,server=on,wait=off",
         )  # fmt: skip
         t0 = time.monotonic()

@@ -85,6 +85,21 @@ def endpoint(address: str) -> str | tuple[str, int]:
     return address.removeprefix("unix:").split(",", 1)[0]
 
 
+async def connect(name: str, address: str, attempts: int = 3) -> QMPClient:
+    """A client connected to a VM's monitor; one that does not greet within 10 s is left and
+    tried again (a new connection, as an orchestrator's retry would)."""
+    for attempt in range(1, attempts + 1):
+        qmp = QMPClient(name)
+        try:
+            await asyncio.wait_for(qmp.connect(endpoint(address)), 10)
+            return qmp
+        except TimeoutError:
+            print(f"{name}: no greeting from {address} (attempt {attempt})", file=sys.stderr)
+            with suppress(QMPError, OSError, EOFError):
+                await qmp.disconnect()
+    raise TimeoutError(f"no greeting from {address}")
+
+
 async def final_status(events: EventListener) -> str:
     """The first MIGRATION status that ends a migration, on one side."""
     async for event in events:
@@ -157,9 +172,8 @@ class Evacuation:
         ack = any(a.startswith("vfio-sim") for a in vm["args"])
         gate = "-"
         dst_monitor = await self.add_destination(name, vm["args"])
-        src, dst = QMPClient(f"{name}-src"), QMPClient(f"{name}-dst")
-        await src.connect(endpoint(vm["monitors"][0]))
-        await dst.connect(endpoint(dst_monitor))
+        src = await connect(f"{name}-src", vm["monitors"][0])
+        dst = await connect(f"{name}-dst", dst_monitor)
         try:
             for side in (src, dst):
                 caps = [{"capability": "events", "state": True}]
@@ -175,10 +189,19 @@ class Evacuation:
             port = incoming["socket-address"][0]["port"]
             with src.listener("MIGRATION") as src_events, dst.listener("MIGRATION") as dst_events:
                 await src.execute("migrate", {"uri": f"tcp:{self.args.migrate_host}:{port}"})
-                src_status = await final_status(src_events)
-                # without a return path the source completes once its last bytes are on
-                # their way: the VM has moved when the destination has loaded them
-                dst_status = await final_status(dst_events) if src_status == "completed" else ""
+                try:
+                    async with asyncio.timeout(self.args.timeout):
+                        src_status = await final_status(src_events)
+                        # without a return path the source completes once its last bytes
+                        # are on their way: the VM has moved when the destination has them
+                        dst_status = ""
+                        if src_status == "completed":
+                            dst_status = await final_status(dst_events)
+                except TimeoutError:
+                    mine: Any = await src.execute("query-migrate")
+                    theirs: Any = await dst.execute("query-migrate")
+                    error = f"source {mine.get('status')}, destination {theirs.get('status')}"
+                    return Outcome(name, "timeout", error=error, gate=gate)
             info: Any = await src.execute("query-migrate")
             if info["status"] != "completed" or dst_status != "completed":
                 with suppress(QMPError):  # a failed destination may have ended by itself
@@ -259,6 +282,12 @@ def main() -> int:
         "--migrate-host",
         default="127.0.0.1",
         help="the address B's VMs listen on for migrations (127.0.0.1)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        help="seconds a VM's migration may take before it is reported and left (600)",
     )
     parser.add_argument(
         "--paused-start",
