@@ -26,6 +26,8 @@ class FleetControl(Protocol):
 
     def vm_infos(self) -> list[dict[str, Any]]: ...
 
+    def link_info(self) -> dict[str, Any]: ...
+
     def add_vm(self, name: str, args: list[str]) -> None: ...
 
     def remove_vm(self, name: str) -> None: ...
@@ -54,6 +56,10 @@ def _query_fleet(target: FleetTarget, args: dict[str, Any]) -> Any:
     return target.control.vm_infos()
 
 
+def _query_link(target: FleetTarget, args: dict[str, Any]) -> Any:
+    return target.control.link_info()
+
+
 def _add(target: FleetTarget, args: dict[str, Any]) -> Any:
     target.control.add_vm(args["name"], list(args.get("args", [])))
     return None
@@ -80,6 +86,7 @@ FLEET_HANDLERS: Mapping[str, Handler] = {
     "query-version": _version,  # type: ignore[dict-item]
     "quit": _quit,  # type: ignore[dict-item]
     "query-fleet": _query_fleet,  # type: ignore[dict-item]
+    "query-fleet-link": _query_link,  # type: ignore[dict-item]
     "fleet-vm-add": _add,  # type: ignore[dict-item]
     "fleet-vm-remove": _remove,  # type: ignore[dict-item]
 }

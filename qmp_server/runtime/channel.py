@@ -21,10 +21,13 @@ import socket
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qmp_server.errors import CommandError
 from qmp_server.runtime.socket_writer import SocketWriter, recv_nowait
+
+if TYPE_CHECKING:
+    from qmp_server.runtime.host_link import HostLink
 
 __all__ = [
     "Address",
@@ -45,6 +48,8 @@ __all__ = [
 
 #: Socket buffers (the kernel caps them at net.core.[rw]mem_max).
 RECEIVE_BUFFER = _SOCK_BUF = 4 << 20
+#: Bytes the writer thread may have queued before the sender waits (socket_writer).
+_WRITER_LIMIT = 8 << 20
 
 Buffer = bytes | bytearray | memoryview
 
@@ -164,6 +169,8 @@ class Channel:
         file: io.BufferedIOBase | None = None,
         proc: asyncio.subprocess.Process | None = None,
         return_path: bool = False,
+        buffer: int = _SOCK_BUF,
+        writer_limit: int = _WRITER_LIMIT,
     ) -> None:
         self.sock = sock
         self.file = file
@@ -171,11 +178,12 @@ class Channel:
         self.has_return_path = return_path
         self.loop = asyncio.get_running_loop()
         self._writer: SocketWriter | None = None
+        self._writer_limit = writer_limit
         if sock is not None:
             sock.setblocking(False)
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCK_BUF)
+                    sock.setsockopt(socket.SOL_SOCKET, opt, buffer)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -198,7 +206,7 @@ class Channel:
     def start_writer(self) -> None:
         """Hand the socket's writes to a thread (the source's bulk stream; see socket_writer)."""
         if self.sock is not None and self._writer is None:
-            self._writer = SocketWriter(self.sock, self.loop)
+            self._writer = SocketWriter(self.sock, self.loop, self._writer_limit)
 
     async def send(self, parts: Sequence[Buffer]) -> int:
         """Write every buffer, in order; returns the byte count."""
@@ -303,10 +311,13 @@ def _flush_and_sync(file: io.BufferedIOBase) -> None:
         os.fsync(file.fileno())
 
 
-async def connect(address: Address, file: io.BufferedIOBase | None = None) -> Channel:
+async def connect(
+    address: Address, file: io.BufferedIOBase | None = None, *, link: HostLink | None = None
+) -> Channel:
     """The source's end of a tcp/unix/exec/file address (``file``: already opened for it).
 
-    A socket's writes go through the writer thread from the start.
+    A socket's writes go through the writer thread from the start.  ``link``: the fleet's
+    modelled NIC (:mod:`~qmp_server.runtime.host_link`); a tcp/unix connection goes through it.
     """
     loop = asyncio.get_running_loop()
     if address.scheme in ("tcp", "unix"):
@@ -324,7 +335,13 @@ async def connect(address: Address, file: io.BufferedIOBase | None = None) -> Ch
         except BaseException:
             sock.close()
             raise
-        channel = Channel(sock, return_path=True)
+        if link is not None:
+            sock = await link.attach(sock)
+            channel = Channel(
+                sock, return_path=True, buffer=link.socket_buffer, writer_limit=link.writer_limit
+            )
+        else:
+            channel = Channel(sock, return_path=True)
         channel.start_writer()
         return channel
     if address.scheme == "exec":

@@ -18,10 +18,12 @@ from typing import Any
 
 from qmp_server.cli import Options, parse_args
 from qmp_server.commands.dispatch import Dispatcher
+from qmp_server.engine.link import link_model
 from qmp_server.errors import CommandError, UsageError
 from qmp_server.fleet.commands import FLEET_HANDLERS, FleetTarget, fleet_version
 from qmp_server.fleet.config import FleetSpec, check_name
 from qmp_server.qapi import ArgumentValidator, Schema, load_schema
+from qmp_server.runtime.host_link import HostLink
 from qmp_server.runtime.monitor import QMPMonitor
 from qmp_server.runtime.process import ProcessRunner, on_signals
 from qmp_server.runtime.vm_instance import (
@@ -65,6 +67,12 @@ class Fleet:
         self.options = options
         #: the host link model's settings (``--link-bandwidth``, ``--link-latency``)
         self.link_settings = (link_bandwidth, link_latency)
+        try:
+            model = link_model(link_bandwidth, link_latency)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        #: the modelled NIC every VM's outgoing migration connections share (None: none)
+        self.link = HostLink(model) if model is not None else None
         self.schema: Schema = load_schema(FLEET_SCHEMA_PATH, frozenset())
         self.dispatcher = Dispatcher(
             FleetTarget(self.schema, self),  # type: ignore[arg-type]
@@ -79,6 +87,8 @@ class Fleet:
         self.vms: dict[str, VMInstance] = {}
         #: listening monitor address -> the VM that has it
         self._addresses: dict[str, str] = {}
+        #: each VM's command line ({name} replaced): query-fleet's ``args``
+        self.vm_args: dict[str, tuple[str, ...]] = {}
         #: called with every fleet event and with ``(vm name, event)`` for every VM event
         self.event_listeners: list[Any] = []
         self.vm_event_listeners: list[Any] = []
@@ -112,8 +122,9 @@ class Fleet:
             option = arg.lstrip("-").partition("=")[0]
             if arg.startswith("-") and option in _PROCESS_ONLY:
                 raise UsageError(f"{name}: {arg} is an option of the fleet, not of a VM")
+        args = [a.replace("{name}", name) for a in args]
         try:
-            options = parse_args([a.replace("{name}", name) for a in args])
+            options = parse_args(args)
         except UsageError as err:
             raise UsageError(f"{name}: {err}") from None
         if options is None:
@@ -130,7 +141,9 @@ class Fleet:
                 listener(name, event)
 
         instance.event_listeners.append(relay)
+        instance.migration.ctx.link = self.link
         self.vms[name] = instance
+        self.vm_args[name] = tuple(args)
         for hook in self.on_vm_added:
             hook(name, instance)
         return instance
@@ -177,6 +190,7 @@ class Fleet:
         if self.vms.get(name) is not instance:
             return
         del self.vms[name]
+        self.vm_args.pop(name, None)
         self._started.pop(name, None)
         for key in [k for k, owner in self._addresses.items() if owner == name]:
             del self._addresses[key]
@@ -189,8 +203,7 @@ class Fleet:
     def vm_infos(self) -> list[dict[str, Any]]:
         return [self.vm_info(name, vm) for name, vm in self.vms.items()]
 
-    @staticmethod
-    def vm_info(name: str, instance: VMInstance) -> dict[str, Any]:
+    def vm_info(self, name: str, instance: VMInstance) -> dict[str, Any]:
         migration = instance.migration
         return {
             "name": name,
@@ -200,7 +213,14 @@ class Fleet:
             "monitors": [
                 monitor_address(m) for m in instance.monitors if isinstance(m, QMPMonitor)
             ],
+            "args": list(self.vm_args.get(name, ())),
         }
+
+    def link_info(self) -> dict[str, Any]:
+        if self.link is None:
+            return {"modelled": False, "latency-ns": 0, "transmitted": 0, "received": 0,
+                    "connections": 0}  # fmt: skip
+        return self.link.info()
 
     def add_vm(self, name: str, args: list[str]) -> None:
         """Build VM ``name`` now and start it (FLEET_VM_ADDED once its monitors listen).
@@ -293,6 +313,8 @@ class Fleet:
                 await self.http.close()
             for instance in list(self.vms.values()):
                 await instance.close()
+            if self.link is not None:
+                self.link.close()
             for monitor in self.monitors:
                 await monitor.close()
 

@@ -22,6 +22,7 @@ from qmp_server.profiles import Profile
 
 if TYPE_CHECKING:
     from qmp_server.engine.vm import VirtualMachine
+    from qmp_server.runtime.host_link import HostLink
 
 __all__ = ["MigrationContext", "error_report", "stop_for_switchover"]
 
@@ -39,6 +40,8 @@ class MigrationContext:
     device_configs: list[VfioSimConfig]
     #: the machine's RAM blocks and idle content (the stream's accounting and the workload)
     layout: MachineLayout
+    #: the fleet's modelled NIC its outgoing connections go through (None: the real network)
+    link: HostLink | None = None
 
     @property
     def profile(self) -> Profile:

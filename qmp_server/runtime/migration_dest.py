@@ -112,7 +112,12 @@ class DestinationDriver:
         if self._channel is not None:
             self._channel.abort()
         if self._listener is not None:
-            self._listener.close()
+            listener = self._listener
+            if self._task is not None and not self._task.done():
+                # the task's accept is still watched: close once it has left the selector
+                self._task.add_done_callback(lambda _: listener.close())
+            else:
+                listener.close()
         if self.multifd is not None:
             self.multifd.close()
 
@@ -224,6 +229,10 @@ class DestinationDriver:
             await self._load(Channel(conn, return_path=True))
         finally:
             extra.cancel()
+            # its pending accept leaves the loop's selector before the descriptor is closed:
+            # closed first, a socket the next VM of a fleet opens under the same number would
+            # never be watched (seen as a fleet monitor that accepts and never greets)
+            await asyncio.wait([extra])
             listener.close()
             self._listener = None
 
@@ -454,6 +463,8 @@ class DestinationDriver:
             vm.start()
         else:
             vm.runstate = "paused"
+            # the received guest's program waits for `cont`: a paused guest writes nothing
+            ctx.workload.set_running(False, time.monotonic())
         send_rp(rp.resumed(time.monotonic()) + rp.shut(0))
         self.state.set_status("completed")
 

@@ -382,7 +382,7 @@ class SourceDriver:
         self._address = address
         try:
             try:
-                channel = prepared or await connect(address, file)
+                channel = prepared or await connect(address, file, link=self.ctx.link)
             except OSError as err:
                 reason = os.strerror(err.errno) if err.errno else str(err)
                 desc = f"Failed to connect to '{address.describe()}': {reason}"
@@ -398,7 +398,7 @@ class SourceDriver:
                 and cfg.enabled("postcopy-preempt")
                 and address.scheme in ("tcp", "unix")
             ):
-                self._preempt = await connect(address)
+                self._preempt = await connect(address, link=self.ctx.link)
             await self._precopy(channel)
         except asyncio.CancelledError:
             if not self._cancelled:
@@ -686,7 +686,7 @@ class SourceDriver:
         channels = int(ctx.param("multifd-channels"))
         rules = MultifdRules.for_profile(ctx.profile, str(detection or "legacy"))
         account = MultifdAccount(rules, BlockMap(ctx.layout.block_list()), channels)
-        return MultifdOutgoing(ctx.guest, account, method, new_compressor)
+        return MultifdOutgoing(ctx.guest, account, method, new_compressor, link=ctx.link)
 
     async def _run_postcopy(
         self,

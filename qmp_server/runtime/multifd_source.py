@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,9 @@ from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
 from qmp_server.engine.multifd_cost import MultifdAccount, ZeroPages
 from qmp_server.engine.stream import Buffer, StreamEncoder, encode_guest_pages_parts
 from qmp_server.runtime.channel import Address, Channel, connect
+
+if TYPE_CHECKING:
+    from qmp_server.runtime.host_link import HostLink
 
 __all__ = ["CHANNEL_ACK", "PACKET_PAGES", "Compressor", "MultifdOutgoing"]
 
@@ -87,8 +91,12 @@ class MultifdOutgoing:
         account: MultifdAccount,
         compression: str = "none",
         new_compressor: Callable[[], Compressor] | None = None,
+        *,
+        link: HostLink | None = None,
     ) -> None:
         self.guest = guest
+        #: the fleet's modelled NIC the channels go through (None: the real network)
+        self.link = link
         #: what QEMU's channels would carry and count for the same pages
         self.account = account
         self.channels = account.channels
@@ -108,7 +116,7 @@ class MultifdOutgoing:
         a destination without ``multifd``, or with fewer channels); those fail when used."""
         self._pool = ThreadPoolExecutor(self.channels, thread_name_prefix="multifd")
         for i in range(self.channels):
-            channel = await connect(address)
+            channel = await connect(address, link=self.link)
             enc = StreamEncoder()
             hello = enc.channel_hello(i, self.channels, session, self.guest.size_bytes)
             compress = self._new_compressor() if self._new_compressor is not None else None

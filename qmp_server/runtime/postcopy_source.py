@@ -417,7 +417,7 @@ class PostcopyOutgoing:
         """The recovery handshake: connect, learn what the destination misses, go on."""
         src = self.state
         try:
-            channel = prepared or await connect(address)
+            channel = prepared or await connect(address, link=self.ctx.link)
         except OSError as err:
             reason = os.strerror(err.errno) if err.errno else str(err)
             raise _ConnectFailed(f"Failed to connect to '{address.describe()}': {reason}") from None

@@ -24,8 +24,9 @@ def run(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProc
 def test_every_example_is_tested() -> None:
     tested = {
         "libvirt_sequence.py", "proxmox_polling.py", "downtime_comparison.py",
-        "record_qmp_shell_session.py", "qmp_shell_session.txt",
+        "record_qmp_shell_session.py", "qmp_shell_session.txt", "evacuate_host.py",
         "fleet-compose.yaml",  # tests/examples/test_fleet_compose.py (and its fleets/)
+        "grafana-fleet.json",  # tests/rest/test_fleet_metrics_units.py
     }  # fmt: skip
     # _launch.py is the examples' shared helper, exercised by every run below
     examples = {p.name for p in EXAMPLES.iterdir() if p.is_file() and not p.name.startswith("_")}
@@ -68,6 +69,18 @@ def test_downtime_comparison(compat: str | None) -> None:
     assert rows["digests-equal"] == ["True", "True"]
     off, on = int(rows["downtime"][0]), int(rows["downtime"][2])
     assert off >= 1000 > on  # load-ms=1000 is downtime only without the ACK
+
+
+def test_evacuate_host_moves_every_vm_two_at_a_time() -> None:
+    out = run("evacuate_host.py", "--concurrency", "2").stdout  # two fleets of its own, 4 VMs
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:5]}
+    assert sorted(rows) == ["vm0", "vm1", "vm2", "vm3"]
+    assert {name: row[:2] for name, row in rows.items()} == {
+        "vm0": ["completed", "-"], "vm1": ["completed", "switchover-ack"],
+        "vm2": ["completed", "-"], "vm3": ["completed", "switchover-ack"],
+    }  # fmt: skip
+    assert out.splitlines()[-2].startswith("downtime min/median/max: ")
+    assert out.splitlines()[-1].startswith("evacuated 4 of 4 VMs in ")
 
 
 def test_qmp_shell_transcript_is_what_qmp_shell_prints() -> None:
