@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from qmp_server.engine.sizes import parse_size
 from qmp_server.rest.deps import RestContext, check_token
 from qmp_server.rest.errors import RestError
 from qmp_server.rest.events import EventHub, VMEvents
@@ -143,11 +142,7 @@ class FleetRest:
         return ctx
 
     def link_bandwidth_bytes(self) -> int | None:
-        """``--link-bandwidth`` in bytes/s (QEMU size syntax), None when unset or unreadable."""
-        text = self.fleet.link_settings[0]
-        if not text:
-            return None
-        try:
-            return parse_size(text)
-        except ValueError:
-            return None
+        """``--link-bandwidth`` in bytes/s as the fleet's link model has it (query-fleet-link),
+        None when the link is not limited."""
+        bandwidth = self.fleet.link_info().get("bandwidth")
+        return int(bandwidth) if bandwidth is not None else None
