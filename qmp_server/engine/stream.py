@@ -51,6 +51,7 @@ import xxhash
 from qmp_server.engine.compression import LEGACY_MAX_LENGTH, LegacyPageCompressor
 from qmp_server.engine.devices import DeviceChunk, DeviceChunkKind
 from qmp_server.engine.guest import FILL_CODES, PAGE_SIZE, Fill, GuestMemory
+from qmp_server.engine.page_run import PageRun
 from qmp_server.engine.xbzrle import decode as decode_xbzrle
 from qmp_server.errors import ProtocolError
 
@@ -76,6 +77,7 @@ __all__ = [
     "MultifdSetup",
     "NeedData",
     "OpenReturnPath",
+    "Part",
     "PostcopyAdvise",
     "PostcopyDiscard",
     "PostcopyListen",
@@ -404,6 +406,8 @@ StreamEvent = (
 )
 
 Buffer = bytes | bytearray | memoryview
+#: A piece of an encoded record: a buffer, or page data its writer builds (``*_parts``).
+Part = Buffer | PageRun
 
 
 # ---- encoder ---------------------------------------------------------------------------------
@@ -420,6 +424,8 @@ class StreamEncoder:
         if checksum not in _CHECKSUMS:
             raise ValueError(f"unknown checksum algorithm {checksum}")
         self._checksum = checksum
+        #: page data may be a :class:`PageRun` built by the writer (not in the checksum)
+        self.defers_pages = checksum != CHECKSUM_XXH3_64
         self._hash = xxhash.xxh3_64()
         self.bytes_encoded = 0
         self.page_size = PAGE_SIZE
@@ -427,12 +433,13 @@ class StreamEncoder:
         self._finished = False
 
     def _record(self, tag: Tag, *parts: Buffer, pages: Buffer = b"") -> bytes:
-        return b"".join(self._record_parts(tag, *parts, pages=pages))
+        return b"".join(self._record_parts(tag, *parts, pages=pages))  # type: ignore[arg-type]
 
-    def _record_parts(self, tag: Tag, *parts: Buffer, pages: Buffer = b"") -> list[Buffer]:
+    def _record_parts(self, tag: Tag, *parts: Buffer, pages: Buffer | PageRun = b"") -> list[Part]:
         """The record as buffers: one ``bytes`` head (tag, length, small fields), then data.
 
-        ``pages`` (page contents, last in the payload) is left out of the checksum.
+        ``pages`` (page contents, last in the payload) is left out of the checksum, so it may
+        be a :class:`~qmp_server.engine.guest.PageRun` the writer builds (:attr:`defers_pages`).
         """
         if not self._started:
             raise ValueError("header() must come first")
@@ -446,12 +453,15 @@ class StreamEncoder:
         rest = list(parts)
         while rest and len(rest[0]) <= 4096:
             head.append(bytes(rest.pop(0)))
-        out: list[Buffer] = [b"".join(head), *rest]
+        fields: list[Buffer] = [b"".join(head), *rest]
         update = self._hash.update
-        for part in out:
+        for part in fields:
             update(part)
+        out: list[Part] = list(fields)
         if len(pages):
             if self._checksum == CHECKSUM_XXH3_64:
+                if isinstance(pages, PageRun):
+                    raise ValueError("checksum algorithm 1 hashes page contents: no PageRun")
                 update(pages)
             out.append(pages)
         self.bytes_encoded += _REC.size + length
@@ -494,7 +504,7 @@ class StreamEncoder:
         )
         return prefix + self._record(Tag.HEADER, payload, bytes([len(name)]), name)
 
-    def _check_data(self, data: Buffer, count: int) -> None:
+    def _check_data(self, data: Buffer | PageRun, count: int) -> None:
         if len(data) != count * self.page_size:
             raise ValueError(f"{count} pages need {count * self.page_size} bytes, got {len(data)}")
 
@@ -504,15 +514,16 @@ class StreamEncoder:
         self._check_data(data, count)
         return self._record(Tag.RAM_RUN, _RUN.pack(start, count), pages=data)
 
-    def ram_run_parts(self, start: int, data: Buffer) -> list[Buffer]:
-        """``RAM_RUN`` as buffers for a gather write; ``data`` is not copied."""
+    def ram_run_parts(self, start: int, data: Buffer | PageRun) -> list[Part]:
+        """``RAM_RUN`` as buffers for a gather write; ``data`` is not copied (a
+        :class:`~qmp_server.engine.guest.PageRun` is built by the writer)."""
         count = len(data) // self.page_size
         self._check_data(data, count)
         return self._record_parts(Tag.RAM_RUN, _RUN.pack(start, count), pages=data)
 
     def ram_list_parts(
         self, indexes: Sequence[int] | npt.NDArray[np.int64], data: Buffer
-    ) -> list[Buffer]:
+    ) -> list[Part]:
         """``RAM_LIST`` as buffers for a gather write; ``data`` is not copied."""
         idx = np.asarray(indexes, dtype=_LE64)
         self._check_data(data, idx.size)
@@ -547,7 +558,7 @@ class StreamEncoder:
         head = _DEV.pack(chunk.kind, 1 if chunk.initial else 0, len(name))
         return self._record(Tag.DEVICE, head, name, _U64.pack(chunk.offset), chunk.data)
 
-    def device_parts(self, chunk: DeviceChunk) -> list[Buffer]:
+    def device_parts(self, chunk: DeviceChunk) -> list[Part]:
         """``DEVICE`` as buffers for a gather write; the chunk data is not copied."""
         name = chunk.device_id.encode()
         if not 0 < len(name) <= 255:
@@ -620,7 +631,7 @@ class StreamEncoder:
 
     def compressed_parts(
         self, compression: str, indexes: npt.NDArray[np.int64], data: Buffer
-    ) -> list[Buffer]:
+    ) -> list[Part]:
         """``COMPRESSED``: the pages ``indexes`` as one ``compression`` packet (hashed whole:
         a flipped bit in it is caught by the next checksum, not only by the digest)."""
         idx = np.asarray(indexes, dtype=_LE64)
@@ -1223,7 +1234,7 @@ def encode_guest_pages(
 class EncodedPages:
     """What :func:`encode_guest_pages_parts` produced: buffers to write, and page counts."""
 
-    parts: list[Buffer]
+    parts: list[Part]
     nbytes: int
     zero_pages: int
     normal_pages: int
@@ -1237,16 +1248,25 @@ def encode_guest_pages_parts(
     zero: npt.NDArray[np.bool_] | None = None,
     max_pages: int = 2048,
     min_run: int = 16,
+    deferred: bool = False,
 ) -> EncodedPages:
     """:func:`encode_guest_pages` for a gather write: the same records, as buffers.
 
     Runs of non-zero pages are read straight into one array per record and handed over
-    without a copy; ``zero`` (the guest's :meth:`~GuestMemory.zero_mask` of ``indexes``) may
-    be passed when the caller already has it.  Records carry at most ``max_pages`` pages.
+    without a copy (``deferred``: read later by the writer thread, see
+    :class:`~qmp_server.engine.page_run.PageRun`; runs, not lists, and only when the
+    checksum leaves page contents out); ``zero`` (the guest's
+    :meth:`~GuestMemory.zero_mask` of ``indexes``) may be passed when the caller already
+    has it.  Records carry at most ``max_pages`` pages.
     """
     idx = np.asarray(indexes, dtype=np.int64)
-    parts: list[Buffer] = []
+    parts: list[Part] = []
     before = encoder.bytes_encoded
+    defer = deferred and encoder.defers_pages
+
+    def run(start: int, count: int) -> Buffer | PageRun:
+        return PageRun(guest, start, count) if defer else guest.read_pages_view(start, count)
+
     if idx.size == 0:
         return EncodedPages(parts, 0, 0, 0)
     if zero is None:
@@ -1260,7 +1280,7 @@ def encode_guest_pages_parts(
             first = int(idx[0])
             for off in range(0, idx.size, max_pages):
                 n = min(max_pages, idx.size - off)
-                parts += encoder.ram_run_parts(first + off, guest.read_pages_view(first + off, n))
+                parts += encoder.ram_run_parts(first + off, run(first + off, n))
         return EncodedPages(parts, encoder.bytes_encoded - before, zero_pages,
                             idx.size - zero_pages)  # fmt: skip
     cut = np.flatnonzero((np.diff(idx) != 1) | (zero[1:] != zero[:-1])) + 1
@@ -1280,7 +1300,7 @@ def encode_guest_pages_parts(
         elif count >= min_run:
             for off in range(0, count, max_pages):
                 n = min(max_pages, count - off)
-                parts += encoder.ram_run_parts(first + off, guest.read_pages_view(first + off, n))
+                parts += encoder.ram_run_parts(first + off, run(first + off, n))
         else:
             scattered.extend(range(first, first + count))
     for off in range(0, len(scattered), max_pages):

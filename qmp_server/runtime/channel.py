@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from qmp_server.engine.page_run import PageRun
 from qmp_server.errors import CommandError
 from qmp_server.runtime.socket_writer import SocketWriter, recv_nowait
 
 if TYPE_CHECKING:
+    from qmp_server.engine.stream import Part
     from qmp_server.runtime.host_link import HostLink
 
 __all__ = [
@@ -208,12 +210,20 @@ class Channel:
         if self.sock is not None and self._writer is None:
             self._writer = SocketWriter(self.sock, self.loop, self._writer_limit)
 
-    async def send(self, parts: Sequence[Buffer]) -> int:
-        """Write every buffer, in order; returns the byte count."""
-        views = [memoryview(p) for p in parts if len(p)]
+    async def send(self, parts: Sequence[Part]) -> int:
+        """Write every buffer, in order; returns the byte count.  A socket's writer thread
+        builds the deferred page runs (:class:`~qmp_server.engine.guest.PageRun`); a file's
+        are built here."""
+        defer = self.file is None and self.sock is not None
+        views: list[memoryview | PageRun] = [
+            p if isinstance(p, PageRun) and defer
+            else p.materialize() if isinstance(p, PageRun)
+            else memoryview(p)
+            for p in parts if len(p)
+        ]  # fmt: skip
         total = sum(v.nbytes for v in views)
         if self.file is not None:
-            await self.loop.run_in_executor(None, self.file.writelines, views)
+            await self.loop.run_in_executor(None, self.file.writelines, views)  # type: ignore[arg-type]
             return total
         self.start_writer()  # a socket's outgoing stream always goes through the writer
         assert self._writer is not None

@@ -812,7 +812,7 @@ class SourceDriver:
             await self._send_compressed(channel, enc, sender, pages, zero, downtime)
             return
         if xbzrle is None:
-            encoded = sender.take(pages, zero)
+            encoded = sender.take(pages, zero, deferred=True)
             await channel.send(encoded.parts)
             qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=exact_flushes)
             return

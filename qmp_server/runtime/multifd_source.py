@@ -8,11 +8,11 @@ hands a step's pages to the least busy channel, :meth:`~MultifdOutgoing.sync` pu
 ``CHANNEL_SYNC`` on every channel at a dirty sync, :meth:`~MultifdOutgoing.finish` ends them.
 
 Each channel has its own task, encoder (its own running checksum) and writer thread
-(:mod:`socket_writer`): the kernel copies of the channels run in parallel, while the loop
-builds the next pages.  Compression runs in a thread pool (zlib and zstd release the
-GIL), one packet of :data:`PACKET_PAGES` pages at a time, with one compressor per channel,
-as QEMU keeps one stream per channel.  A channel whose write fails fails the migration
-(:attr:`error`).
+(:mod:`socket_writer`), which builds the pages it writes: the builds and kernel copies of
+the channels run in parallel, while the loop walks the next pages.  Compression runs in a
+thread pool (zlib and zstd release the GIL), one packet of :data:`PACKET_PAGES` pages at a
+time, with one compressor per channel, as QEMU keeps one stream per channel.  A channel
+whose write fails fails the migration (:attr:`error`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
 from qmp_server.engine.multifd_cost import MultifdAccount, ZeroPages
-from qmp_server.engine.stream import Buffer, StreamEncoder, encode_guest_pages_parts
+from qmp_server.engine.stream import Part, StreamEncoder, encode_guest_pages_parts
 from qmp_server.runtime.channel import Address, Channel, connect
 
 if TYPE_CHECKING:
@@ -42,8 +42,9 @@ __all__ = ["CHANNEL_ACK", "PACKET_PAGES", "Compressor", "MultifdOutgoing"]
 CHANNEL_ACK = b"M"
 #: Pages per multifd packet (QEMU: 512 KiB of 4 KiB pages); a compressed packet is a record.
 PACKET_PAGES = 128
-#: Page jobs queued per channel before the precopy loop waits (each up to 4 MiB of pages).
-_QUEUE_JOBS = 2
+#: Page jobs queued per channel before the precopy loop waits (each up to 4 MiB of pages,
+#: named, not built: see :meth:`MultifdOutgoing._encode`).
+_QUEUE_JOBS = 4
 
 #: ``compress(data, count)``: one packet of ``count`` pages (one compressor per channel)
 Compressor = Callable[[bytes, int], bytes]
@@ -216,15 +217,20 @@ class MultifdOutgoing:
         finally:
             lane.done.set()
 
-    async def _encode(self, lane: _Lane, job: _Pages) -> list[Buffer]:
-        """The job's records.  Plain pages are built here, on the loop (building them in
-        a pool thread cost more than it saved: the hand-over, and pages made on one core
-        then copied by the kernel on the other; measured, benchmarks/bench_multifd.py); the
-        writer threads copy the channels out in parallel.  Compression runs in the pool."""
+    async def _encode(self, lane: _Lane, job: _Pages) -> list[Part]:
+        """The job's records.  Plain pages are named here and built by the channel's writer
+        thread just before its kernel copy (:class:`~qmp_server.engine.page_run.PageRun`):
+        each channel builds and copies on its own core, in parallel, while the loop walks
+        on.  Building them on the loop made it the bottleneck (~0.2 CPU-s per GiB there, the
+        writers waiting); in a pool thread, the hand-over and the pages built on one core
+        and copied on the other cost more than they saved (benchmarks/bench_multifd.py).
+        Compression runs in the pool."""
         loop = asyncio.get_running_loop()
         assert self._pool is not None
         if lane.compress is None:
-            return encode_guest_pages_parts(lane.enc, self.guest, job.pages, zero=job.zero).parts
+            return encode_guest_pages_parts(
+                lane.enc, self.guest, job.pages, zero=job.zero, deferred=True
+            ).parts
         zero_part = encode_guest_pages_parts(
             lane.enc, self.guest, job.pages[job.zero], zero=job.zero[job.zero]
         ).parts

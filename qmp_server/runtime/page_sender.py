@@ -88,7 +88,12 @@ class PageSender:
         return self.pages[cursor : cursor + take], zero_part[:take]
 
     def take(
-        self, pages: np.ndarray, zero: np.ndarray, keep: np.ndarray | None = None
+        self,
+        pages: np.ndarray,
+        zero: np.ndarray,
+        keep: np.ndarray | None = None,
+        *,
+        deferred: bool = False,
     ) -> EncodedPages:
         """Encode the first pages of the last :meth:`peek` (``pages``/``zero`` its prefixes);
         ``keep``: the mask of those to encode in full (the others went as XBZRLE deltas or
@@ -103,7 +108,7 @@ class PageSender:
         if keep is not None:
             pages, zero = pages[keep], zero[keep]
         return encode_guest_pages_parts(
-            self.enc, self.guest, pages, zero=zero, max_pages=STEP_PAGES
+            self.enc, self.guest, pages, zero=zero, max_pages=STEP_PAGES, deferred=deferred
         )
 
     def step(self, max_normal: int) -> EncodedPages:

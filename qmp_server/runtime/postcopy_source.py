@@ -26,7 +26,7 @@ from qmp_server.engine.migration import SourceMigration
 from qmp_server.engine.postcopy import PostcopySendPlan, bitmap_of, indexes_of
 from qmp_server.engine.precopy import RateLimit
 from qmp_server.engine.stream import (
-    Buffer,
+    Part,
     RpBitmapEnd,
     RpClosed,
     RpRecvBitmap,
@@ -230,7 +230,7 @@ class PostcopyOutgoing:
         self._last_sent = sender.last_page
         qemu = self.qemu
         qemu.switchover()
-        parts: list[Buffer] = [
+        parts: list[Part] = [
             *unsent,
             enc.sync(src.ram.dirty_sync_count),
             enc.postcopy_discard(bitmap_of(owed, guest.page_count)),

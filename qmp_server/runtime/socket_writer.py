@@ -9,6 +9,8 @@ and the engine builds the next step while the thread is still writing the previo
 
 The event loop hands over buffers with :meth:`SocketWriter.send` and only waits when more
 than ``limit`` bytes are queued; the buffers must not change after they are handed over.
+Guest pages may be handed over unbuilt (:class:`~qmp_server.engine.page_run.PageRun`): the
+thread builds them right before their copy, on its core, while they are in cache.
 A write error is kept and raised by the next :meth:`~SocketWriter.send` or
 :meth:`~SocketWriter.drain`, as the ``OSError`` the kernel gave.
 """
@@ -21,6 +23,8 @@ import errno
 import socket
 import threading
 from collections import deque
+
+from qmp_server.engine.page_run import PageRun
 
 _IOV_MAX = 512
 
@@ -40,7 +44,7 @@ class SocketWriter:
         self._loop = loop
         self._limit = limit
         self._cond = threading.Condition()
-        self._queue: deque[list[memoryview]] = deque()
+        self._queue: deque[list[memoryview | PageRun]] = deque()
         self._queued = 0  # bytes handed over and not yet written (guarded by _cond)
         self._error: OSError | None = None
         self._closing = False
@@ -50,8 +54,9 @@ class SocketWriter:
         self._thread.start()
 
     # -- event loop side ------------------------------------------------------------------
-    async def send(self, views: list[memoryview], nbytes: int) -> None:
-        """Queue ``views`` (``nbytes`` in all); wait while more than the limit is queued."""
+    async def send(self, views: list[memoryview | PageRun], nbytes: int) -> None:
+        """Queue ``views`` (``nbytes`` in all); wait while more than the limit is queued.
+        A :class:`PageRun` is built by the thread just before its copy."""
         views = [v for v in views if v.nbytes]  # an empty view would never leave the queue
         with self._cond:
             if self._error is not None:
@@ -109,9 +114,10 @@ class SocketWriter:
                     self._cond.wait()
                 if self._closing:
                     return
-                views = self._queue.popleft()
+                queued = self._queue.popleft()
             written = 0
             try:
+                views = _materialized(queued)
                 i, count = 0, len(views)
                 while i < count:
                     sent = sock.sendmsg(views[i : i + _IOV_MAX])
@@ -124,9 +130,9 @@ class SocketWriter:
                         else:
                             views[i] = first[sent:]
                             sent = 0
-            except OSError as err:
+            except Exception as err:  # a page run that failed to build, too
                 with self._cond:
-                    self._error = err
+                    self._error = err if isinstance(err, OSError) else OSError(errno.EIO, str(err))
                     self._queue.clear()
                 self._call_wake()
                 return
@@ -140,6 +146,11 @@ class SocketWriter:
     def _call_wake(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             self._loop.call_soon_threadsafe(self._wake)
+
+
+def _materialized(views: list[memoryview | PageRun]) -> list[memoryview]:
+    """The write's buffers, its deferred page runs built here, on the writer thread."""
+    return [v.materialize() if isinstance(v, PageRun) else v for v in views]
 
 
 def recv_nowait(sock: socket.socket, size: int) -> bytes:

@@ -9,6 +9,8 @@ import threading
 
 import pytest
 
+from qmp_server.engine.guest import GuestMemory
+from qmp_server.engine.page_run import PageRun
 from qmp_server.runtime.socket_writer import SocketWriter, recv_nowait
 
 MiB = 1 << 20
@@ -112,5 +114,39 @@ async def test_close_fails_a_waiting_drain_even_when_the_thread_is_idle() -> Non
         await asyncio.wait_for(drain, 10)
     with pytest.raises(BrokenPipeError):
         await writer.send([memoryview(b"x")], 1)
+    ours.close()
+    theirs.close()
+
+
+async def test_a_page_run_is_built_by_the_writer_thread_in_its_place() -> None:
+    guest = GuestMemory(64 * 4096, fill="random", seed=5)
+    guest.write_page(3, b"\x07" * 4096)
+    ours, theirs = socket.socketpair()
+    got = bytearray()
+    reader = _reader(theirs, got)
+    writer = SocketWriter(ours, asyncio.get_running_loop())
+    run = PageRun(guest, 2, 10)
+    await writer.send([memoryview(b"head"), run, memoryview(b"tail")], 8 + run.nbytes)
+    await writer.drain()
+    writer.stop()
+    ours.shutdown(socket.SHUT_WR)
+    await asyncio.to_thread(reader.join, 10)
+    assert bytes(got) == b"head" + guest.read_pages(2, 10) + b"tail"
+    ours.close()
+    theirs.close()
+
+
+async def test_a_page_run_that_fails_to_build_fails_the_writer() -> None:
+    class Broken(PageRun):
+        def materialize(self) -> memoryview:
+            raise RuntimeError("no pages")
+
+    ours, theirs = socket.socketpair()
+    writer = SocketWriter(ours, asyncio.get_running_loop())
+    run = Broken(GuestMemory(16 * 4096), 0, 4)
+    await writer.send([run], run.nbytes)
+    with pytest.raises(OSError, match="no pages"):
+        await asyncio.wait_for(writer.drain(), 10)
+    writer.close()
     ours.close()
     theirs.close()
