@@ -111,8 +111,12 @@ class _RandomBaseline:
     def keys(self, indexes: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         return splitmix(indexes ^ self._key)
 
-    def run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
-        out = np.empty((count, WORDS_PER_PAGE), dtype=np.uint64)
+    def run(
+        self, start: int, count: int, out: npt.NDArray[np.uint64] | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """Pages ``[start, start+count)``, into ``out`` (``(count, 512)`` words) if given."""
+        if out is None:
+            out = np.empty((count, WORDS_PER_PAGE), dtype=np.uint64)
         if self._accel is not None:
             self._accel.fill(self._pool, int(self._key), start, out)
             return out
@@ -379,7 +383,23 @@ class GuestMemory:
         """:meth:`read_pages` without the copy: a byte view of a fresh array (native order:
         the baseline words are little-endian, and qmp-server runs on little-endian hosts)."""
         self._check_run(start, count)
-        words = self._baseline_run(start, count)
+        return self._read_run(start, count, self._baseline_run(start, count))
+
+    def read_pages_into(self, start: int, count: int, out: npt.NDArray[np.uint64]) -> memoryview:
+        """:meth:`read_pages_view` into ``out`` (at least ``(count, 512)`` words, reused by
+        the caller: a writer thread's buffer); the view covers the ``count`` pages."""
+        self._check_run(start, count)
+        words = out[:count]
+        if self._random is None:
+            words.fill(0)
+        elif self._firmware is None:
+            self._random.run(start, count, words)
+        else:
+            words[:] = self._baseline_run(start, count)
+        return self._read_run(start, count, words)
+
+    def _read_run(self, start: int, count: int, words: npt.NDArray[np.uint64]) -> memoryview:
+        """``words`` (the run's baseline) with the stored pages laid over it, as bytes."""
         touched = np.flatnonzero(self._stored[start : start + count])
         if touched.size:
             buf = words.view(np.uint8).reshape(count, PAGE_SIZE)

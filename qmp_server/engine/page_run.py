@@ -11,9 +11,13 @@ writer import this module before any guest exists.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from qmp_server.engine.guest import GuestMemory
 
 __all__ = ["PageRun"]
@@ -40,3 +44,12 @@ class PageRun:
     def materialize(self) -> memoryview:
         """The pages' content now (a fresh buffer)."""
         return self.guest.read_pages_view(self.start, self.count)
+
+    def pieces(self, scratch: npt.NDArray[np.uint64]) -> Iterator[memoryview]:
+        """The pages' content now, ``len(scratch)`` pages at a time, each piece built into
+        ``scratch`` (valid until the next piece): a writer thread reuses one buffer and
+        allocates nothing per run."""
+        step = scratch.shape[0]
+        for offset in range(0, self.count, step):
+            n = min(step, self.count - offset)
+            yield self.guest.read_pages_into(self.start + offset, n, scratch)

@@ -200,12 +200,17 @@ class TextBaseline:
         out.reshape(idx.size, LINES_PER_PAGE, LINE_BYTES)[:, :, :SLOT_BYTES] = self._slots(idx)
         return out.view(np.uint64).reshape(idx.size, WORDS_PER_PAGE)
 
-    def run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
-        out = np.empty((count, WORDS_PER_PAGE), dtype=np.uint64)
+    def run(
+        self, start: int, count: int, out: npt.NDArray[np.uint64] | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """Pages ``[start, start+count)``, into ``out`` (``(count, 512)`` words) if given."""
+        if out is None:
+            out = np.empty((count, WORDS_PER_PAGE), dtype=np.uint64)
         if self._accel is not None:
             self._accel.text_fill(*self._c_args, start, out)
             return out
-        return self._build(np.arange(start, start + count, dtype=np.uint64))
+        out[:] = self._build(np.arange(start, start + count, dtype=np.uint64))
+        return out
 
     def gather(self, indexes: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
         if self._accel is not None:

@@ -23,10 +23,19 @@ import errno
 import socket
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from qmp_server.engine.page_run import PageRun
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 _IOV_MAX = 512
+#: Pages a writer builds at a time into its own buffer before copying them out: a whole step
+#: (page_sender.STEP_PAGES).  Smaller pieces, to stay in the core's L2, were slower: each
+#: ``sendmsg`` wakes the receiver (1 GiB, multifd 2 channels: 256 pages ~20% slower).
+PIECE_PAGES = 1024
 
 
 class SocketWriter:
@@ -108,6 +117,7 @@ class SocketWriter:
     # -- writer thread --------------------------------------------------------------------
     def _run(self) -> None:
         sock = self._sock
+        scratch: npt.NDArray[np.uint64] | None = None  # where this thread builds its pages
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -117,19 +127,19 @@ class SocketWriter:
                 queued = self._queue.popleft()
             written = 0
             try:
-                views = _materialized(queued)
-                i, count = 0, len(views)
-                while i < count:
-                    sent = sock.sendmsg(views[i : i + _IOV_MAX])
-                    written += sent
-                    while sent:
-                        first = views[i]
-                        if sent >= first.nbytes:
-                            sent -= first.nbytes
-                            i += 1
-                        else:
-                            views[i] = first[sent:]
-                            sent = 0
+                views: list[memoryview] = []
+                for part in queued:
+                    if not isinstance(part, PageRun):
+                        views.append(part)
+                        continue
+                    if scratch is None:
+                        scratch = _scratch()
+                    for piece in part.pieces(scratch):
+                        views.append(piece)
+                        written += _send_all(sock, views)
+                        views = []
+                if views:
+                    written += _send_all(sock, views)
             except Exception as err:  # a page run that failed to build, too
                 with self._cond:
                     self._error = err if isinstance(err, OSError) else OSError(errno.EIO, str(err))
@@ -148,9 +158,28 @@ class SocketWriter:
             self._loop.call_soon_threadsafe(self._wake)
 
 
-def _materialized(views: list[memoryview | PageRun]) -> list[memoryview]:
-    """The write's buffers, its deferred page runs built here, on the writer thread."""
-    return [v.materialize() if isinstance(v, PageRun) else v for v in views]
+def _scratch() -> npt.NDArray[np.uint64]:
+    import numpy as np  # only a writer that builds pages needs numpy
+
+    return np.empty((PIECE_PAGES, 512), dtype=np.uint64)
+
+
+def _send_all(sock: socket.socket, views: list[memoryview]) -> int:
+    """Write every view (blocking ``sendmsg``, ``_IOV_MAX`` at a time); the byte count."""
+    written = 0
+    i, count = 0, len(views)
+    while i < count:
+        sent = sock.sendmsg(views[i : i + _IOV_MAX])
+        written += sent
+        while sent:
+            first = views[i]
+            if sent >= first.nbytes:
+                sent -= first.nbytes
+                i += 1
+            else:
+                views[i] = first[sent:]
+                sent = 0
+    return written
 
 
 def recv_nowait(sock: socket.socket, size: int) -> bytes:

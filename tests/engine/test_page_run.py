@@ -68,3 +68,19 @@ def test_a_checksum_over_page_contents_never_defers() -> None:
     enc = _encoder(CHECKSUM_XXH3_64)
     parts = encode_guest_pages_parts(enc, guest, np.arange(64), deferred=True).parts
     assert not any(isinstance(p, PageRun) for p in parts)
+
+
+def test_pieces_cover_the_run_in_order_through_one_buffer() -> None:
+    guest = GuestMemory(100 * 4096, fill="text", seed=4)
+    guest.write_page(50, b"\x02" * 4096)
+    scratch = np.empty((16, 512), dtype=np.uint64)
+    got = b"".join(bytes(piece) for piece in PageRun(guest, 10, 70).pieces(scratch))
+    assert got == guest.read_pages(10, 70)
+
+
+@pytest.mark.parametrize("fill", ["zero", "random", "text"])
+def test_read_pages_into_is_read_pages(fill: str) -> None:
+    guest = GuestMemory(64 * 4096, fill=fill, seed=9)  # type: ignore[arg-type]
+    guest.write_page(5, b"\x03" * 4096)
+    out = np.full((32, 512), 7, dtype=np.uint64)
+    assert bytes(guest.read_pages_into(3, 20, out)) == guest.read_pages(3, 20)

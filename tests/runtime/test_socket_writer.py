@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -138,7 +139,7 @@ async def test_a_page_run_is_built_by_the_writer_thread_in_its_place() -> None:
 
 async def test_a_page_run_that_fails_to_build_fails_the_writer() -> None:
     class Broken(PageRun):
-        def materialize(self) -> memoryview:
+        def pieces(self, scratch: object) -> Iterator[memoryview]:
             raise RuntimeError("no pages")
 
     ours, theirs = socket.socketpair()
