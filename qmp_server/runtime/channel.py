@@ -208,6 +208,11 @@ class Channel:
         if self.sock is not None and self._writer is None:
             self._writer = SocketWriter(self.sock, self.loop, self._writer_limit)
 
+    @property
+    def writer_thread_id(self) -> int | None:
+        """The native id of the writer thread, while it runs (None: no writer thread)."""
+        return None if self._writer is None else self._writer.native_id
+
     async def send(self, parts: Sequence[Buffer]) -> int:
         """Write every buffer, in order; returns the byte count."""
         views = [memoryview(p) for p in parts if len(p)]
