@@ -4,7 +4,8 @@ and, while the migration runs, ids that are real threads of the source process.
 
 Ids differ on every run, so only names, order and presence are compared with the recording.
 The source's bandwidth is kept low until the running queries are done, then raised so the
-migration completes.
+migration completes. Plain precopy and a cancel are two-party conformance scenarios
+(``tests/conformance/two_party/scenarios/migrationthreads-*.json``).
 """
 
 from __future__ import annotations
@@ -94,18 +95,6 @@ async def test_multifd_threads_10_0(rig: Rig) -> None:
     assert recorded_names("10.0", "multifd-2", "src", "after-complete") == []
     assert await threads(source) == []
     assert await threads(dest) == []
-
-
-async def test_precopy_threads_cancel_10_0(rig: Rig) -> None:
-    """10.0 without multifd: the main thread alone; nothing once cancelled."""
-    source, dest, uri = await slow_pair(rig, "10.0", 0)
-    expected = recorded_names("10.0", "precopy-cancel", "src", "active")
-    assert expected == ["mig/src/main"]
-    await check_running(source, dest, uri, expected)
-    await source.run("migrate_cancel")
-    assert await source.wait_status("cancelled", "failed") == "cancelled"
-    assert recorded_names("10.0", "precopy-cancel", "src", "after-cancel") == []
-    assert await threads(source) == []
 
 
 async def test_multifd_threads_8_1(rig: Rig) -> None:
