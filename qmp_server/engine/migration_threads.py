@@ -6,8 +6,9 @@ until it ends (nothing before a migration, nothing once it completed, failed or 
 cancelled); the destination lists none, even with its receive threads running. QEMU puts a
 thread at the head of its list when it registers, so the newest comes first: the senders,
 then the main thread, which registers before them. QEMU 10.0 names them ``mig/src/main`` and
-``mig/src/send_N`` (recorded live); 8.1 used ``live_migration`` and ``multifdsend_N`` (the
-names were unified in 9.2 and the sender renamed in 8.2; not recorded live: no 8.1 here).
+``mig/src/send_N`` (recorded live); 8.1 used ``live_migration`` and ``multifdsend_N`` (QEMU's
+source history: the senders were renamed in 9.1, the main thread's listed name in 9.2; not
+recorded live, there is no 8.1 here).
 The ids are chosen by the runtime (``runtime/migration_threads.py``); this module only names
 and orders them.
 """
@@ -27,7 +28,7 @@ def main_thread_name(profile: Profile) -> str:
 
 def sender_thread_name(profile: Profile, channel: int) -> str:
     """The sender thread of multifd channel ``channel``."""
-    return f"mig/src/send_{channel}" if profile.since(8, 2) else f"multifdsend_{channel}"
+    return f"mig/src/send_{channel}" if profile.since(9, 1) else f"multifdsend_{channel}"
 
 
 def thread_list(

@@ -12,6 +12,10 @@ live task of this process (``/proc/self/task/<id>``) that does that work:
   thread does. Only when the transport has no writer thread (``file:``, written from the
   loop's executor) is it the event loop thread, where the precopy loop then runs.
 
+The precopy loop's bookkeeping (dirty syncs, choosing pages, the rate limit) runs on the event
+loop thread, which also serves every monitor; it is not listed otherwise, as QEMU does not
+list its main thread (the monitor's), so a pin meant for the migration never slows the monitor.
+
 Which ones QEMU lists, their names and order: :mod:`qmp_server.engine.migration_threads`.
 """
 
