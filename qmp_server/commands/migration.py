@@ -67,5 +67,5 @@ def query_guest_digest(vm: VirtualMachine, args: dict[str, Any]) -> Any:
 
 @command("query-migrationthreads")
 def query_migration_threads(vm: VirtualMachine, args: dict[str, Any]) -> Any:
-    # qmp-server migrates from its event loop: there is no migration thread to report.
-    return []
+    # the real threads doing the source's migration work (runtime/migration_threads.py)
+    return _driver(vm).threads()

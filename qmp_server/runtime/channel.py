@@ -210,9 +210,14 @@ class Channel:
         if self.sock is not None and self._writer is None:
             self._writer = SocketWriter(self.sock, self.loop, self._writer_limit)
 
+    @property
+    def writer_thread_id(self) -> int | None:
+        """The native id of the writer thread, while it runs (None: no writer thread)."""
+        return None if self._writer is None else self._writer.native_id
+
     async def send(self, parts: Sequence[Part]) -> int:
         """Write every buffer, in order; returns the byte count.  A socket's writer thread
-        builds the deferred page runs (:class:`~qmp_server.engine.guest.PageRun`); a file's
+        builds the deferred page runs (:class:`~qmp_server.engine.page_run.PageRun`); a file's
         are built here."""
         defer = self.file is None and self.sock is not None
         views: list[memoryview | PageRun] = [

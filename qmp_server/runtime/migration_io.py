@@ -31,6 +31,7 @@ from qmp_server.runtime.guest_runtime import WorkloadTicker, guest_workload, tun
 from qmp_server.runtime.migration_context import MigrationContext
 from qmp_server.runtime.migration_dest import DestinationDriver
 from qmp_server.runtime.migration_source import SourceDriver
+from qmp_server.runtime.migration_threads import source_threads
 
 if TYPE_CHECKING:
     from qmp_server.engine.vm import VirtualMachine
@@ -160,6 +161,10 @@ class MigrationController:
 
     def recover(self, uri: str) -> None:
         self.dest_driver.recover(uri)
+
+    def threads(self) -> list[dict[str, Any]]:
+        """``query-migrationthreads``: the source's threads (a destination lists none)."""
+        return source_threads(self.source_driver)
 
     def set_dirty_rate(self, rate: int, write_bytes: int | None = None) -> None:
         self.ticker.set_rate(rate, write_bytes)

@@ -170,6 +170,16 @@ class SourceDriver:
         #: 7.2's ``compress``: its threads' model and the page compressor
         self._legacy: LegacyCompression | None = None
 
+    @property
+    def channel(self) -> Channel | None:
+        """The running migration's main connection (None between migrations)."""
+        return self._channel
+
+    @property
+    def multifd(self) -> MultifdOutgoing | None:
+        """The running migration's multifd channels (None without multifd)."""
+        return self._multifd
+
     def prepare(self) -> None:
         """Warm the devices' digest caches, off the loop.
 

@@ -133,6 +133,10 @@ class MultifdOutgoing:
                 refused.append(i)
         return refused
 
+    def writer_thread_ids(self) -> list[int | None]:
+        """Each connected channel's writer thread id, by channel number (None: not running)."""
+        return [lane.channel.writer_thread_id for lane in self._lanes]
+
     def start(self, generation: int) -> None:
         """Start sending: each channel first marks the current round."""
         for lane in self._lanes:

@@ -62,6 +62,11 @@ class SocketWriter:
         self._thread = threading.Thread(target=self._run, name="migration-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def native_id(self) -> int | None:
+        """The writer thread's kernel thread id (query-migrationthreads reports it)."""
+        return self._thread.native_id if self._thread.is_alive() else None
+
     # -- event loop side ------------------------------------------------------------------
     async def send(self, views: list[memoryview | PageRun], nbytes: int) -> None:
         """Queue ``views`` (``nbytes`` in all); wait while more than the limit is queued.

@@ -105,6 +105,10 @@ _COUNTER_RE = re.compile(r'"(' + "|".join(map(re.escape, MASKED_NUMERIC_KEYS)) +
 MASKED_LIST_KEYS = ("postcopy-vcpu-blocktime",)
 _LIST_RE = re.compile(r'"(' + "|".join(map(re.escape, MASKED_LIST_KEYS)) + r')": \[([^\]]*)\]')
 _LIST_NUM_RE = re.compile(_NUM)
+#: query-migrationthreads: the thread ids differ on every run
+_THREAD_ID_RE = re.compile(r'("thread-id": )\d+')
+#: a multifd sender's name (``mig/src/send_N``, ``multifdsend_N``) and its channel number
+_SENDER_RE = re.compile(r"(?:send_|multifdsend_)(\d+)$")
 _PASS_RE = re.compile(r'("event": "MIGRATION_PASS", "data": \{"pass": )\d+(\})')
 
 
@@ -430,6 +434,31 @@ def mask_counters(line: str) -> str:
     return _COUNTER_RE.sub(lambda m: f'"{m.group(1)}": <N>', line)
 
 
+def mask_threads(line: str) -> str:
+    """A query-migrationthreads reply with its thread ids masked and its multifd senders in
+    one order (the last channel first).
+
+    QEMU lists a thread when it starts, newest first; which sender starts first is a race
+    (10.0 gave send_1, send_0 mostly, send_0, send_1 sometimes).  The senders keep their
+    places among the other entries (the main thread stays last); only their order among
+    themselves is fixed.
+    """
+    obj = parse_line(line)
+    if obj is not None and isinstance(obj.get("return"), list):
+        entries = obj["return"]
+
+        def channel(entry: Any) -> int | None:
+            m = _SENDER_RE.search(str(entry.get("name", ""))) if isinstance(entry, dict) else None
+            return int(m.group(1)) if m else None
+
+        places = [i for i, e in enumerate(entries) if channel(e) is not None]
+        senders = sorted((entries[i] for i in places), key=lambda e: -(channel(e) or 0))
+        for i, entry in zip(places, senders, strict=True):
+            entries[i] = entry
+        line = json.dumps(obj)
+    return _THREAD_ID_RE.sub(r"\1<N>", line)
+
+
 def _eol(e: dict[str, Any]) -> str:
     return "" if e.get("eol") == "\r\n" else f"  [eol {e.get('eol')!r}]"
 
@@ -493,6 +522,8 @@ def view(run: dict[str, Any], scenario: dict[str, Any]) -> dict[str, list[str]]:
                     rep = h.mask_line(ln)
                     if command_name(sent) == QUERY_MIGRATE:
                         rep = mask_counters(rep)
+                    elif command_name(sent) == "query-migrationthreads":
+                        rep = mask_threads(rep)
                     label = "poll" if poll == "final" else "send"
                     out.append(f"step {step_i} {label} {sent}")
                     if steps[step_i].get("ordered"):
