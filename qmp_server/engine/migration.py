@@ -80,6 +80,7 @@ class RamCounters:
     postcopy_requests: int = 0
     postcopy_bytes: int = 0
     multifd_bytes: int = 0
+    dirty_sync_missed_zero_copy: int = 0
 
     def as_qapi(self, profile: Profile) -> dict[str, Any]:
         # Inserted in MigrationStats schema order: the encoder derives QEMU's key order.
@@ -105,7 +106,7 @@ class RamCounters:
                 "precopy-bytes": self.precopy_bytes,
                 "downtime-bytes": self.downtime_bytes,
                 "postcopy-bytes": self.postcopy_bytes,
-                "dirty-sync-missed-zero-copy": 0,
+                "dirty-sync-missed-zero-copy": self.dirty_sync_missed_zero_copy,
             }
         )
         return ram
@@ -212,6 +213,7 @@ class SourceMigration:
             ram.normal = counters["normal"]
             ram.duplicate = counters["duplicate"]
             ram.multifd_bytes = counters["multifd-bytes"]
+            ram.dirty_sync_missed_zero_copy = counters["dirty-sync-missed-zero-copy"]
             self.stream_bytes += multifd.multifd_bytes
         self._pages_sent = ram.normal + ram.duplicate
         if self.compression is not None:

@@ -30,6 +30,15 @@ read in their ``migration/``; ``docs/multifd-facts.md`` says which is which):
 5. **transferred.**  QEMU adds ``multifd-bytes`` to what the main channel counts
    (:attr:`QemuStream.transferred <qmp_server.engine.wire_cost.QemuStream.transferred>`: 7.2 its
    RAM bytes, 10.0 every byte it flushed).  ``normal-bytes`` is ``normal`` x 4096.
+6. **Zero copy** (``zero-copy-send``).  A channel sends a packet's header with a plain write
+   and its normal pages with ``MSG_ZEROCOPY`` (a packet without normal pages sends none).  At
+   every sync, after handing the SYNC packet to a channel, the migration thread flushes the
+   channel's socket: it waits for the kernel's completions of what it queued, and counts one
+   ``dirty-sync-missed-zero-copy`` if the kernel copied all of it (over loopback it always
+   does); a channel that sent no normal page since the last flush counts nothing.  Live, a
+   64 MiB idle guest at 500 kB/s: 10.0 counts 2, 3 and 5 with 1, 2 and 4 channels (this
+   model: 2, 3, 4); 7.2, which syncs every section, 4, 5-6 and 6 (this model: 3, 5, 7):
+   which channel gets which packet, and when a section ends, are timing in QEMU.
 
 API (pure, no I/O)::
 
@@ -151,6 +160,8 @@ class MultifdAccount:
         blocks: BlockMap,
         channels: int,
         payload: Callable[[Packet], int] | None = None,
+        *,
+        zero_copy: bool = False,
     ) -> None:
         if channels < 1:
             raise ValueError("multifd needs at least one channel")
@@ -174,6 +185,12 @@ class MultifdAccount:
         #: pages the channels account for (rule 4: queued in 7.2, written in 10.0)
         self.normal = 0
         self.duplicate = 0
+        #: rule 6: ``zero-copy-send``; per channel, data packets sent and flushed
+        self.zero_copy = zero_copy
+        self._zc_sent = [0] * channels
+        self._zc_flushed = [0] * channels
+        #: ``dirty-sync-missed-zero-copy``
+        self.missed_zero_copy = 0
 
     # -- events ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -231,12 +248,16 @@ class MultifdAccount:
             return zero.copy()
         return np.zeros(zero.size, dtype=bool)
 
-    def sync(self) -> list[Packet]:
-        """A sync (rule 3): the pending packet, then a SYNC packet on every channel."""
+    def sync(self, *, kernel_copied: bool = True) -> list[Packet]:
+        """A sync (rule 3): the pending packet, then a SYNC packet on every channel, each
+        followed by its zero-copy flush (rule 6; ``kernel_copied``: the data plane's sockets
+        saw the kernel copy what they sent with ``MSG_ZEROCOPY``)."""
         out = [self._send()] if self._pending else []
         for ch in range(self.channels):
             out.append(Packet(ch, -1, _EMPTY, _EMPTY, sync=True))
             self.multifd_bytes += PACKET_BYTES
+            if self.zero_copy:
+                self._flush(ch, kernel_copied)
         self.packets += self.channels
         self.sync_packets += self.channels
         self.syncs += 1
@@ -269,9 +290,20 @@ class MultifdAccount:
             "normal": normal,
             "normal-bytes": normal * PAGE_SIZE,
             "multifd-bytes": self.multifd_bytes,
+            "dirty-sync-missed-zero-copy": self.missed_zero_copy,
         }
 
     # -- internals ---------------------------------------------------------------------------
+    def _flush(self, channel: int, kernel_copied: bool) -> None:
+        """A channel's zero-copy flush (rule 6)."""
+        sent, flushed = self._zc_sent[channel], self._zc_flushed[channel]
+        self._zc_flushed[channel] = sent
+        if sent == flushed:
+            return  # nothing to flush
+        if kernel_copied:
+            self.missed_zero_copy += 1
+
+    # -- packets ---------------------------------------------------------------------------
     def _count_run(self, block: int, zero: npt.NDArray[np.bool_]) -> None:
         """:meth:`queue` of pages of one block, counters only (the packets' arithmetic)."""
         if block != self._block and self._pending:
@@ -295,6 +327,9 @@ class MultifdAccount:
             if self.rules.counts_in_channels:
                 self.normal += normal_total
                 self.duplicate += full * PAGES_PER_PACKET - normal_total
+            if self.zero_copy:
+                for k in np.flatnonzero(normal_per).tolist():
+                    self._zc_sent[(self._next_channel + k) % self.channels] += 1
             self.packets += full
             self._next_channel = (self._next_channel + full) % self.channels
         rest = flags[full * PAGES_PER_PACKET :]
@@ -307,6 +342,8 @@ class MultifdAccount:
         normal = np.concatenate(self._normal) if self._normal else _EMPTY
         zero = np.concatenate(self._zero) if self._zero else _EMPTY
         packet = Packet(self._next_channel, self._block, normal, zero)
+        if self.zero_copy and normal.size:
+            self._zc_sent[packet.channel] += 1
         self._next_channel = (self._next_channel + 1) % self.channels
         self._normal, self._zero, self._pending = [], [], 0
         if self.rules.counts_in_channels:

@@ -210,6 +210,17 @@ class Channel:
         if self.sock is not None and self._writer is None:
             self._writer = SocketWriter(self.sock, self.loop, self._writer_limit)
 
+    def enable_zero_copy(self) -> None:
+        """``zero-copy-send``: page data goes with ``MSG_ZEROCOPY`` (see runtime/zero_copy)."""
+        self.start_writer()
+        assert self._writer is not None
+        self._writer.enable_zero_copy()
+
+    @property
+    def kernel_copied(self) -> bool:
+        """Every zero-copy send of this channel was copied by the kernel after all."""
+        return self._writer is None or self._writer.kernel_copied
+
     @property
     def writer_thread_id(self) -> int | None:
         """The native id of the writer thread, while it runs (None: no writer thread)."""

@@ -398,6 +398,10 @@ class DestinationDriver:
             raise
         except (StreamError, DeviceLoadError, OSError) as err:
             reason = str(err) or type(err).__name__
+            multifd = self.multifd
+            if multifd is not None and multifd.connected == 0 and not decoder.bytes_decoded:
+                self._empty_connection()
+                return
             if self.multifd is not None and inc.status == "setup":
                 # still waiting for its channels, QEMU does not read the main stream: a
                 # source that goes away leaves it in setup, quietly (live 10.0)
@@ -467,6 +471,20 @@ class DestinationDriver:
             ctx.workload.set_running(False, time.monotonic())
         send_rp(rp.resumed(time.monotonic()) + rp.shut(0))
         self.state.set_status("completed")
+
+    def _empty_connection(self) -> None:
+        """The first connection ended before its first byte and no channel came (a source
+        that failed its setup after connecting: ``zero-copy-send`` over a unix socket).
+        8.0+ peeks at every connection to tell the main stream from a channel and fails on
+        it (live 10.0: failed, the process exits); 7.2 waits for its channels and never
+        reads it."""
+        if not self.ctx.profile.since(8, 0):
+            return
+        self.state.set_status("failed")
+        if self._exit_on_error:
+            self.exit_process(1, "Failed to peek at channel")
+        else:
+            error_report("Failed to peek at channel")
 
     def _fail(self, reason: str) -> None:
         # A stream cut short (the source cancelled or died) reads as QEMU reports it (recorded

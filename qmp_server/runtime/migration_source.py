@@ -23,6 +23,7 @@ import errno
 import io
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -78,6 +79,7 @@ from qmp_server.runtime.multifd_source import Compressor, MultifdOutgoing
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 from qmp_server.runtime.postcopy_source import PostcopyOutgoing
 from qmp_server.runtime.step_turns import CONTENDED_STEP_PAGES, step_turns
+from qmp_server.runtime.zero_copy import zero_copy_supported
 
 __all__ = ["IN_PROGRESS", "SourceDriver"]
 
@@ -400,6 +402,13 @@ class SourceDriver:
                 error_report(desc)  # QEMU's error_report of an asynchronous failure
                 return
             self._channel = channel
+            if self._zero_copy_missing(address):
+                # found as the channels are set up, after the main connection: it is closed
+                # unused (10.0's destination fails on it, 7.2's keeps listening; live)
+                desc = "Zero copy send feature not detected in host kernel"
+                src.fail(desc, time.monotonic())
+                error_report(desc)
+                return
             if self._return_path_on(channel):
                 self._start_rp_reader(channel)
             cfg = self.ctx.vm.config
@@ -439,6 +448,15 @@ class SourceDriver:
             self._channel = None
             for dev in self.ctx.devices:
                 dev.set_running(self.ctx.vm.running, time.monotonic())
+
+    def _zero_copy_missing(self, address: Address) -> bool:
+        """``zero-copy-send`` with multifd over a socket whose family has no zero copy
+        (a unix socket)."""
+        cfg = self.ctx.vm.config
+        if not (cfg.enabled("zero-copy-send") and cfg.enabled("multifd")):
+            return False
+        family = {"tcp": socket.AF_INET, "unix": socket.AF_UNIX}.get(address.scheme)
+        return family is not None and not zero_copy_supported(family)
 
     def _restart_after_failure(self) -> None:
         """A failed or cancelled switchover: the guest runs again if it ran before (QEMU)."""
@@ -675,7 +693,7 @@ class SourceDriver:
         if self._multifd is None or self._qemu is None:
             return
         account = self._multifd.account
-        account.sync()
+        account.sync(kernel_copied=self._multifd.kernel_copied)
         if account.rules.flush_flag:
             self._qemu.multifd_flush()
 
@@ -695,8 +713,13 @@ class SourceDriver:
             new_compressor = partial(_compressor, cast(Method, method), level)
         channels = int(ctx.param("multifd-channels"))
         rules = MultifdRules.for_profile(ctx.profile, str(detection or "legacy"))
-        account = MultifdAccount(rules, BlockMap(ctx.layout.block_list()), channels)
-        return MultifdOutgoing(ctx.guest, account, method, new_compressor, link=ctx.link)
+        zero_copy = ctx.vm.config.enabled("zero-copy-send")
+        account = MultifdAccount(
+            rules, BlockMap(ctx.layout.block_list()), channels, zero_copy=zero_copy
+        )
+        return MultifdOutgoing(
+            ctx.guest, account, method, new_compressor, link=ctx.link, zero_copy=zero_copy
+        )
 
     async def _run_postcopy(
         self,

@@ -94,8 +94,11 @@ class MultifdOutgoing:
         new_compressor: Callable[[], Compressor] | None = None,
         *,
         link: HostLink | None = None,
+        zero_copy: bool = False,
     ) -> None:
         self.guest = guest
+        #: ``zero-copy-send``: the channels send page data with ``MSG_ZEROCOPY``
+        self.zero_copy = zero_copy
         #: the fleet's modelled NIC the channels go through (None: the real network)
         self.link = link
         #: what QEMU's channels would carry and count for the same pages
@@ -118,6 +121,8 @@ class MultifdOutgoing:
         self._pool = ThreadPoolExecutor(self.channels, thread_name_prefix="multifd")
         for i in range(self.channels):
             channel = await connect(address, link=self.link)
+            if self.zero_copy:
+                channel.enable_zero_copy()
             enc = StreamEncoder()
             hello = enc.channel_hello(i, self.channels, session, self.guest.size_bytes)
             compress = self._new_compressor() if self._new_compressor is not None else None
@@ -136,6 +141,12 @@ class MultifdOutgoing:
     def writer_thread_ids(self) -> list[int | None]:
         """Each connected channel's writer thread id, by channel number (None: not running)."""
         return [lane.channel.writer_thread_id for lane in self._lanes]
+
+    @property
+    def kernel_copied(self) -> bool:
+        """Every zero-copy send of the channels so far was copied by the kernel after all
+        (QEMU's flush then reports a miss: rule 6 of engine/multifd_cost)."""
+        return all(lane.channel.kernel_copied for lane in self._lanes)
 
     def start(self, generation: int) -> None:
         """Start sending: each channel first marks the current round."""

@@ -273,3 +273,27 @@ def test_counting_only_gives_the_same_counters(version: str, detection: str) -> 
             fast.sync()
     for attr in ("multifd_bytes", "packets", "normal", "duplicate", "pending_pages"):
         assert getattr(full, attr) == getattr(fast, attr), attr
+
+
+def test_zero_copy_flushes_count_channels_that_sent_normal_pages() -> None:
+    rules = MultifdRules.for_profile(PROFILES["10.0"], "legacy")
+    acct = MultifdAccount(rules, BlockMap([("pc.ram", 1 << 24)]), 2, zero_copy=True)
+    acct.sync()
+    assert acct.missed_zero_copy == 0  # nothing sent yet: nothing to flush
+    acct.queue(_pages(0, 300), np.zeros(300, dtype=bool))  # packets on channels 0, 1 (+ pending)
+    acct.sync()  # the pending packet goes to channel 0 again; both channels flush data
+    assert acct.missed_zero_copy == 2
+    acct.queue(_pages(300, 305), np.ones(5, dtype=bool))  # zero pages only: no data sent
+    acct.sync()
+    assert acct.missed_zero_copy == 2
+    acct.queue(_pages(400, 410), np.zeros(10, dtype=bool))
+    acct.sync(kernel_copied=False)  # the NIC really sent from memory: not a miss
+    assert acct.missed_zero_copy == 2
+
+
+def test_zero_copy_misses_are_query_migrate_s_counter() -> None:
+    run = Run("10.0")
+    run.acct = MultifdAccount(run.acct.rules, run.acct.blocks, 2, zero_copy=True)
+    run.acct.queue(_pages(0, 10), np.zeros(10, dtype=bool))
+    run.acct.sync()
+    assert run.acct.counters(run.qemu)["dirty-sync-missed-zero-copy"] == 1
