@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.engine.idle_fill import FirmwareContent, content_table
 from qmp_server.profiles import Profile
 
 __all__ = ["MachineLayout", "RamBlock", "layout_for", "low_ram_pages", "machine_family"]
@@ -86,6 +87,8 @@ class MachineLayout:
     command_bytes: int = 0
     #: of ``device_state_bytes``, the JSON description at the end (not sent in postcopy)
     vmdesc_bytes: int = 0
+    #: how each firmware page is filled (recorded compressibility; None: not recorded)
+    firmware_content: FirmwareContent | None = field(default=None, repr=False)
 
     @property
     def total(self) -> int:
@@ -213,12 +216,14 @@ def layout_for(
                 rec["block_runs"].get(block.name, []), block.first_page, block.pages
             )
         hot += _runs_to_pages(rec["hot_pages"].get(block.name, []), block.first_page, block.pages)
+    firmware_pages = np.unique(np.asarray(firmware, dtype=np.int64))
     return MachineLayout(
         version=version,
         family=key,
         machine_type=rec["machine_type"],
         blocks=tuple(blocks),
-        firmware_pages=np.unique(np.asarray(firmware, dtype=np.int64)),
+        firmware_pages=firmware_pages,
+        firmware_content=content_table(version, key, firmware_pages.size),
         hot_pages=np.unique(np.asarray(hot, dtype=np.int64)),
         configuration_bytes=int(rec["configuration_bytes"]),
         device_state_bytes=int(rec["device_state_bytes"]),
