@@ -6,9 +6,9 @@
 Reads ``tests/engine/fixtures/idle_content/qemu-{7.2,10.0}.json`` (``tools/
 record_idle_content.py``) and writes ``qmp_server/data/idle_page_content.json``: per QEMU
 version and machine family, per firmware page of the layout (``qmp_server/engine/machine.py``,
-ascending page order), how many random bytes and how many token bytes it holds (so that it
-compresses alone with zlib level 1 and with zstd level 1 to its recorded sizes) and the
-firmware page it copies (``qmp_server/engine/idle_fill.py``).
+``firmware_order``: blocks as recorded, pages ascending), how many random bytes and how many
+token bytes it holds (so that it compresses alone with zlib level 1 and with zstd level 1 to
+its recorded sizes) and the firmware page it copies (``qmp_server/engine/idle_fill.py``).
 
 A page is a copy when QEMU's pages in one zstd stream cost it less than ``COPY_RATIO`` of its
 own size (SeaBIOS's shadowed BIOS, relocated code and ACPI tables: 0 % to 20 %; other pages
@@ -120,7 +120,7 @@ def derive(version: str, cfg: dict[str, Any]) -> dict[str, Any]:
     for i, row in enumerate(rows):
         by_key[(row[0], row[1])] = i
     flat_to_key: list[tuple[str, int]] = []
-    for page in layout.firmware_pages.tolist():
+    for page in layout.firmware_order.tolist():
         block = next(b for b in layout.blocks if b.first_page <= page < b.first_page + b.pages)
         flat_to_key.append((block.name, page - block.first_page))
     by_size = sorted(rows, key=lambda r: r[2])

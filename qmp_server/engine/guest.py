@@ -15,7 +15,10 @@ Design rules:
    per-page byte maps plus what was touched.
 2. **Baselines.**  ``zero``: all zero.  ``idle``: what an idle guest's firmware touched: zero
    but for the pages listed by the machine's layout (``firmware_pages``, recorded from QEMU:
-   :mod:`qmp_server.engine.machine`), whose content is the ``random`` baseline of those pages.
+   :mod:`qmp_server.engine.machine`), whose content is built from the ``random`` baseline to
+   compress like QEMU's pages, some repeating others as SeaBIOS's copies of itself do
+   (``firmware_content``, recorded per layout: :mod:`qmp_server.engine.idle_fill`; without
+   a table, each firmware page is its ``random`` baseline with the first byte's low bit set).
    ``random``: page *i* is the 64-bit little-endian words
    ``POOL[i mod 256] XOR K(i)``, where ``POOL`` is 256 pages of SplitMix64 output keyed by the
    seed and ``K(i)`` is a per-page SplitMix64 key broadcast over the page's 512 words.  Every
@@ -28,7 +31,9 @@ Design rules:
 3. **Digest (v1).**  ``sha256("qmp-server-ram-digest-v1\\0" || u64 ram size || u32 page size ||
    u8 fill || u64 seed || for every stored page in ascending order: u64 index || 4096 bytes)``
    (integers little-endian; ``fill``: 0 zero, 1 random, 2 idle, 3 text; for ``idle`` the header also
-   holds the sha256 of the firmware page indexes as u64 little-endian).  Because stored pages
+   holds the sha256 of the firmware page indexes as u64 little-endian followed by the content
+   table, per firmware page u16 random bytes kept, u16 token bytes, u32 source ordinal:
+   :meth:`qmp_server.engine.idle_fill.FirmwareContent.digest_bytes`).  Because stored pages
    are exactly the pages that differ from the baseline, two memories with the same size and
    baseline have the same digest iff their contents are equal (up to sha256).  Cost:
    proportional to the touched pages only.  A destination must therefore adopt the source's

@@ -10,6 +10,9 @@ ROM blob).  The bytes are not SeaBIOS's: each page is described by two recorded 
 
 Rules (``GuestMemory``'s ``idle`` baseline, rule 2 of :mod:`qmp_server.engine.guest`):
 
+The table lists firmware pages in ascending page order (the shipped one in the layout's
+recorded block order: :mod:`qmp_server.engine.machine` reorders it for its blocks).
+
 1. **Shape.**  Let ``R`` be the 4096 bytes of the ``random`` baseline of firmware page *k*'s
    *source* page (rule 2).  The page is ``R[:keep[k]]``, then ``tokens[k]`` bytes of
    4-byte tokens, then zeros; its first byte has its low bit set (never a zero page).  The
@@ -75,6 +78,13 @@ class FirmwareContent:
             np.zeros(count, dtype=np.int64),
             np.arange(count, dtype=np.int64),
         )
+
+    def reordered(self, order: npt.NDArray[np.intp]) -> FirmwareContent:
+        """The table for the pages taken in ``order`` (new ordinal *i* is old ``order[i]``):
+        a machine whose blocks come in another order than the recording's."""
+        new_of_old = np.empty(order.size, dtype=np.int64)
+        new_of_old[order] = np.arange(order.size)
+        return FirmwareContent(self.keep[order], self.tokens[order], new_of_old[self.source[order]])
 
     def digest_bytes(self) -> bytes:
         """What the RAM digest's header holds of the table: per page u16 keep, u16 tokens,
