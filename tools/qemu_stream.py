@@ -328,8 +328,10 @@ def _read_ram_records(r: _Reader, sec: RamSection, st: dict[str, Any]) -> None:
                 r.u8()
                 zero = True
             else:
-                r.raw(PAGE_SIZE)
+                content = r.raw(PAGE_SIZE)
                 zero = False
+                if "page_data" in st:
+                    st["page_data"].append((st["block"], addr // PAGE_SIZE, content))
             nbytes = r.p - start
             idx = addr // PAGE_SIZE
             block = st["block"]
@@ -414,7 +416,9 @@ def _find_device_sections(data: bytes, start: int) -> tuple[list[DeviceSection],
     return devices, p, eof, vmdesc
 
 
-def parse(data: bytes) -> Stream:
+def parse(data: bytes, page_data: list[tuple[str, int, bytes]] | None = None) -> Stream:
+    """The stream's layout; ``page_data``, if given, receives ``(block, page, bytes)`` for
+    every normal page record in stream order."""
     r = _Reader(data)
     if len(data) < 8 or r.be32() != MAGIC:
         raise StreamError("not a QEMU migration stream (no QEVM magic)")
@@ -431,6 +435,8 @@ def parse(data: bytes) -> Stream:
 
     names: dict[int, str] = {}
     st: dict[str, Any] = {"blocks": [], "ram_total": 0, "block": None}
+    if page_data is not None:
+        st["page_data"] = page_data
     ram_sections: list[RamSection] = []
     others: list[dict[str, Any]] = []
     commands: list[dict[str, Any]] = []

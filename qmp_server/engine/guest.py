@@ -15,7 +15,10 @@ Design rules:
    per-page byte maps plus what was touched.
 2. **Baselines.**  ``zero``: all zero.  ``idle``: what an idle guest's firmware touched: zero
    but for the pages listed by the machine's layout (``firmware_pages``, recorded from QEMU:
-   :mod:`qmp_server.engine.machine`), whose content is the ``random`` baseline of those pages.
+   :mod:`qmp_server.engine.machine`), whose content is built from the ``random`` baseline to
+   compress like QEMU's pages, some repeating others as SeaBIOS's copies of itself do
+   (``firmware_content``, recorded per layout: :mod:`qmp_server.engine.idle_fill`; without
+   a table, each firmware page is its ``random`` baseline with the first byte's low bit set).
    ``random``: page *i* is the 64-bit little-endian words
    ``POOL[i mod 256] XOR K(i)``, where ``POOL`` is 256 pages of SplitMix64 output keyed by the
    seed and ``K(i)`` is a per-page SplitMix64 key broadcast over the page's 512 words.  Every
@@ -28,7 +31,9 @@ Design rules:
 3. **Digest (v1).**  ``sha256("qmp-server-ram-digest-v1\\0" || u64 ram size || u32 page size ||
    u8 fill || u64 seed || for every stored page in ascending order: u64 index || 4096 bytes)``
    (integers little-endian; ``fill``: 0 zero, 1 random, 2 idle, 3 text; for ``idle`` the header also
-   holds the sha256 of the firmware page indexes as u64 little-endian).  Because stored pages
+   holds the sha256 of the firmware page indexes as u64 little-endian followed by the content
+   table, per firmware page u16 random bytes kept, u16 token bytes, u32 source ordinal:
+   :meth:`qmp_server.engine.idle_fill.FirmwareContent.digest_bytes`).  Because stored pages
    are exactly the pages that differ from the baseline, two memories with the same size and
    baseline have the same digest iff their contents are equal (up to sha256).  Cost:
    proportional to the touched pages only.  A destination must therefore adopt the source's
@@ -63,6 +68,7 @@ try:  # the C fast path of rule 2 (optional; the numpy code below gives the same
 except ImportError:  # pragma: no cover - depends on the build
     _accel = None  # type: ignore[assignment]
 
+from qmp_server.engine.idle_fill import FirmwareContent, IdleBaseline
 from qmp_server.engine.splitmix import seed_key, splitmix
 from qmp_server.engine.text_fill import TextBaseline
 
@@ -247,6 +253,8 @@ class GuestMemory:
     :param seed: seed of the ``random`` and ``text`` baselines and of the idle firmware
         pages' content.
     :param firmware_pages: sorted page indexes that are non-zero at boot (``idle`` only).
+    :param firmware_content: how each firmware page is filled (``idle`` only; None: every one
+        random whole), :mod:`qmp_server.engine.idle_fill`.
     :raise ValueError: on a bad size, fill or page list.
     """
 
@@ -257,6 +265,7 @@ class GuestMemory:
         seed: int = 0,
         *,
         firmware_pages: npt.ArrayLike | None = None,
+        firmware_content: FirmwareContent | None = None,
     ) -> None:
         if size_bytes < 0 or size_bytes % PAGE_SIZE:
             raise ValueError(f"RAM size {size_bytes} is not a multiple of {PAGE_SIZE}")
@@ -269,18 +278,28 @@ class GuestMemory:
         self.fill: Fill = fill
         self.seed = seed & _MASK64
         #: the generator of the non-zero baseline pages (None: all zero)
-        self._random = None if fill == "zero" else _baseline_generator(fill, self.seed)
+        self._random = (
+            None
+            if fill == "zero"
+            else _baseline_generator("random" if fill == "idle" else fill, self.seed)
+        )
         #: ``idle``: 1 where the baseline is a firmware page (non-zero), else None
         self._firmware: npt.NDArray[np.uint8] | None = None
         self._firmware_digest = b""
+        #: ``idle``: the firmware pages' content (rule 2), else None
+        self._idle: IdleBaseline | None = None
         if fill == "idle":
             idx = np.unique(np.asarray(firmware_pages if firmware_pages is not None else [],
                                        dtype=np.int64))  # fmt: skip
             if idx.size and (int(idx[0]) < 0 or int(idx[-1]) >= self.page_count):
                 raise ValueError("a firmware page lies outside the guest RAM")
-            self._firmware_digest = hashlib.sha256(idx.astype(_U64).tobytes()).digest()
+            content = firmware_content or FirmwareContent.whole(idx.size)
+            self._idle = IdleBaseline(_baseline_generator("random", self.seed), idx, content)
+            self._firmware_digest = hashlib.sha256(
+                idx.astype(_U64).tobytes() + content.digest_bytes()
+            ).digest()
             self._firmware = _firmware_map(self.page_count, idx.astype(_U64).tobytes())
-        elif firmware_pages is not None:
+        elif firmware_pages is not None or firmware_content is not None:
             raise ValueError("firmware_pages is only meaningful with the 'idle' fill")
         #: page index -> content, only for pages that differ from the baseline (rule 1).
         self._pages: dict[int, bytes] = {}
@@ -325,12 +344,12 @@ class GuestMemory:
         """The baseline of the listed pages (any order), ``(n, 512)`` words."""
         if self._random is None:
             return np.zeros((idx.size, WORDS_PER_PAGE), dtype=np.uint64)
-        if self._firmware is None:
+        if self._idle is None or self._firmware is None:
             return self._random.gather(idx)
         out = np.zeros((idx.size, WORDS_PER_PAGE), dtype=np.uint64)
         rows = np.flatnonzero(self._firmware[idx])
         if rows.size:
-            out[rows] = self._random.gather(idx[rows])
+            out[rows] = self._idle.gather(idx[rows])
         return out
 
     def _baseline_run(self, start: int, count: int) -> npt.NDArray[np.uint64]:
@@ -343,6 +362,8 @@ class GuestMemory:
     def _baseline_page(self, index: int) -> bytes:
         if self._random is None or (self._firmware is not None and not self._firmware[index]):
             return _ZERO_PAGE
+        if self._idle is not None:
+            return self._idle.run(index, 1).astype(_U64, copy=False).tobytes()
         return self._random.run(index, 1).astype(_U64, copy=False).tobytes()
 
     def _baseline_zero(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
@@ -359,12 +380,12 @@ class GuestMemory:
         """For each listed page (content in ``words``): whether it differs from its baseline."""
         if self._random is None:
             return np.asarray(words.any(axis=1))
-        if self._firmware is None:
+        if self._firmware is None or self._idle is None:
             return self._random.differs_list(idx, words)
         differs = np.asarray(words.any(axis=1))
         rows = np.flatnonzero(self._firmware[idx])
         if rows.size:
-            differs[rows] = self._random.differs_list(idx[rows], np.ascontiguousarray(words[rows]))
+            differs[rows] = self._idle.differs_list(idx[rows], np.ascontiguousarray(words[rows]))
         return differs
 
     # ---- reads ---------------------------------------------------------------------------

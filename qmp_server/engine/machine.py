@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qmp_server.engine.guest import PAGE_SIZE
+from qmp_server.engine.idle_fill import FirmwareContent, content_table
 from qmp_server.profiles import Profile
 
 __all__ = ["MachineLayout", "RamBlock", "layout_for", "low_ram_pages", "machine_family"]
@@ -86,6 +87,12 @@ class MachineLayout:
     command_bytes: int = 0
     #: of ``device_state_bytes``, the JSON description at the end (not sent in postcopy)
     vmdesc_bytes: int = 0
+    #: how each firmware page is filled (recorded compressibility; None: not recorded)
+    firmware_content: FirmwareContent | None = field(default=None, repr=False)
+    #: the firmware pages in the recorded table's order (blocks as recorded, pages ascending)
+    firmware_order: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False
+    )
 
     @property
     def total(self) -> int:
@@ -200,25 +207,38 @@ def layout_for(
     for name, used, size in sizes:
         blocks.append(RamBlock(name, used, size, first))
         first += used // PAGE_SIZE
-    firmware: list[int] = []
+    per_block: dict[str, list[int]] = {}
     hot: list[int] = []
     for block in blocks:
         if block.name == rec["main_block"]:
             low = low_ram_pages(family, block.used)
-            firmware += _runs_to_pages(rec["main_start_runs"], block.first_page, block.pages)
+            pages = _runs_to_pages(rec["main_start_runs"], block.first_page, block.pages)
             ends = [[low - back, count] for back, count in rec["main_end_runs"]]
-            firmware += _runs_to_pages(ends, block.first_page, block.pages)
+            pages += _runs_to_pages(ends, block.first_page, block.pages)
         else:
-            firmware += _runs_to_pages(
+            pages = _runs_to_pages(
                 rec["block_runs"].get(block.name, []), block.first_page, block.pages
             )
+        per_block[block.name] = sorted(set(pages))
         hot += _runs_to_pages(rec["hot_pages"].get(block.name, []), block.first_page, block.pages)
+    # the content table's order: blocks as recorded (whatever -m does to their order)
+    recorded = np.asarray(
+        [p for name, *_ in rec["blocks"] for p in per_block.get(name, [])], dtype=np.int64
+    )
+    firmware_pages = np.unique(recorded)
+    content = content_table(version, key, recorded.size)
+    if content is not None and firmware_pages.size == recorded.size:
+        content = content.reordered(np.argsort(recorded, kind="stable"))
+    else:
+        content = None
     return MachineLayout(
         version=version,
         family=key,
         machine_type=rec["machine_type"],
         blocks=tuple(blocks),
-        firmware_pages=np.unique(np.asarray(firmware, dtype=np.int64)),
+        firmware_pages=firmware_pages,
+        firmware_content=content,
+        firmware_order=recorded,
         hot_pages=np.unique(np.asarray(hot, dtype=np.int64)),
         configuration_bytes=int(rec["configuration_bytes"]),
         device_state_bytes=int(rec["device_state_bytes"]),

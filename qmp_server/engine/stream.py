@@ -51,6 +51,7 @@ import xxhash
 from qmp_server.engine.compression import LEGACY_MAX_LENGTH, LegacyPageCompressor
 from qmp_server.engine.devices import DeviceChunk, DeviceChunkKind
 from qmp_server.engine.guest import FILL_CODES, PAGE_SIZE, Fill, GuestMemory
+from qmp_server.engine.idle_fill import FirmwareContent
 from qmp_server.engine.page_run import PageRun
 from qmp_server.engine.xbzrle import decode as decode_xbzrle
 from qmp_server.errors import ProtocolError
@@ -1170,15 +1171,24 @@ class StreamDecoder:
 # ---- glue with the guest ---------------------------------------------------------------------
 
 
-def guest_for_header(header: StreamHeader, firmware_pages: npt.ArrayLike = ()) -> GuestMemory:
+def guest_for_header(
+    header: StreamHeader,
+    firmware_pages: npt.ArrayLike = (),
+    firmware_content: FirmwareContent | None = None,
+) -> GuestMemory:
     """A destination RAM with the source's size and baseline (needed for equal digests).
 
-    ``firmware_pages``: the destination machine's idle layout, used when the source's guest
-    started ``idle`` (both sides must run the same machine, as QEMU requires).
+    ``firmware_pages``, ``firmware_content``: the destination machine's idle layout, used when
+    the source's guest started ``idle`` (both sides must run the same machine, as QEMU
+    requires).
     """
     if header.fill == "idle":
         return GuestMemory(
-            header.ram_size, fill="idle", seed=header.seed, firmware_pages=firmware_pages
+            header.ram_size,
+            fill="idle",
+            seed=header.seed,
+            firmware_pages=firmware_pages,
+            firmware_content=firmware_content,
         )
     return GuestMemory(header.ram_size, fill=header.fill, seed=header.seed)
 

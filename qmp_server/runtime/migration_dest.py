@@ -335,7 +335,9 @@ class DestinationDriver:
                             f"Length mismatch: pc.ram: {event.ram_size:#x} in != "
                             f"{size:#x}: Invalid argument"
                         )
-                    guest = guest_for_header(event, self.ctx.layout.firmware_pages)
+                    guest = guest_for_header(
+                        event, self.ctx.layout.firmware_pages, self.ctx.layout.firmware_content
+                    )
                 elif isinstance(event, DeviceData):
                     found = loaders.get(event.chunk.device_id)
                     if found is None:

@@ -207,6 +207,7 @@ class VMInstance:
             fill=options.guest_fill,
             seed=options.guest_seed,
             firmware_pages=layout.firmware_pages if options.guest_fill == "idle" else None,
+            firmware_content=layout.firmware_content if options.guest_fill == "idle" else None,
         )
         self.migration = MigrationController(
             self.vm,
