@@ -16,6 +16,7 @@ writer thread; :attr:`ZeroCopySender.copied` says whether every completion so fa
 from __future__ import annotations
 
 import contextlib
+import errno
 import select
 import socket
 import struct
@@ -64,7 +65,15 @@ class ZeroCopySender:
         """Send all of ``buf`` with ``MSG_ZEROCOPY``; keep it until the kernel is done."""
         sent = 0
         while sent < buf.nbytes:
-            sent += sock.sendmsg([buf[sent:]], [], MSG_ZEROCOPY)
+            try:
+                sent += sock.sendmsg([buf[sent:]], [], MSG_ZEROCOPY)
+            except OSError as err:
+                if err.errno != errno.ENOBUFS or self._done >= self._queued:
+                    raise
+                # the socket's option memory holds the pending notifications: once the
+                # kernel completed what is in flight there is room again (QEMU flushes too)
+                self.wait(sock)
+                continue
             self._queued += 1
             self._held.append((self._queued, buf))
         self._reap(sock)

@@ -77,7 +77,8 @@ async def test_zero_copy_send_over_tcp_sends_from_memory_the_kernel_copies(
     await source.caps(**{"zero-copy-send": True})
     await source.params(max_bandwidth=64 * MiB)
     await source.run("migrate", {"uri": uri})
-    assert await source.wait_status("completed", "failed", within=60) == "completed"
+    status = await source.wait_status("completed", "failed", within=60)
+    assert status == "completed", await source.run("query-migrate")
     assert await dest.wait_status("completed", "failed") == "completed"
     ram = (await source.run("query-migrate"))["ram"]
     assert ram["dirty-sync-missed-zero-copy"] >= 2
