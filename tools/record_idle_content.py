@@ -37,17 +37,12 @@ import qemu_stream as qs
 import record_guest_layout as rgl
 from _recording import REPO, add_target_options, open_target
 from conformance import _harness as h  # (tests/ is on sys.path via _recording)
+from derive_machine_layouts import FAMILIES as LAYOUT_FAMILIES
 
 RECORDER_VERSION = "1.0"
 OUT_DIR = REPO / "tests" / "engine" / "fixtures" / "idle_content"
-#: guest-layout configuration -> machine family of qmp_server/data/machine_layouts.json
-FAMILIES = {
-    "pc-64": "pc/nodefaults",
-    "pc-64-defaults": "pc/defaults",
-    "q35-128": "q35/nodefaults",
-    "q35-64-defaults": "q35/defaults",
-    "microvm-64": "microvm/nodefaults",
-}
+#: guest-layout configuration -> machine family (derive_machine_layouts; -M none has no firmware)
+FAMILIES = {name: family for name, family in LAYOUT_FAMILIES.items() if name != "none-64"}
 IDLE_S = 3.0
 
 

@@ -15,7 +15,6 @@ writer thread; :attr:`ZeroCopySender.copied` says whether every completion so fa
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import select
 import socket
@@ -113,8 +112,3 @@ class ZeroCopySender:
                     self.copied = False
         while self._held and self._held[0][0] <= self._done:
             self._held.popleft()
-
-    def release(self) -> None:
-        """Forget what is held (the socket is gone: nothing is in flight any more)."""
-        with contextlib.suppress(IndexError):
-            self._held.clear()
