@@ -207,6 +207,7 @@ class SourceMigration:
         ram.normal = stream.normal_pages
         ram.duplicate = stream.zero_pages
         self.stream_bytes = stream.rate_bytes
+        ram.multifd_bytes = stream.channel_bytes  # mapped-ram's channels (wire_cost rule 5)
         if multifd is not None:
             counters = multifd.counters(stream)
             ram.transferred = counters["transferred"]

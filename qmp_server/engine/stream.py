@@ -52,6 +52,7 @@ from qmp_server.engine.compression import LEGACY_MAX_LENGTH, LegacyPageCompresso
 from qmp_server.engine.devices import DeviceChunk, DeviceChunkKind
 from qmp_server.engine.guest import FILL_CODES, PAGE_SIZE, Fill, GuestMemory
 from qmp_server.engine.idle_fill import FirmwareContent
+from qmp_server.engine.mapped_ram import BlockRegion, check_region
 from qmp_server.engine.page_run import PageRun
 from qmp_server.engine.xbzrle import decode as decode_xbzrle
 from qmp_server.errors import ProtocolError
@@ -61,6 +62,7 @@ __all__ = [
     "CHECKSUM_XXH3_64_NO_PAGES",
     "COMPRESSION_CODES",
     "MAGIC",
+    "MAPPED_BLOCK_BYTES",
     "MAX_PAYLOAD",
     "NEED_DATA",
     "RP_BITMAP_CHUNK",
@@ -75,6 +77,7 @@ __all__ = [
     "EncodedPages",
     "EndOfPrecopy",
     "EndOfStream",
+    "MappedBlock",
     "MultifdSetup",
     "NeedData",
     "OpenReturnPath",
@@ -154,6 +157,7 @@ class Tag(enum.IntEnum):
     MULTIFD_SETUP = 0x50
     CHANNEL = 0x51
     CHANNEL_SYNC = 0x52
+    MAPPED_BLOCK = 0x53
     CHECKSUM = 0x7E
     EOF = 0x7F
 
@@ -172,6 +176,10 @@ _RECOVER = struct.Struct("<Q")  # ram size
 _MULTIFD = struct.Struct("<BB8s")  # channels, compression method, session
 _CHANNEL = struct.Struct("<BB8sQ")  # channel id, channels, session, ram size
 _COMPRESSED = struct.Struct("<BI")  # method, page count
+#: first page, pages, bitmap offset, pages offset, where the stream goes on
+_MAPPED = struct.Struct("<QQQQQ")
+#: A ``MAPPED_BLOCK`` record's size: the block's bitmap starts right after it.
+MAPPED_BLOCK_BYTES: Final = _REC.size + _MAPPED.size
 #: ``multifd-compression`` methods and their code in MULTIFD_SETUP and COMPRESSED records
 COMPRESSION_CODES: Final = {"none": 0, "zlib": 1, "zstd": 2}
 _CODE_COMPRESSION = {v: k for k, v in COMPRESSION_CODES.items()}
@@ -270,6 +278,15 @@ class MultifdSetup:
     channels: int
     compression: str
     session: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MappedBlock:
+    """``MAPPED_BLOCK``: a RAM block's pages and bitmap are at fixed offsets of the file
+    (``mapped-ram``); the stream goes on at ``region.next_offset``.  The decoder drops what it
+    holds after the record: its reader must go on from there."""
+
+    region: BlockRegion
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +398,7 @@ class EndOfStream:
 
 StreamEvent = (
     StreamHeader
+    | MappedBlock
     | RamRun
     | RamList
     | ZeroRun
@@ -613,6 +631,20 @@ class StreamEncoder:
         code = COMPRESSION_CODES[compression]
         return self._record(Tag.MULTIFD_SETUP, _MULTIFD.pack(channels, code, session))
 
+    def mapped_block(self, region: BlockRegion) -> bytes:
+        """``MAPPED_BLOCK``: where a block's bitmap and pages are (``mapped-ram``); the
+        writer goes on at ``region.next_offset`` of the stream."""
+        return self._record(
+            Tag.MAPPED_BLOCK,
+            _MAPPED.pack(
+                region.first_page,
+                region.pages,
+                region.bitmap_offset,
+                region.pages_offset,
+                region.next_offset,
+            ),
+        )
+
     def channel_hello(self, channel_id: int, channels: int, session: bytes, ram_size: int) -> bytes:
         """Magic, version and ``CHANNEL``: the start of multifd channel ``channel_id``."""
         if self._started:
@@ -722,6 +754,8 @@ class StreamDecoder:
         self._recovery = recovery
         self._channel = channel
         self._multifd_setup = False
+        #: ``mapped-ram``: the first page of the next MAPPED_BLOCK (blocks come in order)
+        self._mapped_next = 0
         self._after_checksum = False
         #: postcopy records seen so far (their order is checked: module rule 1)
         self._postcopy: set[Tag] = set()
@@ -904,6 +938,8 @@ class StreamDecoder:
             raise self._fail(f"a {tag.name} record outside a multifd channel")
         if tag is Tag.MULTIFD_SETUP:
             return self._multifd(payload)
+        if tag is Tag.MAPPED_BLOCK:
+            return self._mapped_block(payload)
         if state is _State.NEED_CHECKSUM and tag is not Tag.CHECKSUM:
             raise self._fail(f"expected CHECKSUM after COMPLETE, got {tag.name}")
         if state is _State.NEED_EOF and tag is not Tag.EOF:
@@ -973,6 +1009,10 @@ class StreamDecoder:
         if tag is Tag.COMPLETE:
             if Tag.POSTCOPY_LISTEN in self._postcopy and Tag.POSTCOPY_RUN not in self._postcopy:
                 raise self._fail("COMPLETE between POSTCOPY_LISTEN and POSTCOPY_RUN")
+            if self._mapped_next and self._mapped_next != self._pages:
+                raise self._fail(
+                    f"mapped-ram blocks cover {self._mapped_next} of {self._pages} pages"
+                )
             event = self._complete(payload)
             self._state = _State.NEED_CHECKSUM
             return event
@@ -1038,6 +1078,18 @@ class StreamDecoder:
             raise self._fail(f"record MULTIFD_SETUP: bad channels {channels} or method {code}")
         self._multifd_setup = True
         return MultifdSetup(channels, _CODE_COMPRESSION[code], session)
+
+    def _mapped_block(self, payload: bytes) -> MappedBlock:
+        self._expect_len(Tag.MAPPED_BLOCK, payload, _MAPPED.size)
+        region = BlockRegion(*_MAPPED.unpack(payload))
+        problem = check_region(region, expected_first=self._mapped_next, ram_pages=self._pages)
+        if problem is not None:
+            raise self._fail(problem)
+        self._mapped_next = region.first_page + region.pages
+        # what follows the record in the file is the block's bitmap and pages, not stream
+        self._start = self._end = 0
+        self._eof = False
+        return MappedBlock(region)
 
     def _channel_hello(self, payload: bytes) -> ChannelHello:
         self._expect_len(Tag.CHANNEL, payload, _CHANNEL.size)

@@ -26,6 +26,13 @@ queues and flushes them, and the counters derive from it.  Facts (read in QEMU 7
    (live: 500 kB/s sends ~70 kB per period).
 4. **Bandwidth** (``migration_update_counters``) counts every stream byte: 7.2 flushes before
    it looks, 10.0 counts what was flushed.
+5. **mapped-ram** (9.0+, ``file:``; :mod:`~qmp_server.engine.mapped_ram`).  The configuration
+   section carries a ``configuration/capabilities`` subsection naming the capability (47
+   bytes); each block's setup entry adds a 28-byte header (version, page size, bitmap and
+   pages offsets); pages have no header: a normal page is its 4096 bytes, written in place
+   and flushed at once, a zero page costs nothing; the bitmaps are RAM bytes of the final
+   section; the JSON description grows by 201 bytes (recorded).  With ``multifd`` the
+   channels write the pages: ``multifd-bytes``, in ``transferred`` but not in the RAM bytes.
 """
 
 from __future__ import annotations
@@ -59,6 +66,14 @@ SECTION_START_BYTES = 1 + 4 + 1 + len(b"ram") + 4 + 4
 OPEN_RETURN_PATH_BYTES = 1 + 2 + 2
 PING_BYTES = 1 + 2 + 2 + 4
 SWITCHOVER_START_BYTES = 1 + 2 + 2
+#: rule 5: the ``configuration/capabilities`` subsection (type, name, version, count, and the
+#: capability's name with its length byte), a block's mapped-ram header, the description's
+#: growth
+MAPPED_CAPABILITY_BYTES = (
+    1 + 1 + len(b"configuration/capabilities") + 4 + 4 + 1 + len(b"mapped-ram")
+)
+MAPPED_HEADER_BYTES = 4 + 8 + 8 + 8
+MAPPED_VMDESC_BYTES = 201
 #: QEMUFile: buffered small records and queued iovecs before a flush (rule 3).
 _IO_BUF_SIZE = 32768
 _MAX_IOV = 64
@@ -127,6 +142,15 @@ class QemuStream:
         self.normal_pages = 0
         self.zero_pages = 0
         self._last_block = -1
+        #: rule 5: ``mapped-ram``; pages written by multifd channels (``multifd-bytes``)
+        self.mapped_ram = False
+        self.mapped_channels = False
+        self.channel_bytes = 0
+
+    def use_mapped_ram(self, *, multifd: bool) -> None:
+        """Rule 5, before :meth:`setup`: a ``file:`` migration with ``mapped-ram``."""
+        self.mapped_ram = True
+        self.mapped_channels = multifd
 
     # -- counters ------------------------------------------------------------------------
     @property
@@ -143,13 +167,14 @@ class QemuStream:
     def transferred(self) -> int:
         """``ram.transferred`` (rule 2)."""
         if self.transferred_is_stream:
-            return self.flushed
+            return self.flushed + self.channel_bytes
         return self.precopy_bytes + self.downtime_bytes + self.postcopy_bytes
 
     @property
     def rate_bytes(self) -> int:
         """What the rate limit and the bandwidth measure see (rules 3 and 4)."""
-        return self.flushed if self.rate_counts_flushed else self.queued
+        stream = self.flushed if self.rate_counts_flushed else self.queued
+        return stream + self.channel_bytes
 
     def _small(self, nbytes: int) -> None:
         self._file.small(nbytes)
@@ -160,10 +185,15 @@ class QemuStream:
     # -- the stream's parts ----------------------------------------------------------------
     def setup(self, *, return_path: bool) -> None:
         """Everything before the first iteration (QEMU's header, commands, RAM setup)."""
-        self._small(FILE_HEADER_BYTES + self.configuration_bytes)
+        mapped = self.mapped_ram
+        capabilities = MAPPED_CAPABILITY_BYTES if mapped else 0
+        self._small(FILE_HEADER_BYTES + self.configuration_bytes + capabilities)
         if return_path:
             self._small(OPEN_RETURN_PATH_BYTES + PING_BYTES)
-        self._small(SECTION_START_BYTES + self.blocks.setup_body_bytes() + SECTION_FOOTER_BYTES)
+        headers = MAPPED_HEADER_BYTES * len(self.blocks.names) if mapped else 0
+        self._small(
+            SECTION_START_BYTES + self.blocks.setup_body_bytes() + headers + SECTION_FOOTER_BYTES
+        )
         self.flush()
 
     def begin_section(self) -> None:
@@ -184,7 +214,13 @@ class QemuStream:
 
     def complete(self, device_bytes: int = 0) -> None:
         """After the final RAM section: device state, ``EOF``, the description; flushed."""
-        self._file.unbuffered(self.device_state_bytes + device_bytes)
+        extra = MAPPED_VMDESC_BYTES if self.mapped_ram else 0
+        self._file.unbuffered(self.device_state_bytes + device_bytes + extra)
+
+    def mapped_bitmaps(self, nbytes: int) -> None:
+        """Rule 5: the blocks' bitmaps, written as the final RAM section ends."""
+        self._count_ram(nbytes, downtime=True)
+        self._file.unbuffered(nbytes)
 
     def postcopy_switch(self, device_bytes: int = 0) -> None:
         """The switch to postcopy: the device state goes in one package, without the JSON
@@ -206,6 +242,8 @@ class QemuStream:
     def cost(self, pages: npt.NDArray[np.int64], zero: npt.NDArray[np.bool_]) -> PagesCost:
         """What sending ``pages`` (in order, after what was sent) would add (rule 1)."""
         normal = ~zero
+        if self.mapped_ram:
+            return PagesCost(np.where(normal, PAGE_SIZE, 0).astype(np.int64), normal)
         nbytes = np.where(normal, NORMAL_PAGE_BYTES, ZERO_PAGE_BYTES).astype(np.int64)
         if pages.size:
             ends = self.blocks.block_of(pages[[0, -1]])
@@ -231,8 +269,10 @@ class QemuStream:
         n = cost.bytes.size
         if n == 0:
             return 0
-        if not self.rate_counts_flushed:
-            before = self.queued + np.concatenate(([0], np.cumsum(cost.bytes)[:-1]))
+        if not self.rate_counts_flushed or self.mapped_ram:
+            # (mapped-ram writes every page at once: each is counted as it goes)
+            counted = self.rate_bytes if self.mapped_ram else self.queued
+            before = counted + np.concatenate(([0], np.cumsum(cost.bytes)[:-1]))
             return int(np.searchsorted(before, allowance, side="right"))
         if self.flushed > allowance:
             return 0
@@ -264,9 +304,12 @@ class QemuStream:
         self.normal_pages += normal_count
         self.zero_pages += n - normal_count
         total = int(cost.bytes.sum())
+        if self.mapped_channels:
+            self.channel_bytes += total
+            return
         self._count_ram(total, downtime)
         self._last_block = int(self.blocks.block_of(pages[-1:])[0])
-        if not self.rate_counts_flushed or not exact_flushes:
+        if not self.rate_counts_flushed or not exact_flushes or self.mapped_ram:
             # only where the rate limit sees flushes does the buffer's state matter
             self._file.unbuffered(total)
             return

@@ -246,6 +246,12 @@ class Channel:
         await self._writer.send(views, total)
         return total
 
+    async def seek(self, offset: int) -> None:
+        """A file channel goes on at ``offset`` (``mapped-ram`` leaves a block's bitmap and
+        pages between two parts of the stream); what was buffered is written or dropped."""
+        assert self.file is not None
+        await self.loop.run_in_executor(None, self.file.seek, offset)
+
     async def flush(self) -> None:
         """Wait until everything sent so far is in the kernel (the writer thread is idle)."""
         if self._writer is not None:

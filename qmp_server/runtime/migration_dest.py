@@ -29,6 +29,7 @@ from qmp_server.engine.stream import (
     DeviceData,
     EndOfPrecopy,
     EndOfStream,
+    MappedBlock,
     MultifdSetup,
     OpenReturnPath,
     PostcopyAdvise,
@@ -55,6 +56,7 @@ from qmp_server.runtime.channel import (
     parse_uri,
 )
 from qmp_server.runtime.guest_runtime import guest_workload
+from qmp_server.runtime.mapped_ram import load_block
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.multifd_dest import MultifdIncoming
 from qmp_server.runtime.multifd_source import CHANNEL_ACK
@@ -92,6 +94,8 @@ class DestinationDriver:
         self._preempt_ready = asyncio.Event()
         #: ``multifd``: the extra connections that carry the pages
         self.multifd: MultifdIncoming | None = None
+        #: ``file:``: where the stream starts in the file (``mapped-ram`` offsets are from it)
+        self._file_base = 0
 
     def pause(self) -> None:
         """``migrate-pause`` on the destination in postcopy."""
@@ -276,6 +280,7 @@ class DestinationDriver:
                 except OSError as err:
                     self._fail(f"{address.path}: {os.strerror(err.errno or 0)}")
                     return
+            self._file_base = address.offset
             await self._load(Channel(file=file))
             return
         await self._load(await exec_channel(address.command, outgoing=False))
@@ -362,6 +367,9 @@ class DestinationDriver:
                         raise StreamError("Invalid argument")
                 elif isinstance(event, PostcopyDiscard):
                     discard = event.bitmap
+                elif isinstance(event, MappedBlock):
+                    assert guest is not None
+                    await self._load_mapped(channel, guest, event)
                 elif isinstance(event, MultifdSetup):
                     assert guest is not None
                     if multifd is None:
@@ -417,6 +425,18 @@ class DestinationDriver:
             if self.multifd is not None:
                 self.multifd.close()
                 self.multifd = None
+
+    async def _load_mapped(self, channel: Channel, guest: GuestMemory, event: MappedBlock) -> None:
+        """``mapped-ram``: a block's pages are read off the file at their places (by the
+        multifd channels' threads with ``multifd``), then the stream goes on after them."""
+        if channel.file is None:
+            raise StreamError("a mapped-ram stream on a channel that is not a file")
+        cfg = self.ctx.vm.config
+        readers = int(self.ctx.param("multifd-channels")) if cfg.enabled("multifd") else 1
+        region = event.region
+        base = self._file_base
+        await load_block(guest, region, channel.file.fileno(), base=base, readers=readers)
+        await channel.seek(base + region.next_offset)
 
     def _arm_loader_timer(self, loader: VfioSimLoader, send_ack: Callable[[], None]) -> None:
         """Poll a device again when its resource allocation (``load-ms``) is due to end."""

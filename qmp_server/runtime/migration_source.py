@@ -70,6 +70,7 @@ from qmp_server.runtime.channel import (
     parse_uri,
     write_error,
 )
+from qmp_server.runtime.mapped_ram import MappedRamOutgoing
 from qmp_server.runtime.migration_context import (
     MigrationContext,
     error_report,
@@ -171,6 +172,8 @@ class SourceDriver:
         self._multifd: MultifdOutgoing | None = None
         #: 7.2's ``compress``: its threads' model and the page compressor
         self._legacy: LegacyCompression | None = None
+        #: ``mapped-ram`` on ``file:``: the pages' places in the file and their writers
+        self._mapped: MappedRamOutgoing | None = None
 
     @property
     def channel(self) -> Channel | None:
@@ -269,7 +272,7 @@ class SourceDriver:
                 desc = f"Could not create '{address.path}': {os.strerror(err.errno or errno.EIO)}"
                 src.fail(desc, now)
                 raise CommandError(desc) from None
-        if vm.config.enabled("multifd") and address.scheme not in ("tcp", "unix"):
+        if vm.config.enabled("multifd") and not self._channels_carried(address):
             # 7.2: setup, then failed without an error-desc, before migrate returns (live)
             if prepared is not None:
                 prepared.abort()
@@ -280,13 +283,18 @@ class SourceDriver:
         self._task = asyncio.get_running_loop().create_task(self._run(address, file, prepared))
 
     def _multi_channel(self, uri: str, file_ok: bool) -> bool:
-        """Whether ``uri`` can carry multifd channels (a socket address; 10.0 also takes
-        ``file:`` with ``mapped-ram``, which qmp-server does not model)."""
+        """Whether ``uri`` can carry multifd channels (a socket address, or 9.0+'s ``file:``
+        with ``mapped-ram``)."""
         try:
-            scheme = parse_uri(uri, file_ok=file_ok).scheme
+            address = parse_uri(uri, file_ok=file_ok)
         except (LookupError, ValueError):
             return True  # the URI's own error comes later
-        return scheme in ("tcp", "unix")
+        return self._channels_carried(address)
+
+    def _channels_carried(self, address: Address) -> bool:
+        if address.scheme in ("tcp", "unix"):
+            return True
+        return address.scheme == "file" and self.ctx.vm.config.enabled("mapped-ram")
 
     def _begin(self, now: float) -> None:
         """``setup`` (QEMU's migrate_init: counters reset, the ACK flag back to false)."""
@@ -438,6 +446,9 @@ class SourceDriver:
             if self._multifd is not None:
                 self._multifd.close()
                 self._multifd = None
+            if self._mapped is not None:
+                self._mapped.close()
+                self._mapped = None
             if self._legacy is not None:
                 self._legacy.pool.shutdown(wait=False)
             if self._preempt is not None and src.status != "postcopy-paused":
@@ -560,6 +571,11 @@ class SourceDriver:
             head += enc.multifd_setup(multifd.channels, multifd.compression, session)
         for dev in ctx.devices:
             dev.save_setup(switchover_ack=ack)
+        mapped = self._mapped = self._mapped_for(channel)
+        if mapped is not None:
+            qemu.use_mapped_ram(multifd=ctx.vm.config.enabled("multifd"))
+            await mapped.setup(enc, head)  # the blocks' records, room for their pages
+            head = b""
         qemu.setup(return_path=return_path)
         # setup: the first bitmap sync covers all of RAM (MIGRATION_PASS 1, before active)
         guest.mark_all_dirty()
@@ -697,6 +713,22 @@ class SourceDriver:
         if account.rules.flush_flag:
             self._qemu.multifd_flush()
 
+    def _mapped_for(self, channel: Channel) -> MappedRamOutgoing | None:
+        """``mapped-ram`` on a ``file:`` migration: the pages go to their places in the file,
+        written by ``multifd-channels`` threads with ``multifd``, else by one."""
+        cfg = self.ctx.vm.config
+        address = self._address
+        if not cfg.enabled("mapped-ram") or address is None or channel.file is None:
+            return None
+        writers = int(self.ctx.param("multifd-channels")) if cfg.enabled("multifd") else 1
+        return MappedRamOutgoing(
+            self.ctx.guest,
+            BlockMap(self.ctx.layout.block_list()),
+            channel,
+            base=address.offset,
+            writers=writers,
+        )
+
     def _multifd_for(self, channel: Channel) -> MultifdOutgoing | None:
         """The multifd channels this migration uses (``multifd`` over a socket address)."""
         ctx = self.ctx
@@ -832,6 +864,12 @@ class SourceDriver:
         assert qemu is not None
         xbzrle = self.state.xbzrle
         multifd = self._multifd
+        if self._mapped is not None:
+            # nothing of the pages goes in the stream: they are written at their places
+            sender.take(pages, zero, keep=np.zeros(pages.size, dtype=np.bool_))
+            await self._mapped.write(pages, zero)
+            qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=exact_flushes)
+            return
         if multifd is not None:
             on_main = multifd.account.main_mask(zero)
             previous = sender.last_page
@@ -1023,6 +1061,8 @@ class SourceDriver:
             await self._multifd.finish()
         if self._legacy is not None:
             self._legacy.threads.flush()
+        if self._mapped is not None:
+            qemu.mapped_bitmaps(await self._mapped.finish())
         qemu.end_section(downtime=True, final=True)
         device_bytes = 0
         for dev in ctx.devices:

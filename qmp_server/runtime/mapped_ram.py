@@ -1,0 +1,172 @@
+"""``mapped-ram`` on a ``file:`` migration: pages written and read in place, by threads.
+
+Why a module of its own: with ``mapped-ram`` the file is not a stream.  The source writes
+each block's ``MAPPED_BLOCK`` record, leaves room for the block's bitmap and pages, and goes
+on with the stream after them (:class:`MappedRamOutgoing`); every page that is not zero is
+``pwrite``-n at its own offset by worker threads (``multifd-channels`` of them with
+``multifd``, as QEMU's channels each write their share; else one, QEMU's migration thread),
+and the bitmaps are written at the end.  The destination (:func:`load_block`) reads a block's
+bitmap and its pages with ``preadv`` straight off the file, zeroes the others, and its reader
+goes on after the block.  Where the pages go is decided in
+:mod:`qmp_server.engine.mapped_ram`; the counters in :mod:`qmp_server.engine.wire_cost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qmp_server.engine.guest import PAGE_SIZE, GuestMemory, page_runs
+from qmp_server.engine.mapped_ram import (
+    BlockRegion,
+    MappedBitmap,
+    bitmap_bytes,
+    plan_region,
+    region_runs,
+)
+from qmp_server.engine.stream import MAPPED_BLOCK_BYTES, StreamEncoder, StreamError
+from qmp_server.engine.wire_cost import BlockMap
+
+if TYPE_CHECKING:
+    from qmp_server.runtime.channel import Channel
+
+__all__ = ["MappedRamOutgoing", "load_block"]
+
+#: Pages a worker builds and writes at a time (4 MiB).
+_PIECE_PAGES = 1024
+
+
+class MappedRamOutgoing:
+    """The source's side: the blocks' places in the file, the bitmap, the page writers."""
+
+    def __init__(
+        self, guest: GuestMemory, blocks: BlockMap, channel: Channel, *, base: int, writers: int
+    ) -> None:
+        assert channel.file is not None
+        self.guest = guest
+        self.channel = channel
+        self.base = base
+        self.fd = channel.file.fileno()
+        counts = [int(n) for n in np.diff([*blocks.starts.tolist(), blocks.page_count])]
+        self._blocks = list(zip(blocks.starts.tolist(), counts, strict=True))
+        self.regions: list[BlockRegion] = []
+        self.bitmap = MappedBitmap(guest.page_count)
+        self.writers = max(1, writers)
+        self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="mapped-ram")
+        self._starts = np.asarray(blocks.starts, dtype=np.int64)
+
+    async def setup(self, enc: StreamEncoder, head: bytes) -> None:
+        """Send the stream's start and each block's record, leaving room for its pages."""
+        channel = self.channel
+        pos = await channel.send([head])
+        for first, pages in self._blocks:
+            region = plan_region(
+                first, pages, record_at=pos, record_bytes=MAPPED_BLOCK_BYTES, base=self.base
+            )
+            await channel.send([enc.mapped_block(region)])
+            await channel.seek(self.base + region.next_offset)
+            self.regions.append(region)
+            pos = region.next_offset
+
+    async def write(self, pages: np.ndarray, zero: np.ndarray) -> None:
+        """Pages taken from the guest: the normal ones go to their places, in parallel."""
+        if not pages.size:
+            return
+        self.bitmap.mark(pages, zero)
+        normal = np.sort(pages[~zero])
+        if not normal.size:
+            return
+        block_of = np.searchsorted(self._starts, normal, side="right") - 1
+        jobs: list[list[tuple[int, int, int]]] = [[] for _ in range(self.writers)]
+        k = 0
+        for b in np.unique(block_of).tolist():
+            for run in region_runs(self.regions[b], normal[block_of == b]):
+                for piece in _split(run):
+                    jobs[k % self.writers].append(piece)
+                    k += 1
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, self._write_runs, job) for job in jobs if job)
+        )
+
+    def _write_runs(self, runs: list[tuple[int, int, int]]) -> None:
+        """A worker: build each run's pages and write them at their offset."""
+        scratch = np.empty((_PIECE_PAGES, PAGE_SIZE // 8), dtype=np.uint64)
+        for offset, first, count in runs:
+            data = self.guest.read_pages_into(first, count, scratch)
+            _pwrite_all(self.fd, data, self.base + offset)
+
+    async def finish(self) -> int:
+        """Write every block's bitmap; returns their bytes (QEMU's final RAM section)."""
+        total = 0
+        loop = asyncio.get_running_loop()
+        for region in self.regions:
+            raw = self.bitmap.block_bytes(region)
+            await loop.run_in_executor(
+                self._pool, _pwrite_all, self.fd, raw, self.base + region.bitmap_offset
+            )
+            total += len(raw)
+        return total
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _split(run: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """A run cut into pieces a worker's scratch buffer holds."""
+    offset, first, count = run
+    return [
+        (offset + k * PAGE_SIZE, first + k, min(_PIECE_PAGES, count - k))
+        for k in range(0, count, _PIECE_PAGES)
+    ]
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise StreamError("mapped-ram file truncated: a block's pages are missing")
+        data += more
+    return data
+
+
+async def load_block(
+    guest: GuestMemory, region: BlockRegion, fd: int, *, base: int, readers: int
+) -> None:
+    """The destination's side of one block: its bitmap, then its pages, read in parallel
+    (``readers`` threads: the destination's multifd channels, or one)."""
+    loop = asyncio.get_running_loop()
+    raw = await loop.run_in_executor(
+        None, _pread_exact, fd, bitmap_bytes(region.pages), base + region.bitmap_offset
+    )
+    try:
+        present = MappedBitmap.parse(region, raw)
+    except ValueError as err:
+        raise StreamError(str(err)) from None
+    pages = np.arange(region.first_page, region.first_page + region.pages, dtype=np.int64)
+    for start, count in page_runs(pages[~present]):
+        guest.load_zero_pages(start, count)
+    runs = [p for run in region_runs(region, pages[present]) for p in _split(run)]
+    window = 4 * max(1, readers)  # reads in flight: the memory held stays small
+    with ThreadPoolExecutor(max(1, readers), thread_name_prefix="mapped-ram-load") as pool:
+        for at in range(0, len(runs), window):
+            batch = runs[at : at + window]
+            reads = [
+                loop.run_in_executor(pool, _pread_exact, fd, count * PAGE_SIZE, base + offset)
+                for offset, _, count in batch
+            ]
+            for (_, first, _count), read in zip(batch, reads, strict=True):
+                guest.load_pages(first, await read)
