@@ -319,11 +319,11 @@ class Channel:
                 self.proc.kill()
 
     async def finish(self) -> None:
-        """The source sent everything: flush, close its direction, reap an exec command."""
+        """The source sent everything: flush, close its direction, reap an exec command.
+        A file is flushed here and synced by :meth:`close_file`, after the migration
+        completed (QEMU syncs it as it closes the channel, in the cleanup)."""
         if self.file is not None:
-            file = self.file
-            await self.loop.run_in_executor(None, _flush_and_sync, file)
-            file.close()
+            await self.loop.run_in_executor(None, self.file.flush)
             return
         if self._writer is not None:
             await self._writer.drain()
@@ -335,6 +335,14 @@ class Channel:
             await self.proc.wait()
             if self.sock is not None:
                 self.sock.close()
+
+
+    async def close_file(self) -> None:
+        """A finished file: synced to its disk, then closed (nothing for other channels)."""
+        if self.file is not None and not self.file.closed:
+            file = self.file
+            await self.loop.run_in_executor(None, _flush_and_sync, file)
+            file.close()
 
 
 def _flush_and_sync(file: io.BufferedIOBase) -> None:

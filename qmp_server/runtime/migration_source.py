@@ -1096,3 +1096,7 @@ class SourceDriver:
         vm.runstate = "postmigrate"
         src.ram.remaining = 0
         src.complete(time.monotonic(), downtime_start)
+        try:
+            await channel.close_file()
+        except OSError as err:  # the migration completed: only the disk's sync failed
+            logger.warning("syncing the migration file failed: %s", err)
