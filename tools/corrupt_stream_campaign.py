@@ -6,10 +6,13 @@
 
 Each input builds a real migration of a small guest with the real encoders
 (:mod:`qmp_server.engine.stream`): a precopy stream with several dirty-sync rounds, re-sent
-pages, zero pages and XBZRLE deltas, or a multifd migration (a main stream and 1-4 channel
-streams, compression none, zlib or zstd, zero pages on the main stream or on the channels).
-It then damages one stream: bits flipped, a byte changed, the stream cut, bytes inserted,
-deleted or repeated, a channel dropped, or one channel's stream given twice.  The loader
+pages, zero pages and XBZRLE deltas, a multifd migration (a main stream and 1-4 channel
+streams, compression none, zlib or zstd, zero pages on the main stream or on the channels),
+or a ``mapped-ram`` file (three blocks, pages written in place over several rounds, pages
+that turned zero, the bitmaps at the end; 4 KiB alignment instead of QEMU's 1 MiB so the
+damage lands on data).  It then damages one stream: bits flipped, a byte changed, the stream
+cut, bytes inserted, deleted or repeated, a channel dropped, or one channel's stream given
+twice; in a mapped-ram file, mostly where the file holds data (stream, bitmaps, pages).  The loader
 (the destination's rules, without sockets: decode every stream, apply the page records in a
 random interleaving of the channels, check the channels, the checksums and the RAM digest)
 must then either refuse it (a ``StreamError`` or ``ValueError``) or end with exactly the
@@ -40,6 +43,11 @@ from qmp_server.engine.compression import (  # noqa: E402
     MultifdDecompressor,
 )
 from qmp_server.engine.guest import PAGE_SIZE, GuestMemory  # noqa: E402
+from qmp_server.engine.mapped_ram import (  # noqa: E402
+    MappedBitmap,
+    plan_load,
+    plan_region,
+)
 from qmp_server.engine.multifd import (  # noqa: E402
     ChannelRoster,
     PageGenerations,
@@ -47,15 +55,18 @@ from qmp_server.engine.multifd import (  # noqa: E402
     packet_decoder,
 )
 from qmp_server.engine.stream import (  # noqa: E402
+    MAPPED_BLOCK_BYTES,
     NEED_DATA,
     ChannelHello,
     ChannelSync,
     Complete,
     EndOfStream,
+    MappedBlock,
     MultifdSetup,
     StreamDecoder,
     StreamEncoder,
     StreamError,
+    StreamHeader,
     SyncMarker,
     apply_ram_event,
     encode_guest_pages_parts,
@@ -76,6 +87,8 @@ class Migration:
     channels: list[bytes] = field(default_factory=list)
     expected: str = ""  # the source's RAM digest
     kind: str = "precopy"
+    #: a mapped-ram file: the ``(start, end)`` ranges that hold data (the damage's targets)
+    data_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _change_pages(rng: random.Random, guest: GuestMemory, count: int) -> None:
@@ -173,7 +186,104 @@ def build_multifd(rng: random.Random) -> Migration:
     return Migration(main, chans, guest.digest(), f"multifd-{n}-{method}")
 
 
+MAPPED_BLOCKS = (64, 31, 1)  # pages per block (a bitmap word, a partial one, a single page)
+
+
+def build_mapped(rng: random.Random) -> Migration:
+    """A ``mapped-ram`` file: the stream with a gap after each block record for its bitmap and
+    pages, pages written in place over several rounds, the bitmaps written at the end."""
+    guest = GuestMemory(PAGES * PAGE_SIZE, rng.choice(["zero", "random"]), rng.randrange(1 << 32))
+    enc = StreamEncoder()
+    image = bytearray(enc.header(ram_size=guest.size_bytes, fill=guest.fill, seed=guest.seed,
+                                 profile="10.0"))  # fmt: skip
+    ranges = [(0, len(image))]
+    regions = []
+    first = 0
+    for pages in MAPPED_BLOCKS:
+        at = len(image)
+        region = plan_region(first, pages, record_at=at, record_bytes=MAPPED_BLOCK_BYTES,
+                             alignment=PAGE_SIZE)  # fmt: skip
+        image += enc.mapped_block(region)
+        ranges.append((at, len(image)))
+        image += bytes(region.next_offset - len(image))
+        regions.append(region)
+        first += pages
+    bitmap = MappedBitmap(PAGES)
+
+    def write(index: int) -> None:
+        region = next(r for r in regions if r.first_page <= index < r.first_page + r.pages)
+        content = guest.read_page(index)
+        zero = content == bytes(PAGE_SIZE)
+        bitmap.mark(np.array([index]), np.array([zero]))
+        if not zero:
+            at = region.page_offset(index)
+            image[at : at + PAGE_SIZE] = content
+            ranges.append((at, at + PAGE_SIZE))
+
+    rounds = rng.randint(1, 3)
+    pages_now: list[int] = list(range(PAGES))
+    tail = b""
+    for round_ in range(1, rounds + 1):
+        tail += enc.sync(round_)
+        for index in pages_now:
+            write(index)
+        if round_ < rounds:
+            _change_pages(rng, guest, rng.randint(1, 12))
+            pages_now = guest.sync_dirty().tolist()
+    for region in regions:
+        raw = bitmap.block_bytes(region)
+        image[region.bitmap_offset : region.bitmap_offset + len(raw)] = raw
+        ranges.append((region.bitmap_offset, region.bitmap_offset + len(raw)))
+    tail += enc.complete(guest.digest(), [])
+    ranges.append((len(image), len(image) + len(tail)))
+    image += tail
+    return Migration(bytes(image), expected=guest.digest(), kind="mapped", data_ranges=ranges)
+
+
 # ---- the loader ---------------------------------------------------------------------------
+
+
+def load_mapped(data: bytes, rng: random.Random) -> GuestMemory:
+    """The destination's rules for a mapped-ram file (``runtime/mapped_ram.load_block``
+    without threads): decode, and at each block record load its pages and go on after
+    them; raises StreamError or ValueError."""
+    dec = StreamDecoder()
+    guest: GuestMemory | None = None
+    complete: Complete | None = None
+    pos = 0
+    while True:
+        step = rng.choice([1, 7, 512, 4096, 1 << 16, len(data)])
+        piece = data[pos : pos + step]
+        dec.receive_data(piece)
+        pos += len(piece)
+        while (event := dec.next_event()) is not NEED_DATA:
+            if isinstance(event, StreamHeader):
+                guest = guest_for_header(event)
+            elif isinstance(event, MappedBlock):
+                if guest is None:
+                    raise StreamError("a block before the header")
+                region = event.region
+                raw = data[region.bitmap_offset : region.bitmap_offset
+                           + (region.pages + 63) // 64 * 8]  # fmt: skip
+                plan = plan_load(region, raw, piece_pages=8)
+                for start, count in plan.zero_runs:
+                    guest.load_zero_pages(start, count)
+                for offset, first, count in plan.read_runs:
+                    pages = data[offset : offset + count * PAGE_SIZE]
+                    if len(pages) != count * PAGE_SIZE:
+                        raise StreamError("mapped-ram file truncated")
+                    guest.load_pages(first, pages)
+                pos = region.next_offset
+            elif isinstance(event, Complete):
+                complete = event
+            elif isinstance(event, EndOfStream):
+                if guest is None or complete is None or guest.digest() != complete.ram_digest:
+                    raise StreamError("RAM digest mismatch")
+                return guest
+            elif guest is not None:
+                apply_ram_event(guest, event)
+        if not piece:
+            raise StreamError("stream truncated")
 
 
 def _events(data: bytes, rng: random.Random, *, channel: bool) -> list[Any]:
@@ -195,6 +305,8 @@ def _events(data: bytes, rng: random.Random, *, channel: bool) -> list[Any]:
 
 def load(m: Migration, rng: random.Random) -> GuestMemory:
     """The destination's rules without sockets; raises StreamError or ValueError."""
+    if m.kind == "mapped":
+        return load_mapped(m.main, rng)
     main = _events(m.main, rng, channel=False)
     if not main or main[0].__class__.__name__ != "StreamHeader":
         raise StreamError("no header")
@@ -280,9 +392,12 @@ def damage(m: Migration, rng: random.Random) -> str:
             m.channels.append(m.channels[j])
         return kind
     at = rng.randrange(len(data))
+    if m.data_ranges and rng.random() < 0.9:  # a mapped-ram file: where it holds data
+        start, end = rng.choice(m.data_ranges)
+        at = rng.randrange(start, end)
     if kind in ("flip", "flip3"):
-        for _ in range(1 if kind == "flip" else 3):
-            bit = rng.randrange(len(data) * 8)
+        for n in range(1 if kind == "flip" else 3):
+            bit = at * 8 + rng.randrange(8) if n == 0 else rng.randrange(len(data) * 8)
             data[bit // 8] ^= 1 << (bit % 8)
     elif kind == "byte":
         data[at] = (data[at] + rng.randrange(1, 256)) % 256
@@ -310,7 +425,10 @@ def run(count: int, seed: int) -> dict[str, Any]:
     start = time.monotonic()
     for i in range(count):
         rng = random.Random(seed * 1_000_003 + i)
-        m = build_multifd(rng) if rng.random() < 0.6 else build_precopy(rng)
+        pick = rng.random()
+        m = build_multifd(rng) if pick < 0.5 else build_mapped(rng) if pick < 0.7 else (
+            build_precopy(rng)
+        )
         if i < 50:  # the undamaged migration must load
             got = load(Migration(m.main, list(m.channels), m.expected, m.kind), rng)
             assert got.digest() == m.expected

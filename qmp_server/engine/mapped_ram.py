@@ -38,8 +38,10 @@ from qmp_server.engine.guest import PAGE_SIZE, page_runs
 __all__ = [
     "ALIGNMENT",
     "BlockRegion",
+    "LoadPlan",
     "MappedBitmap",
     "bitmap_bytes",
+    "plan_load",
     "plan_region",
     "region_runs",
 ]
@@ -73,15 +75,22 @@ class BlockRegion:
 
 
 def plan_region(
-    first_page: int, pages: int, *, record_at: int, record_bytes: int, base: int = 0
+    first_page: int,
+    pages: int,
+    *,
+    record_at: int,
+    record_bytes: int,
+    base: int = 0,
+    alignment: int = ALIGNMENT,
 ) -> BlockRegion:
     """The region of a block whose record starts ``record_at`` bytes into the stream.
 
     ``base``: the stream's own offset in the file (the URI's ``offset``); the pages are
-    aligned in the file, so the relative offsets depend on it.
+    aligned in the file, so the relative offsets depend on it.  ``alignment``: QEMU's, but
+    for tests that want small files (a multiple of the page size).
     """
     bitmap_at = record_at + record_bytes
-    pages_at = _align_up(base + bitmap_at + bitmap_bytes(pages), ALIGNMENT) - base
+    pages_at = _align_up(base + bitmap_at + bitmap_bytes(pages), alignment) - base
     return BlockRegion(first_page, pages, bitmap_at, pages_at, pages_at + pages * PAGE_SIZE)
 
 
@@ -132,6 +141,28 @@ class MappedBitmap:
         if bits[region.pages :].any():
             raise ValueError("mapped-ram bitmap has bits set beyond the block's last page")
         return bits[: region.pages].astype(np.bool_)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What the destination does with one block: the runs to zero, the runs to read."""
+
+    zero_runs: list[tuple[int, int]]
+    #: ``(file_offset, first_page, count)``, relative to the stream's first byte
+    read_runs: list[tuple[int, int, int]]
+
+
+def plan_load(region: BlockRegion, raw_bitmap: bytes, *, piece_pages: int) -> LoadPlan:
+    """The block's load from its bitmap as read (reads cut in ``piece_pages`` pieces);
+    raises ValueError for a bitmap that cannot be the source's."""
+    present = MappedBitmap.parse(region, raw_bitmap)
+    pages = np.arange(region.first_page, region.first_page + region.pages, dtype=np.int64)
+    reads = [
+        (offset + k * PAGE_SIZE, first + k, min(piece_pages, count - k))
+        for offset, first, count in region_runs(region, pages[present])
+        for k in range(0, count, piece_pages)
+    ]
+    return LoadPlan(page_runs(pages[~present]), reads)
 
 
 def bitmaps_total(blocks: Sequence[int]) -> int:

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qmp_server.engine.guest import PAGE_SIZE, GuestMemory, page_runs
+from qmp_server.engine.guest import PAGE_SIZE, GuestMemory
 from qmp_server.engine.mapped_ram import (
     BlockRegion,
     MappedBitmap,
     bitmap_bytes,
+    plan_load,
     plan_region,
     region_runs,
 )
@@ -153,13 +154,12 @@ async def load_block(
         None, _pread_exact, fd, bitmap_bytes(region.pages), base + region.bitmap_offset
     )
     try:
-        present = MappedBitmap.parse(region, raw)
+        plan = plan_load(region, raw, piece_pages=_PIECE_PAGES)
     except ValueError as err:
         raise StreamError(str(err)) from None
-    pages = np.arange(region.first_page, region.first_page + region.pages, dtype=np.int64)
-    for start, count in page_runs(pages[~present]):
+    for start, count in plan.zero_runs:
         guest.load_zero_pages(start, count)
-    runs = [p for run in region_runs(region, pages[present]) for p in _split(run)]
+    runs = plan.read_runs
     window = 4 * max(1, readers)  # reads in flight: the memory held stays small
     with ThreadPoolExecutor(max(1, readers), thread_name_prefix="mapped-ram-load") as pool:
         for at in range(0, len(runs), window):
