@@ -243,6 +243,14 @@ def build_mapped(rng: random.Random) -> Migration:
 # ---- the loader ---------------------------------------------------------------------------
 
 
+def _destination_guest(header: StreamHeader) -> GuestMemory:
+    """The destination's RAM for a header: its own size, which the header must name (as
+    ``runtime/migration_dest`` refuses a length mismatch before it builds anything)."""
+    if header.ram_size != PAGES * PAGE_SIZE:
+        raise StreamError(f"Length mismatch: {header.ram_size:#x} in != {PAGES * PAGE_SIZE:#x}")
+    return guest_for_header(header)
+
+
 def load_mapped(data: bytes, rng: random.Random) -> GuestMemory:
     """The destination's rules for a mapped-ram file (``runtime/mapped_ram.load_block``
     without threads): decode, and at each block record load its pages and go on after
@@ -258,7 +266,7 @@ def load_mapped(data: bytes, rng: random.Random) -> GuestMemory:
         pos += len(piece)
         while (event := dec.next_event()) is not NEED_DATA:
             if isinstance(event, StreamHeader):
-                guest = guest_for_header(event)
+                guest = _destination_guest(event)
             elif isinstance(event, MappedBlock):
                 if guest is None:
                     raise StreamError("a block before the header")
@@ -310,7 +318,7 @@ def load(m: Migration, rng: random.Random) -> GuestMemory:
     main = _events(m.main, rng, channel=False)
     if not main or main[0].__class__.__name__ != "StreamHeader":
         raise StreamError("no header")
-    guest = guest_for_header(main[0])
+    guest = _destination_guest(main[0])
     setup = next((e for e in main if isinstance(e, MultifdSetup)), None)
     if setup is None:
         if m.channels:

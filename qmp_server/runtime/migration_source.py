@@ -25,27 +25,19 @@ import logging
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import cast
 
 import numpy as np
 
 from qmp_server.engine.compression import (
     LegacyCompressStats,
     LegacyPageCompressor,
-    Method,
-    MultifdCompressor,
 )
 from qmp_server.engine.guest import PAGE_SIZE
 from qmp_server.engine.legacy_compress import (
-    ZERO_RECORD_BYTES,
     CompressThreads,
-    compressed_record_bytes,
 )
 from qmp_server.engine.migration import SourceMigration
 from qmp_server.engine.multifd import new_session
-from qmp_server.engine.multifd_cost import MultifdAccount, MultifdRules, packet_share
 from qmp_server.engine.precopy import ACK_WAIT_SYNC, Decision, PrecopySchedule, RateLimit
 from qmp_server.engine.stream import (
     NeedData,
@@ -57,7 +49,7 @@ from qmp_server.engine.stream import (
     StreamEncoder,
     StreamError,
 )
-from qmp_server.engine.wire_cost import BlockMap, PagesCost, QemuStream
+from qmp_server.engine.wire_cost import BlockMap, QemuStream
 from qmp_server.engine.xbzrle import XbzrleSender
 from qmp_server.errors import CommandError
 from qmp_server.runtime.channel import (
@@ -76,7 +68,13 @@ from qmp_server.runtime.migration_context import (
     error_report,
     stop_for_switchover,
 )
-from qmp_server.runtime.multifd_source import Compressor, MultifdOutgoing
+from qmp_server.runtime.multifd_source import MultifdOutgoing
+from qmp_server.runtime.page_path import (
+    LegacyCompression,
+    PagePath,
+    mapped_outgoing,
+    multifd_outgoing,
+)
 from qmp_server.runtime.page_sender import STEP_PAGES, PageSender
 from qmp_server.runtime.postcopy_source import PostcopyOutgoing
 from qmp_server.runtime.step_turns import CONTENDED_STEP_PAGES, step_turns
@@ -99,34 +97,6 @@ _NO_RESUME = "Cannot resume if there is no paused migration"
 #: The states of a migration that ``migrate`` and ``migrate_cancel`` see as under way.
 _RUNNING = ("setup", "active", "pre-switchover", "device", "cancelling")
 _POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-recover-setup")
-
-
-def _compressor(method: Method, level: int) -> Compressor:
-    """A channel's compressor (one stream per channel, as QEMU's)."""
-    return MultifdCompressor(method, level).compress
-
-
-class LegacyCompression:
-    """7.2's ``compress`` for one migration: the threads' model and a pool that compresses
-    a step's pages in ``compress-threads`` pieces (zlib releases the GIL)."""
-
-    def __init__(self, threads: CompressThreads, compressor: LegacyPageCompressor) -> None:
-        self.threads = threads
-        self.compressor = compressor
-        self.count = threads.count
-        self.pool = ThreadPoolExecutor(self.count, thread_name_prefix="compress")
-
-    def compress_all(self, pages: list[bytes]) -> list[bytes]:
-        """Each page its own zlib stream (run in the pool; the pieces in parallel)."""
-        if len(pages) < 2 * self.count:
-            return [self.compressor.compress_page(p) for p in pages]
-        size = -(-len(pages) // self.count)
-        pieces = [pages[i : i + size] for i in range(0, len(pages), size)]
-        out: list[bytes] = []
-        for done in self.pool.map(lambda ps: [self.compressor.compress_page(p) for p in ps],
-                                  pieces):  # fmt: skip
-            out += done
-        return out
 
 
 class _SetupFailed(Exception):
@@ -174,6 +144,8 @@ class SourceDriver:
         self._legacy: LegacyCompression | None = None
         #: ``mapped-ram`` on ``file:``: the pages' places in the file and their writers
         self._mapped: MappedRamOutgoing | None = None
+        #: the running migration's page path (built once its channels are open)
+        self._path: PagePath | None = None
 
     @property
     def channel(self) -> Channel | None:
@@ -449,6 +421,7 @@ class SourceDriver:
             if self._mapped is not None:
                 self._mapped.close()
                 self._mapped = None
+            self._path = None
             if self._legacy is not None:
                 self._legacy.pool.shutdown(wait=False)
             if self._preempt is not None and src.status != "postcopy-paused":
@@ -549,7 +522,7 @@ class SourceDriver:
         qemu = self._qemu = self._qemu_stream()
         # multifd: the channels connect first, and the destination takes them (QEMU's
         # setup waits for its channels before its first sync)
-        multifd = self._multifd_for(channel)
+        multifd = multifd_outgoing(ctx, self._address, channel)
         session = new_session()
         refused: list[int] = []
         if multifd is not None and self._address is not None:
@@ -571,12 +544,15 @@ class SourceDriver:
             head += enc.multifd_setup(multifd.channels, multifd.compression, session)
         for dev in ctx.devices:
             dev.save_setup(switchover_ack=ack)
-        mapped = self._mapped = self._mapped_for(channel)
+        mapped = self._mapped = mapped_outgoing(ctx, self._address, channel)
         if mapped is not None:
             qemu.use_mapped_ram(multifd=ctx.vm.config.enabled("multifd"))
             await mapped.setup(enc, head)  # the blocks' records, room for their pages
             head = b""
         qemu.setup(return_path=return_path)
+        path = self._path = PagePath(
+            src, guest, qemu, multifd=self._multifd, legacy=self._legacy, mapped=mapped
+        )
         # setup: the first bitmap sync covers all of RAM (MIGRATION_PASS 1, before active)
         guest.mark_all_dirty()
         to_send = guest.sync_dirty()
@@ -590,8 +566,8 @@ class SourceDriver:
         if multifd is not None:
             multifd.start(src.ram.dirty_sync_count)
             multifd.account.start()
-            self._multifd_sync()  # the end of the setup (both versions)
-        self._count()
+            path.multifd_sync()  # the end of the setup (both versions)
+        path.count()
         src.ram.remaining = remaining
         src.activate(time.monotonic())
         sender = PageSender(enc, guest, to_send)
@@ -609,8 +585,8 @@ class SourceDriver:
                 src.ram.remaining = sender.remaining * PAGE_SIZE
                 src.update_period(now, int(ctx.param("downtime-limit")))
                 limit.set_bandwidth(int(ctx.param("max-bandwidth")))
-                period_base = self._rate_bytes()
-            if limit.exceeded(self._rate_bytes() - period_base):
+                period_base = path.rate_bytes()
+            if limit.exceeded(path.rate_bytes() - period_base):
                 await asyncio.sleep(src.period_left(now))
                 continue
             schedule.threshold = src.threshold
@@ -674,85 +650,6 @@ class SourceDriver:
             error_report("multifd_send_sync_main: channel 0 has already quit")
         error_report(desc)
 
-    def _count(self) -> None:
-        """query-migrate's counters from QEMU's stream model (and its multifd channels)."""
-        assert self._qemu is not None
-        self.state.account(self._qemu, self._multifd.account if self._multifd else None)
-
-    def _rate_bytes(self) -> int:
-        """The bytes QEMU's rate limit has seen: its main stream's, and the multifd packets
-        (7.2 charges a packet when it hands it to a channel)."""
-        assert self._qemu is not None
-        extra = self._multifd.account.multifd_bytes if self._multifd is not None else 0
-        return self._qemu.rate_bytes + extra
-
-    def _fit(self, pages: np.ndarray, zero: np.ndarray, cost: PagesCost, allowance: int) -> int:
-        """How many pages of a step QEMU's rate limit lets go (tested before each page).
-        With multifd only the main channel's pages are tested page by page; the channels'
-        packets are charged when they are handed over (7.2, docs/multifd-facts.md §10)."""
-        assert self._qemu is not None
-        if self._multifd is None:
-            return self._qemu.fit(cost, allowance)
-        account = self._multifd.account
-        main = account.main_mask(zero)
-        charged = np.where(main, cost.bytes, 0)
-        if account.rules.counts_in_channels:
-            # 8.1+: the channels' packets are charged as they go, page by page in effect
-            # (their header spread over the packet's pages; zero pages carry no data)
-            channel = packet_share(zero[~main], account.rules)
-            charged[~main] = channel
-        main_cost = PagesCost(charged, cost.normal & main)
-        return self._qemu.fit(main_cost, allowance - account.multifd_bytes)
-
-    def _multifd_sync(self) -> None:
-        """A sync of QEMU's multifd channels (the accounting: SYNC packets, 8.0+'s flag)."""
-        if self._multifd is None or self._qemu is None:
-            return
-        account = self._multifd.account
-        account.sync(kernel_copied=self._multifd.kernel_copied)
-        if account.rules.flush_flag:
-            self._qemu.multifd_flush()
-
-    def _mapped_for(self, channel: Channel) -> MappedRamOutgoing | None:
-        """``mapped-ram`` on a ``file:`` migration: the pages go to their places in the file,
-        written by ``multifd-channels`` threads with ``multifd``, else by one."""
-        cfg = self.ctx.vm.config
-        address = self._address
-        if not cfg.enabled("mapped-ram") or address is None or channel.file is None:
-            return None
-        writers = int(self.ctx.param("multifd-channels")) if cfg.enabled("multifd") else 1
-        return MappedRamOutgoing(
-            self.ctx.guest,
-            BlockMap(self.ctx.layout.block_list()),
-            channel,
-            base=address.offset,
-            writers=writers,
-        )
-
-    def _multifd_for(self, channel: Channel) -> MultifdOutgoing | None:
-        """The multifd channels this migration uses (``multifd`` over a socket address)."""
-        ctx = self.ctx
-        address = self._address
-        if not ctx.vm.config.enabled("multifd") or address is None:
-            return None
-        if address.scheme not in ("tcp", "unix") or channel.sock is None:
-            return None
-        detection = ctx.param("zero-page-detection") if ctx.profile.since(9, 0) else None
-        method = str(ctx.param("multifd-compression"))
-        new_compressor = None
-        if method in ("zlib", "zstd"):
-            level = int(ctx.param(f"multifd-{method}-level"))
-            new_compressor = partial(_compressor, cast(Method, method), level)
-        channels = int(ctx.param("multifd-channels"))
-        rules = MultifdRules.for_profile(ctx.profile, str(detection or "legacy"))
-        zero_copy = ctx.vm.config.enabled("zero-copy-send")
-        account = MultifdAccount(
-            rules, BlockMap(ctx.layout.block_list()), channels, zero_copy=zero_copy
-        )
-        return MultifdOutgoing(
-            ctx.guest, account, method, new_compressor, link=ctx.link, zero_copy=zero_copy
-        )
-
     async def _run_postcopy(
         self,
         channel: Channel,
@@ -808,8 +705,9 @@ class SourceDriver:
         exceeded, nothing is left or 50 ms passed (QEMU's MAX_WAIT)."""
         ctx = self.ctx
         src = self.state
-        qemu = self._qemu
-        assert qemu is not None
+        path = self._path
+        assert path is not None
+        qemu = path.qemu
         downtime = not ctx.vm.running  # QEMU counts bytes sent while paused as downtime bytes
         deadline = time.monotonic() + _MAX_WAIT
         for dev in ctx.devices:
@@ -829,146 +727,22 @@ class SourceDriver:
             cost = qemu.cost(pages, zero)
             count = pages.size
             if not limit.unlimited:
-                count = self._fit(pages, zero, cost, period_base + limit.allowance)
+                count = path.fit(pages, zero, cost, period_base + limit.allowance)
                 if count < pages.size:
                     pages, zero, cost = pages[:count], zero[:count], cost.head(count)
             if count:
-                await self._send_step(
+                await path.send_step(
                     channel, enc, sender, pages, zero, cost,
                     downtime=downtime, exact_flushes=not limit.unlimited,
                 )  # fmt: skip
-                self._count()
+                path.count()
                 src.ram.remaining = sender.remaining * PAGE_SIZE
-            if limit.exceeded(self._rate_bytes() - period_base) or time.monotonic() >= deadline:
+            if limit.exceeded(path.rate_bytes() - period_base) or time.monotonic() >= deadline:
                 break
         if self._multifd is not None and self._multifd.account.rules.sync_per_section:
-            self._multifd_sync()  # 7.2: at the end of every RAM section
+            path.multifd_sync()  # 7.2: at the end of every RAM section
         qemu.end_section(downtime=downtime)
-        self._count()
-
-    async def _send_step(
-        self,
-        channel: Channel,
-        enc: StreamEncoder,
-        sender: PageSender,
-        pages: np.ndarray,
-        zero: np.ndarray,
-        cost: PagesCost,
-        *,
-        downtime: bool,
-        exact_flushes: bool,
-        last_stage: bool = False,
-    ) -> None:
-        """Send a step's pages: in full, or as XBZRLE deltas once the first pass is done."""
-        qemu = self._qemu
-        assert qemu is not None
-        xbzrle = self.state.xbzrle
-        multifd = self._multifd
-        if self._mapped is not None:
-            # nothing of the pages goes in the stream: they are written at their places
-            sender.take(pages, zero, keep=np.zeros(pages.size, dtype=np.bool_))
-            await self._mapped.write(pages, zero)
-            qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=exact_flushes)
-            return
-        if multifd is not None:
-            on_main = multifd.account.main_mask(zero)
-            previous = sender.last_page
-            encoded = sender.take(pages, zero, keep=on_main)
-            if encoded.parts:
-                await channel.send(encoded.parts)
-            await multifd.send_pages(pages[~on_main], zero[~on_main])
-            self._account_multifd(pages, zero, previous, downtime=downtime)
-            return
-        if self._legacy is not None:
-            await self._send_compressed(channel, enc, sender, pages, zero, downtime)
-            return
-        if xbzrle is None:
-            encoded = sender.take(pages, zero, deferred=True)
-            await channel.send(encoded.parts)
-            qemu.add_pages(pages, cost, downtime=downtime, exact_flushes=exact_flushes)
-            return
-        first = 0
-        if not (xbzrle.enabled or sender.completed_pass):
-            # the round ends where the walk wraps, possibly inside this step
-            before = np.concatenate(([sender.last_page], pages[:-1]))
-            wraps = np.flatnonzero(pages < before)
-            first = int(wraps[0]) if wraps.size else int(pages.size)
-        full, deltas = xbzrle.split(
-            pages, zero, self.ctx.guest.read_page, last_stage=last_stage, first=first
-        )
-        encoded = sender.take(pages, zero, keep=full)
-        await channel.send([*encoded.parts, *(enc.xbzrle(p, d) for p, d in deltas)])
-        qemu.add_pages(pages[full], PagesCost(cost.bytes[full], cost.normal[full]),
-                       downtime=downtime, exact_flushes=exact_flushes)  # fmt: skip
-        for page, delta in deltas:
-            qemu.add_xbzrle(page, len(delta), downtime=downtime)
-
-    async def _send_compressed(
-        self,
-        channel: Channel,
-        enc: StreamEncoder,
-        sender: PageSender,
-        pages: np.ndarray,
-        zero: np.ndarray,
-        downtime: bool,
-    ) -> None:
-        """7.2's ``compress``: a block's first page from the migration thread, the others
-        through the compress threads (zero records, or each page its own zlib stream,
-        compressed in the thread pool); counted as the threads are drained."""
-        legacy = self._legacy
-        qemu = self._qemu
-        assert legacy is not None and qemu is not None
-        starts = qemu.blocks.starts
-        threads = legacy.threads.via_threads(pages, starts)
-        squeeze = threads & ~zero
-        previous = sender.last_page
-        encoded = sender.take(pages, zero, keep=~squeeze)
-        datas: list[bytes] = []
-        if squeeze.any():
-            raw = [self.ctx.guest.read_page(int(i)) for i in pages[squeeze]]
-            datas = await asyncio.get_running_loop().run_in_executor(None, legacy.compress_all, raw)
-        await channel.send(
-            [*encoded.parts, *(enc.compressed_page(int(i), d)
-                               for i, d in zip(pages[squeeze], datas, strict=True))]
-        )  # fmt: skip
-        main = ~threads
-        if main.any():
-            qemu.add_pages(pages[main], qemu.cost(pages[main], zero[main]), downtime=downtime)
-        blocks = qemu.blocks.block_of(pages)
-        sizes = iter(datas)
-        for k in np.flatnonzero(threads).tolist():
-            if int(pages[k]) <= previous:
-                legacy.threads.flush()  # a completed pass drains every thread
-            previous = int(pages[k])
-            if zero[k]:
-                nbytes = ZERO_RECORD_BYTES
-                qemu.zero_pages += 1
-            else:
-                nbytes = compressed_record_bytes(len(next(sizes)))
-            qemu.add_thread_record(nbytes, downtime=downtime)
-            legacy.threads.give(nbytes, bool(zero[k]), int(blocks[k]))
-
-    def _account_multifd(
-        self, pages: np.ndarray, zero: np.ndarray, previous: int, *, downtime: bool
-    ) -> None:
-        """QEMU's multifd counting of a step: the channels' packets, the main channel's zero
-        pages; 8.0+ syncs where its walk wraps past the end of RAM (multifd_cost rule 3)."""
-        assert self._multifd is not None and self._qemu is not None
-        account = self._multifd.account
-        cut = pages.size
-        if not account.rules.sync_per_section and pages.size:
-            back = np.flatnonzero(pages < np.concatenate(([previous + 1], pages[:-1] + 1)))
-            cut = int(back[0]) if back.size else pages.size
-        for part in (slice(0, cut), slice(cut, None)):
-            if part.start == cut and cut < pages.size:
-                self._multifd_sync()
-            p, z = pages[part], zero[part]
-            if not p.size:
-                continue
-            account.queue(p, z, packets=False)
-            main = account.main_mask(z)
-            if main.any():
-                self._qemu.add_pages(p[main], self._qemu.cost(p[main], z[main]), downtime=downtime)
+        path.count()
 
     async def _wait_gate(self, seconds: float) -> None:
         self._gate.clear()
@@ -1043,8 +817,9 @@ class SourceDriver:
         elif ctx.profile.since(10, 0):
             src.set_status("device")
         # the final sync, then everything that is left, without rate limit
-        qemu = self._qemu
-        assert qemu is not None
+        path = self._path
+        assert path is not None
+        qemu = path.qemu
         sender.resync(self._resync())
         qemu.switchover()
         await channel.send(
@@ -1052,12 +827,12 @@ class SourceDriver:
         )
         while sender.remaining:
             pages, zero = sender.peek(STEP_PAGES)
-            await self._send_step(
+            await path.send_step(
                 channel, enc, sender, pages, zero, qemu.cost(pages, zero),
                 downtime=True, exact_flushes=False, last_stage=True,
             )  # fmt: skip
         if self._multifd is not None:
-            self._multifd_sync()  # the end of the last section (both versions)
+            path.multifd_sync()  # the end of the last section (both versions)
             await self._multifd.finish()
         if self._legacy is not None:
             self._legacy.threads.flush()
@@ -1077,7 +852,7 @@ class SourceDriver:
         ram_digest = await asyncio.get_running_loop().run_in_executor(None, ctx.guest.digest)
         await channel.send([enc.complete(ram_digest, digests)])
         qemu.complete(device_bytes)
-        self._count()
+        path.count()
         if self._return_path_on(channel):
             try:
                 await asyncio.wait_for(self._resumed.wait(), _RESUME_TIMEOUT)
