@@ -195,7 +195,7 @@ def build_mapped(rng: random.Random) -> Migration:
     guest = GuestMemory(PAGES * PAGE_SIZE, rng.choice(["zero", "random"]), rng.randrange(1 << 32))
     enc = StreamEncoder()
     image = bytearray(enc.header(ram_size=guest.size_bytes, fill=guest.fill, seed=guest.seed,
-                                 profile="10.0"))  # fmt: skip
+                                 profile="10.0", mapped_ram=True))  # fmt: skip
     ranges = [(0, len(image))]
     regions = []
     first = 0

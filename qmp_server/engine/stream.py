@@ -129,7 +129,10 @@ _CHECKSUMS = (CHECKSUM_XXH3_64, CHECKSUM_XXH3_64_NO_PAGES)
 
 FLAG_SWITCHOVER_ACK: Final = 0x1
 FLAG_RETURN_PATH: Final = 0x2
-_KNOWN_FLAGS = FLAG_SWITCHOVER_ACK | FLAG_RETURN_PATH
+#: the source's ``mapped-ram`` is on: RAM blocks come as MAPPED_BLOCK records (QEMU sends its
+#: capability in the configuration section; a destination that differs fails the load)
+FLAG_MAPPED_RAM: Final = 0x4
+_KNOWN_FLAGS = FLAG_SWITCHOVER_ACK | FLAG_RETURN_PATH | FLAG_MAPPED_RAM
 
 
 class Tag(enum.IntEnum):
@@ -221,6 +224,7 @@ class StreamHeader:
     switchover_ack: bool
     return_path: bool
     profile: str
+    mapped_ram: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +500,7 @@ class StreamEncoder:
         page_size: int = PAGE_SIZE,
         switchover_ack: bool = False,
         return_path: bool = False,
+        mapped_ram: bool = False,
     ) -> bytes:
         """Magic, version and the ``HEADER`` record."""
         if self._started:
@@ -505,8 +510,10 @@ class StreamEncoder:
             raise ValueError("profile name longer than 255 bytes")
         if page_size <= 0 or ram_size % page_size:
             raise ValueError("ram_size must be a multiple of page_size")
-        flags = (FLAG_SWITCHOVER_ACK if switchover_ack else 0) | (
-            FLAG_RETURN_PATH if return_path else 0
+        flags = (
+            (FLAG_SWITCHOVER_ACK if switchover_ack else 0)
+            | (FLAG_RETURN_PATH if return_path else 0)
+            | (FLAG_MAPPED_RAM if mapped_ram else 0)
         )
         self._started = True
         self.page_size = page_size
@@ -1065,6 +1072,7 @@ class StreamDecoder:
             switchover_ack=bool(flags & FLAG_SWITCHOVER_ACK),
             return_path=bool(flags & FLAG_RETURN_PATH),
             profile=profile,
+            mapped_ram=bool(flags & FLAG_MAPPED_RAM),
         )
         self._state = _State.BODY
         return self.header
@@ -1080,6 +1088,8 @@ class StreamDecoder:
         return MultifdSetup(channels, _CODE_COMPRESSION[code], session)
 
     def _mapped_block(self, payload: bytes) -> MappedBlock:
+        if self.header is None or not self.header.mapped_ram:
+            raise self._fail("a MAPPED_BLOCK record in a stream without mapped-ram")
         self._expect_len(Tag.MAPPED_BLOCK, payload, _MAPPED.size)
         region = BlockRegion(*_MAPPED.unpack(payload))
         problem = check_region(region, expected_first=self._mapped_next, ram_pages=self._pages)

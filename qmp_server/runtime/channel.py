@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from qmp_server.runtime.host_link import HostLink
 
 __all__ = [
+    "NOT_SEEKABLE",
     "Address",
     "Buffer",
     "Channel",
@@ -45,6 +46,7 @@ __all__ = [
     "open_for_read",
     "open_for_write",
     "parse_uri",
+    "seekable_fd",
     "write_error",
 ]
 
@@ -54,6 +56,9 @@ RECEIVE_BUFFER = _SOCK_BUF = 4 << 20
 _WRITER_LIMIT = 8 << 20
 
 Buffer = bytes | bytearray | memoryview
+
+#: ``mapped-ram`` on a transport that cannot seek (both sides; live 10.0)
+NOT_SEEKABLE = "Migration requires seekable transport (e.g. file)"
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,14 @@ def listening_address(sock: socket.socket, address: Address) -> list[dict[str, A
 def fd_not_found(address: Address) -> str:
     """QEMU's text for an ``fd:`` URI whose name the monitor does not hold (getfd)."""
     return f"File descriptor named '{address.path}' has not been found"
+
+
+def seekable_fd(fd: int) -> bool:
+    """A descriptor ``mapped-ram`` can use: a regular file (not a socket or a pipe)."""
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def fd_channel(fd: int, *, outgoing: bool) -> Channel:

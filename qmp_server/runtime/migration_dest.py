@@ -45,6 +45,7 @@ from qmp_server.engine.stream import (
 )
 from qmp_server.errors import CommandError
 from qmp_server.runtime.channel import (
+    NOT_SEEKABLE,
     Address,
     Channel,
     exec_channel,
@@ -150,6 +151,17 @@ class DestinationDriver:
         except ValueError as err:
             cfg.note_incoming(uri, started=False)
             raise CommandError(str(err)) from None
+        if cfg.enabled("mapped-ram") and address.scheme not in ("file", "fd"):
+            cfg.note_incoming(uri, started=False)
+            raise CommandError(NOT_SEEKABLE)  # nothing changes (live 10.0)
+        if (
+            profile.since(9, 0)
+            and cfg.enabled("multifd")
+            and address.scheme not in ("tcp", "unix")
+            and not (address.scheme == "file" and cfg.enabled("mapped-ram"))
+        ):
+            cfg.note_incoming(uri, started=False)
+            raise CommandError("Migration requires multi-channel URIs (e.g. tcp)")
         if inc.status != "none":
             # a transport that failed to start left ``setup`` behind (QEMU 10.0, live)
             raise CommandError(f"Illegal migration incoming state: {inc.status}")
@@ -340,6 +352,7 @@ class DestinationDriver:
                             f"Length mismatch: pc.ram: {event.ram_size:#x} in != "
                             f"{size:#x}: Invalid argument"
                         )
+                    self._check_capabilities(event)
                     guest = guest_for_header(
                         event, self.ctx.layout.firmware_pages, self.ctx.layout.firmware_content
                     )
@@ -425,6 +438,18 @@ class DestinationDriver:
             if self.multifd is not None:
                 self.multifd.close()
                 self.multifd = None
+
+    def _check_capabilities(self, header: StreamHeader) -> None:
+        """QEMU's configuration section: a capability both sides must share (``mapped-ram``)
+        that differs fails the load (live 10.0)."""
+        mine = self.ctx.vm.config.enabled("mapped-ram")
+        if header.mapped_ram != mine:
+            state = {True: "on", False: "off"}
+            error_report(
+                f"Capability mapped-ram is {state[mine]}, "
+                f"but received capability is {state[header.mapped_ram]}"
+            )
+            raise StreamError("Invalid argument")
 
     async def _load_mapped(self, channel: Channel, guest: GuestMemory, event: MappedBlock) -> None:
         """``mapped-ram``: a block's pages are read off the file at their places (by the

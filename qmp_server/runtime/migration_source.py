@@ -53,6 +53,7 @@ from qmp_server.engine.wire_cost import BlockMap, QemuStream
 from qmp_server.engine.xbzrle import XbzrleSender
 from qmp_server.errors import CommandError
 from qmp_server.runtime.channel import (
+    NOT_SEEKABLE,
     Address,
     Channel,
     connect,
@@ -60,6 +61,7 @@ from qmp_server.runtime.channel import (
     fd_not_found,
     open_for_write,
     parse_uri,
+    seekable_fd,
     write_error,
 )
 from qmp_server.runtime.mapped_ram import MappedRamOutgoing
@@ -188,13 +190,21 @@ class SourceDriver:
                 raise CommandError(f"unknown migration protocol: {uri}") from None
             except ValueError as err:
                 raise CommandError(str(err)) from None
+        if vm.config.enabled("mapped-ram") and not self._seekable(uri):
+            # 9.0+ checks the transport first: nothing changes (live 10.0)
+            raise CommandError(NOT_SEEKABLE)
         if (
             ctx.profile.since(9, 0)
             and vm.config.enabled("multifd")
             and not self._multi_channel(uri, ctx.profile.since(8, 2))
         ):
-            # 9.0+ checks the transport first: nothing changes (live 10.0)
             raise CommandError("Migration requires multi-channel URIs (e.g. tcp)")
+        if (
+            vm.config.enabled("mapped-ram")
+            and vm.config.enabled("multifd")
+            and ctx.param("multifd-compression") != "none"
+        ):
+            raise CommandError("Cannot use compression with mapped-ram")
         if src.status in _RUNNING or src.status in _POSTCOPY:
             raise CommandError(IN_PROGRESS)
         if vm.runstate == "inmigrate":
@@ -262,6 +272,19 @@ class SourceDriver:
         except (LookupError, ValueError):
             return True  # the URI's own error comes later
         return self._channels_carried(address)
+
+    def _seekable(self, uri: str) -> bool:
+        """Whether ``uri`` is a transport ``mapped-ram`` can use: a file, or an ``fd:``
+        whose descriptor is one."""
+        try:
+            address = parse_uri(uri, file_ok=True)
+        except (LookupError, ValueError):
+            return True  # the URI's own error comes later
+        if address.scheme == "fd":
+            mon = self.ctx.vm.cur_fds
+            fd = None if mon is None else mon.named.fds.get(address.path)
+            return fd is None or seekable_fd(fd)
+        return address.scheme == "file"
 
     def _channels_carried(self, address: Address) -> bool:
         if address.scheme in ("tcp", "unix"):
@@ -535,6 +558,7 @@ class SourceDriver:
             profile=ctx.profile.name,
             switchover_ack=ack,
             return_path=return_path,
+            mapped_ram=ctx.vm.config.enabled("mapped-ram") and channel.file is not None,
         )
         if return_path:
             head += enc.open_return_path()

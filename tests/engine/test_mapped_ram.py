@@ -122,7 +122,9 @@ def test_bad_regions_are_named(region: BlockRegion, problem: str) -> None:
 
 def _stream(regions: list[BlockRegion], ram_pages: int) -> tuple[bytes, list[bytes]]:
     enc = StreamEncoder()
-    head = enc.header(ram_size=ram_pages * 4096, fill="zero", seed=0, profile="10.0")
+    head = enc.header(
+        ram_size=ram_pages * 4096, fill="zero", seed=0, profile="10.0", mapped_ram=True
+    )
     return head, [enc.mapped_block(r) for r in regions] + [enc.complete("00" * 32, [])]
 
 
@@ -152,6 +154,14 @@ def test_blocks_must_cover_the_guest() -> None:
     head, records = _stream([BlockRegion(0, 8, 200, MiB, MiB + 8 * 4096)], 10)
     with pytest.raises(StreamError, match="cover 8 of 10 pages"):
         _decode([head + records[0], records[1]])
+
+
+def test_a_block_record_needs_the_header_flag() -> None:
+    enc = StreamEncoder()
+    head = enc.header(ram_size=10 * 4096, fill="zero", seed=0, profile="10.0")
+    record = enc.mapped_block(BlockRegion(0, 10, 200, MiB, MiB + 40960))
+    with pytest.raises(StreamError, match="without mapped-ram"):
+        _decode([head + record])
 
 
 def test_blocks_out_of_order_are_refused() -> None:
