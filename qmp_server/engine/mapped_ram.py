@@ -41,6 +41,7 @@ __all__ = [
     "LoadPlan",
     "MappedBitmap",
     "bitmap_bytes",
+    "check_alignment",
     "plan_load",
     "plan_region",
     "region_runs",
@@ -95,17 +96,25 @@ def plan_region(
 
 
 def check_region(region: BlockRegion, *, expected_first: int, ram_pages: int) -> str | None:
-    """What is wrong with a region read from a file (None: nothing)."""
+    """What is wrong with a region read from a file (None: nothing).  Its pages' alignment
+    is the file's, not the stream's: :func:`check_alignment` once the stream's offset is
+    known."""
     if region.first_page != expected_first:
         return f"mapped-ram block at page {region.first_page}, expected {expected_first}"
     if region.pages <= 0 or region.first_page + region.pages > ram_pages:
         return f"mapped-ram block of {region.pages} pages at {region.first_page} is out of RAM"
     if region.bitmap_offset + bitmap_bytes(region.pages) > region.pages_offset:
         return "mapped-ram bitmap overlaps the block's pages"
-    if region.pages_offset % PAGE_SIZE:
-        return f"mapped-ram pages at an unaligned offset {region.pages_offset}"
     if region.next_offset != region.pages_offset + region.pages * PAGE_SIZE:
         return "mapped-ram block does not end after its pages"
+    return None
+
+
+def check_alignment(region: BlockRegion, base: int) -> str | None:
+    """A region whose pages do not start on a page of the file (``base``: the stream's
+    offset in it)."""
+    if (base + region.pages_offset) % PAGE_SIZE:
+        return f"mapped-ram pages at an unaligned offset {base + region.pages_offset}"
     return None
 
 

@@ -206,8 +206,9 @@ class SourceMigration:
         ram.postcopy_bytes = stream.postcopy_bytes
         ram.normal = stream.normal_pages
         ram.duplicate = stream.zero_pages
-        self.stream_bytes = stream.rate_bytes
-        ram.multifd_bytes = stream.channel_bytes  # mapped-ram's channels (wire_cost rule 5)
+        # mapped-ram's channels (wire_cost rule 5): counted, not rate limited
+        self.stream_bytes = stream.rate_bytes + stream.channel_bytes
+        ram.multifd_bytes = stream.channel_bytes
         if multifd is not None:
             counters = multifd.counters(stream)
             ram.transferred = counters["transferred"]

@@ -32,7 +32,9 @@ queues and flushes them, and the counters derive from it.  Facts (read in QEMU 7
    pages offsets); pages have no header: a normal page is its 4096 bytes, written in place
    and flushed at once, a zero page costs nothing; the bitmaps are RAM bytes of the final
    section; the JSON description grows by 201 bytes (recorded).  With ``multifd`` the
-   channels write the pages: ``multifd-bytes``, in ``transferred`` but not in the RAM bytes.
+   channels write the pages: ``multifd-bytes``, in ``transferred`` and the bandwidth but not
+   in the RAM bytes, and not held by ``max-bandwidth`` (live: 467 kB of pages at 100 kB/s
+   took 605 ms; without multifd 5.3 s).
 """
 
 from __future__ import annotations
@@ -173,8 +175,7 @@ class QemuStream:
     @property
     def rate_bytes(self) -> int:
         """What the rate limit and the bandwidth measure see (rules 3 and 4)."""
-        stream = self.flushed if self.rate_counts_flushed else self.queued
-        return stream + self.channel_bytes
+        return self.flushed if self.rate_counts_flushed else self.queued
 
     def _small(self, nbytes: int) -> None:
         self._file.small(nbytes)
@@ -269,6 +270,8 @@ class QemuStream:
         n = cost.bytes.size
         if n == 0:
             return 0
+        if self.mapped_channels:
+            return n  # rule 5: the channels' pages do not hold the rate limit (live 10.0)
         if not self.rate_counts_flushed or self.mapped_ram:
             # (mapped-ram writes every page at once: each is counted as it goes)
             counted = self.rate_bytes if self.mapped_ram else self.queued

@@ -25,6 +25,7 @@ from qmp_server.engine.mapped_ram import (
     BlockRegion,
     MappedBitmap,
     bitmap_bytes,
+    check_alignment,
     plan_load,
     plan_region,
     region_runs,
@@ -149,6 +150,9 @@ async def load_block(
 ) -> None:
     """The destination's side of one block: its bitmap, then its pages, read in parallel
     (``readers`` threads: the destination's multifd channels, or one)."""
+    problem = check_alignment(region, base)
+    if problem is not None:
+        raise StreamError(problem)
     loop = asyncio.get_running_loop()
     raw = await loop.run_in_executor(
         None, _pread_exact, fd, bitmap_bytes(region.pages), base + region.bitmap_offset
