@@ -6,15 +6,20 @@ on with the stream after them (:class:`MappedRamOutgoing`); every page that is n
 ``pwrite``-n at its own offset by worker threads (``multifd-channels`` of them with
 ``multifd``, as QEMU's channels each write their share; else one, QEMU's migration thread),
 and the bitmaps are written at the end.  The destination (:func:`load_block`) reads a block's
-bitmap and its pages with ``preadv`` straight off the file, zeroes the others, and its reader
-goes on after the block.  Where the pages go is decided in
+bitmap and its pages with ``pread`` straight off the file, zeroes the others, and its reader
+goes on after the block.  With ``direct-io`` and ``multifd`` (QEMU opens its channels'
+descriptors with ``O_DIRECT``) the pages bypass the page cache: the workers write and read
+them through a descriptor of their own, from page-aligned buffers.  Where the pages go is decided in
 :mod:`qmp_server.engine.mapped_ram`; the counters in :mod:`qmp_server.engine.wire_cost`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import mmap
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -36,7 +41,7 @@ from qmp_server.engine.wire_cost import BlockMap
 if TYPE_CHECKING:
     from qmp_server.runtime.channel import Channel
 
-__all__ = ["MappedRamOutgoing", "load_block"]
+__all__ = ["MappedRamOutgoing", "load_block", "open_direct"]
 
 #: Pages a worker builds and writes at a time (4 MiB).
 _PIECE_PAGES = 1024
@@ -46,13 +51,22 @@ class MappedRamOutgoing:
     """The source's side: the blocks' places in the file, the bitmap, the page writers."""
 
     def __init__(
-        self, guest: GuestMemory, blocks: BlockMap, channel: Channel, *, base: int, writers: int
+        self,
+        guest: GuestMemory,
+        blocks: BlockMap,
+        channel: Channel,
+        *,
+        base: int,
+        writers: int,
+        direct_path: str | None = None,
     ) -> None:
         assert channel.file is not None
         self.guest = guest
         self.channel = channel
         self.base = base
         self.fd = channel.file.fileno()
+        #: ``direct-io``: the pages' own descriptor, opened with ``O_DIRECT``
+        self._direct_fd = open_direct(direct_path, os.O_WRONLY) if direct_path else None
         counts = [int(n) for n in np.diff([*blocks.starts.tolist(), blocks.page_count])]
         self._blocks = list(zip(blocks.starts.tolist(), counts, strict=True))
         self.regions: list[BlockRegion] = []
@@ -97,10 +111,11 @@ class MappedRamOutgoing:
 
     def _write_runs(self, runs: list[tuple[int, int, int]]) -> None:
         """A worker: build each run's pages and write them at their offset."""
-        scratch = np.empty((_PIECE_PAGES, PAGE_SIZE // 8), dtype=np.uint64)
-        for offset, first, count in runs:
-            data = self.guest.read_pages_into(first, count, scratch)
-            _pwrite_all(self.fd, data, self.base + offset)
+        fd = self.fd if self._direct_fd is None else self._direct_fd
+        with _aligned_pages(_PIECE_PAGES) as scratch:
+            for offset, first, count in runs:
+                data = self.guest.read_pages_into(first, count, scratch)
+                _pwrite_all(fd, data, self.base + offset)
 
     async def finish(self) -> int:
         """Write every block's bitmap; returns their bytes (QEMU's final RAM section)."""
@@ -116,6 +131,28 @@ class MappedRamOutgoing:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self._direct_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._direct_fd)
+            self._direct_fd = None
+
+
+def open_direct(path: str, flags: int) -> int:
+    """The file opened again with ``O_DIRECT`` (``direct-io``); an OSError names why not."""
+    return os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
+
+
+@contextlib.contextmanager
+def _aligned_pages(pages: int) -> Iterator[np.ndarray]:
+    """A worker's buffer of ``pages`` pages on a page boundary (what ``O_DIRECT`` needs)."""
+    area = mmap.mmap(-1, pages * PAGE_SIZE)
+    try:
+        words = np.frombuffer(area, dtype=np.uint64).reshape(pages, PAGE_SIZE // 8)
+        yield words
+        del words
+    finally:
+        with contextlib.suppress(BufferError):  # a view still held: the GC frees it
+            area.close()
 
 
 def _split(run: tuple[int, int, int]) -> list[tuple[int, int, int]]:
@@ -145,11 +182,28 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
+def _pread_direct(fd: int, size: int, offset: int) -> bytes:
+    """:func:`_pread_exact` through an ``O_DIRECT`` descriptor, into an aligned buffer."""
+    area = mmap.mmap(-1, size)
+    with area:
+        got = os.preadv(fd, [area], offset)
+        if got != size:
+            raise StreamError("mapped-ram file truncated: a block's pages are missing")
+        return area[:size]
+
+
 async def load_block(
-    guest: GuestMemory, region: BlockRegion, fd: int, *, base: int, readers: int
+    guest: GuestMemory,
+    region: BlockRegion,
+    fd: int,
+    *,
+    base: int,
+    readers: int,
+    direct_fd: int | None = None,
 ) -> None:
     """The destination's side of one block: its bitmap, then its pages, read in parallel
-    (``readers`` threads: the destination's multifd channels, or one)."""
+    (``readers`` threads: the destination's multifd channels, or one; through
+    ``direct_fd`` with ``direct-io``)."""
     problem = check_alignment(region, base)
     if problem is not None:
         raise StreamError(problem)
@@ -164,12 +218,13 @@ async def load_block(
     for start, count in plan.zero_runs:
         guest.load_zero_pages(start, count)
     runs = plan.read_runs
+    reader, page_fd = (_pread_exact, fd) if direct_fd is None else (_pread_direct, direct_fd)
     window = 4 * max(1, readers)  # reads in flight: the memory held stays small
     with ThreadPoolExecutor(max(1, readers), thread_name_prefix="mapped-ram-load") as pool:
         for at in range(0, len(runs), window):
             batch = runs[at : at + window]
             reads = [
-                loop.run_in_executor(pool, _pread_exact, fd, count * PAGE_SIZE, base + offset)
+                loop.run_in_executor(pool, reader, page_fd, count * PAGE_SIZE, base + offset)
                 for offset, _, count in batch
             ]
             for (_, first, _count), read in zip(batch, reads, strict=True):

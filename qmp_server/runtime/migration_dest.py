@@ -57,7 +57,7 @@ from qmp_server.runtime.channel import (
     parse_uri,
 )
 from qmp_server.runtime.guest_runtime import guest_workload
-from qmp_server.runtime.mapped_ram import load_block
+from qmp_server.runtime.mapped_ram import load_block, open_direct
 from qmp_server.runtime.migration_context import MigrationContext, error_report
 from qmp_server.runtime.multifd_dest import MultifdIncoming
 from qmp_server.runtime.multifd_source import CHANNEL_ACK
@@ -97,6 +97,7 @@ class DestinationDriver:
         self.multifd: MultifdIncoming | None = None
         #: ``file:``: where the stream starts in the file (``mapped-ram`` offsets are from it)
         self._file_base = 0
+        self._file_path = ""
 
     def pause(self) -> None:
         """``migrate-pause`` on the destination in postcopy."""
@@ -293,6 +294,7 @@ class DestinationDriver:
                     self._fail(f"{address.path}: {os.strerror(err.errno or 0)}")
                     return
             self._file_base = address.offset
+            self._file_path = address.path
             await self._load(Channel(file=file))
             return
         await self._load(await exec_channel(address.command, outgoing=False))
@@ -460,7 +462,15 @@ class DestinationDriver:
         readers = int(self.ctx.param("multifd-channels")) if cfg.enabled("multifd") else 1
         region = event.region
         base = self._file_base
-        await load_block(guest, region, channel.file.fileno(), base=base, readers=readers)
+        # ``direct-io`` with multifd: QEMU's channels read with O_DIRECT (live 10.0)
+        direct = cfg.enabled("multifd") and bool(self.ctx.param("direct-io"))
+        direct_fd = open_direct(self._file_path, os.O_RDONLY) if direct else None
+        try:
+            await load_block(guest, region, channel.file.fileno(), base=base, readers=readers,
+                             direct_fd=direct_fd)  # fmt: skip
+        finally:
+            if direct_fd is not None:
+                os.close(direct_fd)
         await channel.seek(base + region.next_offset)
 
     def _arm_loader_timer(self, loader: VfioSimLoader, send_ack: Callable[[], None]) -> None:

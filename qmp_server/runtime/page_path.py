@@ -74,13 +74,17 @@ def mapped_outgoing(
     cfg = ctx.vm.config
     if not cfg.enabled("mapped-ram") or address is None or channel.file is None:
         return None
-    writers = int(ctx.param("multifd-channels")) if cfg.enabled("multifd") else 1
+    multifd = cfg.enabled("multifd")
+    writers = int(ctx.param("multifd-channels")) if multifd else 1
+    # ``direct-io``: QEMU opens its channels with O_DIRECT (with multifd only; live 10.0)
+    direct = multifd and bool(ctx.param("direct-io")) and address.scheme == "file"
     return MappedRamOutgoing(
         ctx.guest,
         BlockMap(ctx.layout.block_list()),
         channel,
         base=address.offset,
         writers=writers,
+        direct_path=address.path if direct else None,
     )
 
 
