@@ -463,7 +463,9 @@ class DestinationDriver:
         region = event.region
         base = self._file_base
         # ``direct-io`` with multifd: QEMU's channels read with O_DIRECT (live 10.0)
-        direct = cfg.enabled("multifd") and bool(self.ctx.param("direct-io"))
+        direct = (
+            cfg.enabled("multifd") and bool(self.ctx.param("direct-io")) and bool(self._file_path)
+        )
         direct_fd = open_direct(self._file_path, os.O_RDONLY) if direct else None
         try:
             await load_block(guest, region, channel.file.fileno(), base=base, readers=readers,

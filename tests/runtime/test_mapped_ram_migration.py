@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from migration_rig import MiB, Rig
+from qemu.qmp import ExecuteError
 
 pytestmark = pytest.mark.asyncio
 
@@ -175,5 +176,37 @@ async def test_direct_io_with_multifd_and_an_odd_offset(rig: Rig, tmp_path: Path
     await dest.caps(**caps)
     await dest.params(**{"direct-io": True})
     await dest.run("migrate-incoming", {"uri": f"file:{image},offset=4097"})
+    assert await dest.wait_status("completed", "failed") == "completed"
+    assert await dest.digest() == saved
+
+
+async def test_a_file_passed_with_getfd_is_seekable_a_pipe_is_not(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # libvirt saves through a descriptor: mapped-ram takes it when it is a regular file
+    image = tmp_path / "guest.sav"
+    source = await rig.side(*COMMON, "-nodefaults", "--guest-fill", "random")
+    await source.caps(**{"mapped-ram": True})
+    read_end, write_end = os.pipe()
+    try:
+        source.qmp.send_fd_scm(write_end)
+        await source.run("getfd", {"fdname": "pipe"})
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with pytest.raises(ExecuteError, match="requires seekable transport"):
+        await source.run("migrate", {"uri": "fd:pipe"})
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        source.qmp.send_fd_scm(fd)
+        await source.run("getfd", {"fdname": "save"})
+    finally:
+        os.close(fd)
+    await source.run("migrate", {"uri": "fd:save"})
+    assert await source.wait_status("completed", "failed") == "completed"
+    saved = await source.digest()
+    dest = await rig.side(*COMMON, "-nodefaults", "--guest-fill", "random", "-incoming", "defer")
+    await dest.caps(**{"mapped-ram": True})
+    await dest.run("migrate-incoming", {"uri": f"file:{image}"})
     assert await dest.wait_status("completed", "failed") == "completed"
     assert await dest.digest() == saved
