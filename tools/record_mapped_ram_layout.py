@@ -274,21 +274,12 @@ def run_one(
             q.cmd("migrate-set-parameters", **{"max-bandwidth": opts.max_bandwidth})
             result["max_bandwidth"] = opts.max_bandwidth
         time.sleep(opts.delay)
-        tracer = None
-        if opts.strace_src and shutil.which("strace"):
-            log = f"{host_tmp}/src.strace"
-            tracer = subprocess.Popen(
-                ["strace", "-f", "-qq", "-p", str(src.pid), "-e", "trace=openat,pwrite64,pwritev",
-                 "-o", log],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            time.sleep(1.0)
+        log = f"{host_tmp}/src.strace"
+        tracer = trace(src.pid, "openat,pwrite64,pwritev", log) if opts.strace_src else None
         q.cmd("migrate", uri=uri)
         info = q.wait_status(("completed", "failed"))
         if tracer is not None:
-            time.sleep(0.3)
-            tracer.terminate()
-            tracer.wait(timeout=10)
+            end_trace(tracer)
             result["src_opens"] = open_summary(log, img)
         if info.get("error-desc"):
             result["error_desc"] = info["error-desc"].replace(img, "<IMG>")
@@ -368,21 +359,12 @@ def load(
             "migrate-set-capabilities",
             capabilities=[{"capability": c, "state": True} for c in caps],
         )
-        tracer = None
-        if shutil.which("strace"):
-            log = f"{host_tmp}/dst.strace"
-            tracer = subprocess.Popen(
-                ["strace", "-f", "-qq", "-p", str(dst.pid), "-e", "trace=pread64,preadv,preadv2",
-                 "-o", log],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            time.sleep(1.0)
+        log = f"{host_tmp}/dst.strace"
+        tracer = trace(dst.pid, "pread64,preadv,preadv2", log)
         q.cmd("migrate-incoming", uri=uri)
         info = q.wait_status(("completed", "failed"))
         if tracer is not None:
-            time.sleep(0.3)
-            tracer.terminate()
-            tracer.wait(timeout=10)
+            end_trace(tracer)
             out["preads"] = pread_summary(log, dst.pid)
         out["query_migrate"] = info
         out["query_status"] = q.cmd("query-status")
@@ -400,6 +382,25 @@ def load(
     out["trace_counts"] = counts
     out["trace_samples"] = samples
     return out
+
+
+def trace(pid: int, calls: str, log: str) -> subprocess.Popen[bytes] | None:
+    """strace ``calls`` of process ``pid`` (and its threads) into ``log``; None without
+    strace."""
+    if not shutil.which("strace"):
+        return None
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-p", str(pid), "-e", f"trace={calls}", "-o", log],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached to every thread before the migration starts
+    return tracer
+
+
+def end_trace(tracer: subprocess.Popen[bytes]) -> None:
+    time.sleep(0.3)
+    tracer.terminate()
+    tracer.wait(timeout=10)
 
 
 def open_summary(log: str, img: str) -> dict[str, Any]:
