@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import mmap
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -58,6 +59,7 @@ class MappedRamOutgoing:
         *,
         base: int,
         writers: int,
+        channels: bool = False,
         direct_path: str | None = None,
     ) -> None:
         assert channel.file is not None
@@ -72,8 +74,25 @@ class MappedRamOutgoing:
         self.regions: list[BlockRegion] = []
         self.bitmap = MappedBitmap(guest.page_count)
         self.writers = max(1, writers)
-        self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="mapped-ram")
+        #: the writers are multifd's channels (``multifd`` on): QEMU lists them as senders
+        self.channels = channels
+        self._thread_ids: list[int] = []
+        self._pool = ThreadPoolExecutor(
+            self.writers, thread_name_prefix="mapped-ram", initializer=self._note_thread
+        )
+        # every writer exists from the start (query-migrationthreads lists them, as QEMU
+        # lists its channels' threads): each waits until all are up
+        ready = threading.Barrier(self.writers)
+        for _ in range(self.writers):
+            self._pool.submit(ready.wait, 5.0)
         self._starts = np.asarray(blocks.starts, dtype=np.int64)
+
+    def _note_thread(self) -> None:
+        self._thread_ids.append(threading.get_native_id())
+
+    def writer_thread_ids(self) -> list[int]:
+        """The native ids of the page writers, in the order they started."""
+        return list(self._thread_ids)
 
     async def setup(self, enc: StreamEncoder, head: bytes) -> None:
         """Send the stream's start and each block's record, leaving room for its pages."""

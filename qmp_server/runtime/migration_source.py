@@ -155,6 +155,11 @@ class SourceDriver:
         return self._channel
 
     @property
+    def mapped(self) -> MappedRamOutgoing | None:
+        """The running migration's mapped-ram page writers (None without mapped-ram)."""
+        return self._mapped
+
+    @property
     def multifd(self) -> MultifdOutgoing | None:
         """The running migration's multifd channels (None without multifd)."""
         return self._multifd

@@ -5,7 +5,8 @@ A user pins what this lists (``taskset -p``, ``sched_setaffinity``), so every id
 live task of this process (``/proc/self/task/<id>``) that does that work:
 
 * a multifd channel's sender is the channel's writer thread (:mod:`socket_writer`), which
-  copies that channel's pages into the kernel, as QEMU's sender thread does;
+  copies that channel's pages into the kernel, as QEMU's sender thread does; with
+  ``mapped-ram`` on a file, one of the threads that write the pages at their places;
 * the main migration thread is the main connection's writer thread: it writes the main
   stream (and, with lazily built steps, builds the pages it sends), exists only while the
   migration runs, and pinning it leaves the monitor alone, as pinning QEMU's main migration
@@ -44,5 +45,11 @@ def source_threads(driver: SourceDriver) -> list[dict[str, Any]]:
         if main is None and channel.file is not None:
             main = threading.get_native_id()  # the loop: file: has no writer thread
     multifd = driver.multifd
-    senders = multifd.writer_thread_ids() if multifd is not None else []
+    mapped = driver.mapped
+    senders = (
+        multifd.writer_thread_ids() if multifd is not None
+        # mapped-ram with multifd: its page writers are the channels' threads (live 10.0)
+        else mapped.writer_thread_ids() if mapped is not None and mapped.channels
+        else []
+    )  # fmt: skip
     return thread_list(driver.ctx.profile, main, senders)

@@ -84,6 +84,7 @@ def mapped_outgoing(
         channel,
         base=address.offset,
         writers=writers,
+        channels=multifd,
         direct_path=address.path if direct else None,
     )
 

@@ -124,3 +124,19 @@ async def test_no_command_before_8_1(rig: Rig, version: str) -> None:
         await side.run("query-migrationthreads")
     info = err.value.error.error
     assert (info.class_, info.desc) == (want["class"], want["desc"])
+
+
+async def test_mapped_ram_multifd_lists_its_page_writers(rig: Rig, tmp_path: Path) -> None:
+    """10.0, mapped-ram + multifd to a file: the channels' threads are the ones that write
+    the pages at their places (live 10.0 lists send_1, send_0, main while active)."""
+    source = await rig.side("--compat", "10.0", "-machine", "pc", "-m", "64", "-nodefaults")
+    await source.caps(**{"mapped-ram": True, "multifd": True, "pause-before-switchover": True})
+    await source.run("migrate", {"uri": f"file:{tmp_path / 'guest.sav'}"})
+    await source.wait_status("pre-switchover")  # held there: the threads are still up
+    listed = await threads(source)
+    assert [t["name"] for t in listed] == ["mig/src/send_1", "mig/src/send_0", "mig/src/main"]
+    ids = [t["thread-id"] for t in listed]
+    assert all(i in tasks(source) for i in ids) and len(set(ids)) == 3
+    await source.run("migrate-continue", {"state": "pre-switchover"})
+    assert await source.wait_status("completed", "failed") == "completed"
+    assert await threads(source) == []
