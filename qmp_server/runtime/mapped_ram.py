@@ -20,7 +20,6 @@ import contextlib
 import mmap
 import os
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -77,6 +76,8 @@ class MappedRamOutgoing:
         #: the writers are multifd's channels (``multifd`` on): QEMU lists them as senders
         self.channels = channels
         self._thread_ids: list[int] = []
+        #: each writer's buffer, reused for every run it writes
+        self._local = threading.local()
         self._pool = ThreadPoolExecutor(
             self.writers, thread_name_prefix="mapped-ram", initializer=self._note_thread
         )
@@ -131,10 +132,11 @@ class MappedRamOutgoing:
     def _write_runs(self, runs: list[tuple[int, int, int]]) -> None:
         """A worker: build each run's pages and write them at their offset."""
         fd = self.fd if self._direct_fd is None else self._direct_fd
-        with _aligned_pages(_PIECE_PAGES) as scratch:
-            for offset, first, count in runs:
-                data = self.guest.read_pages_into(first, count, scratch)
-                _pwrite_all(fd, data, self.base + offset)
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = _aligned_pages(_PIECE_PAGES)
+        for offset, first, count in runs:
+            _pwrite_all(fd, self.guest.read_pages_into(first, count, scratch), self.base + offset)
 
     async def finish(self) -> int:
         """Write every block's bitmap; returns their bytes (QEMU's final RAM section)."""
@@ -161,17 +163,11 @@ def open_direct(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
 
 
-@contextlib.contextmanager
-def _aligned_pages(pages: int) -> Iterator[np.ndarray]:
-    """A worker's buffer of ``pages`` pages on a page boundary (what ``O_DIRECT`` needs)."""
+def _aligned_pages(pages: int) -> np.ndarray:
+    """A buffer of ``pages`` pages on a page boundary (what ``O_DIRECT`` needs): an anonymous
+    mapping, freed with its last view."""
     area = mmap.mmap(-1, pages * PAGE_SIZE)
-    try:
-        words = np.frombuffer(area, dtype=np.uint64).reshape(pages, PAGE_SIZE // 8)
-        yield words
-        del words
-    finally:
-        with contextlib.suppress(BufferError):  # a view still held: the GC frees it
-            area.close()
+    return np.frombuffer(area, dtype=np.uint64).reshape(pages, PAGE_SIZE // 8)
 
 
 def _split(run: tuple[int, int, int]) -> list[tuple[int, int, int]]:
