@@ -351,6 +351,9 @@ def main() -> None:
 
     try:
         result = asyncio.run(guarded())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("interrupted: processes stopped, files removed", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         _kill_all()
     if args.json:
