@@ -337,10 +337,12 @@ class EndOfPrecopy:
     """The source stopped the guest: what follows is stop-and-copy data.
 
     ``running`` is False when the guest was already paused before the migration stopped it
-    (QEMU's global-state runstate): the destination then stays paused.
+    (QEMU's global-state runstate): the destination then stays paused, or in ``prelaunch``
+    when the source's guest never started (``prelaunch``: ``-S`` and no ``cont``).
     """
 
     running: bool = True
+    prelaunch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,8 +601,11 @@ class StreamEncoder:
     def open_return_path(self) -> bytes:
         return self._record(Tag.OPEN_RETURN_PATH)
 
-    def end_of_precopy(self, running: bool = True) -> bytes:
-        """``END_OF_PRECOPY``; ``running=False``: the guest was paused before switchover."""
+    def end_of_precopy(self, running: bool = True, *, prelaunch: bool = False) -> bytes:
+        """``END_OF_PRECOPY``; ``running=False``: the guest was paused before switchover;
+        ``prelaunch``: it never started."""
+        if prelaunch:
+            return self._record(Tag.END_OF_PRECOPY, b"\x02")
         if running:
             return self._record(Tag.END_OF_PRECOPY)
         return self._record(Tag.END_OF_PRECOPY, b"\x00")
@@ -1008,9 +1013,9 @@ class StreamDecoder:
             if len(payload) == 0:
                 return EndOfPrecopy()
             self._expect_len(tag, payload, 1)
-            if payload[0] > 1:
+            if payload[0] > 2:
                 raise self._fail(f"record END_OF_PRECOPY: unknown run state {payload[0]}")
-            return EndOfPrecopy(running=bool(payload[0]))
+            return EndOfPrecopy(running=payload[0] == 1, prelaunch=payload[0] == 2)
         if Tag.POSTCOPY_ADVISE <= tag <= Tag.POSTCOPY_RESUME:
             return self._postcopy_record(tag, payload)
         if tag is Tag.COMPLETE:

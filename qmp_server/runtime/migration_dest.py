@@ -312,6 +312,7 @@ class DestinationDriver:
         guest: GuestMemory | None = None
         complete: Complete | None = None
         source_running = True
+        source_prelaunch = False
         discard: bytes | None = None
 
         def send_rp(data: bytes) -> None:
@@ -375,6 +376,7 @@ class DestinationDriver:
                         send_ack()
                 elif isinstance(event, EndOfPrecopy):
                     source_running = event.running
+                    source_prelaunch = event.prelaunch
                 elif isinstance(event, PostcopyAdvise):
                     if not self.ctx.vm.config.enabled("postcopy-ram"):
                         # QEMU's text counts the 16 bytes its advise command carries
@@ -417,7 +419,8 @@ class DestinationDriver:
                     assert guest is not None and complete is not None
                     if multifd is not None:
                         await multifd.wait_done()
-                    await self._finish_load(guest, complete, loaders, send_rp, rp, source_running)
+                    await self._finish_load(guest, complete, loaders, send_rp, rp, source_running,
+                                            prelaunch=source_prelaunch)  # fmt: skip
                     return
         except asyncio.CancelledError:
             raise
@@ -497,6 +500,8 @@ class DestinationDriver:
         send_rp: Callable[[bytes], None],
         rp: ReturnPathEncoder,
         source_running: bool,
+        *,
+        prelaunch: bool = False,
     ) -> None:
         if guest.digest() != complete.ram_digest:
             raise StreamError("RAM digest mismatch after loading the migration stream")
@@ -525,7 +530,8 @@ class DestinationDriver:
         if vm.autostart and source_running:
             vm.start()
         else:
-            vm.runstate = "paused"
+            # QEMU sets the source's runstate: never started stays ``prelaunch`` (live 10.0)
+            vm.runstate = "prelaunch" if prelaunch else "paused"
             # the received guest's program waits for `cont`: a paused guest writes nothing
             ctx.workload.set_running(False, time.monotonic())
         send_rp(rp.resumed(time.monotonic()) + rp.shut(0))

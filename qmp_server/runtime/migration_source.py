@@ -834,6 +834,7 @@ class SourceDriver:
         src = self.state
         vm = ctx.vm
         downtime_start = time.monotonic()
+        prelaunch = vm.runstate == "prelaunch"  # never started: the destination stays so
         self._vm_was_running = stop_for_switchover(ctx, downtime_start)
         if unsent:
             await channel.send(unsent)
@@ -852,7 +853,10 @@ class SourceDriver:
         sender.resync(self._resync())
         qemu.switchover()
         await channel.send(
-            [enc.sync(src.ram.dirty_sync_count), enc.end_of_precopy(self._vm_was_running)]
+            [
+                enc.sync(src.ram.dirty_sync_count),
+                enc.end_of_precopy(self._vm_was_running, prelaunch=prelaunch),
+            ]
         )
         while sender.remaining:
             pages, zero = sender.peek(STEP_PAGES)
