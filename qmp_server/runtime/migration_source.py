@@ -101,6 +101,17 @@ _RUNNING = ("setup", "active", "pre-switchover", "device", "cancelling")
 _POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover", "postcopy-recover-setup")
 
 
+#: file syncs still running after their migration completed (a reference keeps each alive)
+_FILE_SYNCS: set[asyncio.Task[None]] = set()
+
+
+async def _sync_and_close(channel: Channel) -> None:
+    try:
+        await channel.close_file()
+    except OSError as err:  # the migration completed: only the disk's sync failed
+        logger.warning("syncing the migration file failed: %s", err)
+
+
 class _SetupFailed(Exception):
     """QEMU 10.0 checks the setup's result: the migration fails with this text."""
 
@@ -904,7 +915,10 @@ class SourceDriver:
         vm.runstate = "postmigrate"
         src.ram.remaining = 0
         src.complete(time.monotonic(), downtime_start)
-        try:
-            await channel.close_file()
-        except OSError as err:  # the migration completed: only the disk's sync failed
-            logger.warning("syncing the migration file failed: %s", err)
+        if channel.file is not None:
+            # QEMU syncs the file as its cleanup closes the channel, after ``completed``; in
+            # a task of its own: this migration's task ends now, before a next ``migrate``
+            # (after ``cont``) can start and own the driver's channel
+            task = asyncio.get_running_loop().create_task(_sync_and_close(channel))
+            _FILE_SYNCS.add(task)
+            task.add_done_callback(_FILE_SYNCS.discard)
