@@ -45,6 +45,8 @@ __all__ = ["MappedRamOutgoing", "load_block", "open_direct"]
 
 #: Pages a worker builds and writes at a time (4 MiB).
 _PIECE_PAGES = 1024
+#: Steps handed to the writers before the loop waits for the oldest.
+_IN_FLIGHT = 3
 
 
 class MappedRamOutgoing:
@@ -87,6 +89,9 @@ class MappedRamOutgoing:
         for _ in range(self.writers):
             self._pool.submit(ready.wait, 5.0)
         self._starts = np.asarray(blocks.starts, dtype=np.int64)
+        #: steps handed to the writers and not written yet; the pages they hold
+        self._inflight: list[asyncio.Future[list[None]]] = []
+        self._busy = np.zeros(guest.page_count, dtype=np.bool_)
 
     def _note_thread(self) -> None:
         self._thread_ids.append(threading.get_native_id())
@@ -109,13 +114,21 @@ class MappedRamOutgoing:
             pos = region.next_offset
 
     async def write(self, pages: np.ndarray, zero: np.ndarray) -> None:
-        """Pages taken from the guest: the normal ones go to their places, in parallel."""
+        """Pages taken from the guest: the normal ones go to their places, in parallel.
+
+        Returns once the step is handed to the writers (a few steps stay in flight while the
+        loop walks on), unless a page of it is still being written by an earlier step (a
+        page sent again in the next pass): its writes must land in order."""
         if not pages.size:
             return
         self.bitmap.mark(pages, zero)
         normal = np.sort(pages[~zero])
         if not normal.size:
             return
+        if self._busy[normal].any():
+            await self.drain()
+        if len(self._inflight) >= _IN_FLIGHT:
+            await self._inflight[0]
         block_of = np.searchsorted(self._starts, normal, side="right") - 1
         jobs: list[list[tuple[int, int, int]]] = [[] for _ in range(self.writers)]
         k = 0
@@ -125,9 +138,22 @@ class MappedRamOutgoing:
                     jobs[k % self.writers].append(piece)
                     k += 1
         loop = asyncio.get_running_loop()
-        await asyncio.gather(
+        step = asyncio.gather(
             *(loop.run_in_executor(self._pool, self._write_runs, job) for job in jobs if job)
         )
+        self._busy[normal] = True
+        self._inflight.append(step)
+
+        def done(_: object) -> None:
+            self._inflight.remove(step)
+            self._busy[normal] = False
+
+        step.add_done_callback(done)
+
+    async def drain(self) -> None:
+        """Wait until every page handed over is written (a failed write raises here)."""
+        for step in list(self._inflight):
+            await step
 
     def _write_runs(self, runs: list[tuple[int, int, int]]) -> None:
         """A worker: build each run's pages and write them at their offset."""
@@ -140,6 +166,7 @@ class MappedRamOutgoing:
 
     async def finish(self) -> int:
         """Write every block's bitmap; returns their bytes (QEMU's final RAM section)."""
+        await self.drain()
         total = 0
         loop = asyncio.get_running_loop()
         for region in self.regions:
