@@ -118,10 +118,17 @@ def check_alignment(region: BlockRegion, base: int) -> str | None:
     return None
 
 
-def region_runs(region: BlockRegion, pages: npt.NDArray[np.int64]) -> list[tuple[int, int, int]]:
+def region_runs(
+    region: BlockRegion, pages: npt.NDArray[np.int64], *, piece_pages: int | None = None
+) -> list[tuple[int, int, int]]:
     """``(file_offset, first_page, count)`` for each run of consecutive ``pages`` (sorted,
-    inside ``region``): what one ``pwrite``/``pread`` moves."""
-    return [(region.page_offset(start), start, count) for start, count in page_runs(pages)]
+    inside ``region``), cut in pieces of at most ``piece_pages`` (a worker's buffer): what
+    one ``pwrite``/``pread`` moves."""
+    return [
+        (region.page_offset(start + k), start + k, min(piece_pages or count, count - k))
+        for start, count in page_runs(pages)
+        for k in range(0, count, piece_pages or count)
+    ]
 
 
 class MappedBitmap:
@@ -166,11 +173,7 @@ def plan_load(region: BlockRegion, raw_bitmap: bytes, *, piece_pages: int) -> Lo
     raises ValueError for a bitmap that cannot be the source's."""
     present = MappedBitmap.parse(region, raw_bitmap)
     pages = np.arange(region.first_page, region.first_page + region.pages, dtype=np.int64)
-    reads = [
-        (offset + k * PAGE_SIZE, first + k, min(piece_pages, count - k))
-        for offset, first, count in region_runs(region, pages[present])
-        for k in range(0, count, piece_pages)
-    ]
+    reads = region_runs(region, pages[present], piece_pages=piece_pages)
     return LoadPlan(page_runs(pages[~present]), reads)
 
 

@@ -133,10 +133,10 @@ class MappedRamOutgoing:
         jobs: list[list[tuple[int, int, int]]] = [[] for _ in range(self.writers)]
         k = 0
         for b in np.unique(block_of).tolist():
-            for run in region_runs(self.regions[b], normal[block_of == b]):
-                for piece in _split(run):
-                    jobs[k % self.writers].append(piece)
-                    k += 1
+            pieces = region_runs(self.regions[b], normal[block_of == b], piece_pages=_PIECE_PAGES)
+            for piece in pieces:
+                jobs[k % self.writers].append(piece)
+                k += 1
         loop = asyncio.get_running_loop()
         step = asyncio.gather(
             *(loop.run_in_executor(self._pool, self._write_runs, job) for job in jobs if job)
@@ -195,15 +195,6 @@ def _aligned_pages(pages: int) -> np.ndarray:
     mapping, freed with its last view."""
     area = mmap.mmap(-1, pages * PAGE_SIZE)
     return np.frombuffer(area, dtype=np.uint64).reshape(pages, PAGE_SIZE // 8)
-
-
-def _split(run: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    """A run cut into pieces a worker's scratch buffer holds."""
-    offset, first, count = run
-    return [
-        (offset + k * PAGE_SIZE, first + k, min(_PIECE_PAGES, count - k))
-        for k in range(0, count, _PIECE_PAGES)
-    ]
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

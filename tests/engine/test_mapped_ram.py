@@ -219,3 +219,9 @@ def test_counters_as_qemu_counts_them(multifd: bool) -> None:
     else:
         assert (q.precopy_bytes, q.downtime_bytes) == (114 * 4096 + 8, 2088)
         assert q.transferred - q.precopy_bytes - q.downtime_bytes == 112580
+
+
+def test_runs_are_cut_into_pieces_a_buffer_holds() -> None:
+    region = BlockRegion(0, 50, 10, ALIGNMENT, ALIGNMENT + 50 * 4096)
+    runs = region_runs(region, np.arange(0, 10, dtype=np.int64), piece_pages=4)
+    assert runs == [(ALIGNMENT, 0, 4), (ALIGNMENT + 4 * 4096, 4, 4), (ALIGNMENT + 8 * 4096, 8, 2)]
