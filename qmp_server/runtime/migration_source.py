@@ -197,22 +197,25 @@ class SourceDriver:
         ctx = self.ctx
         vm = ctx.vm
         src = self.state
-        if ctx.profile.since(10, 0):
+        early: Address | None = None  # None: the URI's own error comes later (before 10.0)
+        try:
+            early = parse_uri(uri, file_ok=True)
+        except LookupError:
             # QEMU 10.0 qmp_migrate(): migrate_uri_parse() comes first and fails
             # synchronously, before migrate_prepare() and without any state change.
-            try:
-                parse_uri(uri, file_ok=True)
-            except LookupError:
+            if ctx.profile.since(10, 0):
                 raise CommandError(f"unknown migration protocol: {uri}") from None
-            except ValueError as err:
+        except ValueError as err:
+            if ctx.profile.since(10, 0):
                 raise CommandError(str(err)) from None
-        if vm.config.enabled("mapped-ram") and not self._seekable(uri):
-            # 9.0+ checks the transport first: nothing changes (live 10.0)
+        # 9.0+ checks the transport next: nothing changes (live 10.0)
+        if early is not None and vm.config.enabled("mapped-ram") and not self._seekable(early):
             raise CommandError(NOT_SEEKABLE)
         if (
-            ctx.profile.since(9, 0)
+            early is not None
+            and ctx.profile.since(9, 0)
             and vm.config.enabled("multifd")
-            and not self._multi_channel(uri, ctx.profile.since(8, 2))
+            and not self._channels_carried(early)
         ):
             raise CommandError("Migration requires multi-channel URIs (e.g. tcp)")
         if (
@@ -280,22 +283,9 @@ class SourceDriver:
         self.ack_state = "pending" if ctx.ack_enabled() else "not-needed"
         self._task = asyncio.get_running_loop().create_task(self._run(address, file, prepared))
 
-    def _multi_channel(self, uri: str, file_ok: bool) -> bool:
-        """Whether ``uri`` can carry multifd channels (a socket address, or 9.0+'s ``file:``
-        with ``mapped-ram``)."""
-        try:
-            address = parse_uri(uri, file_ok=file_ok)
-        except (LookupError, ValueError):
-            return True  # the URI's own error comes later
-        return self._channels_carried(address)
-
-    def _seekable(self, uri: str) -> bool:
-        """Whether ``uri`` is a transport ``mapped-ram`` can use: a file, or an ``fd:``
+    def _seekable(self, address: Address) -> bool:
+        """Whether ``address`` is a transport ``mapped-ram`` can use: a file, or an ``fd:``
         whose descriptor is one."""
-        try:
-            address = parse_uri(uri, file_ok=True)
-        except (LookupError, ValueError):
-            return True  # the URI's own error comes later
         if address.scheme == "fd":
             mon = self.ctx.vm.cur_fds
             fd = None if mon is None else mon.named.fds.get(address.path)
@@ -303,6 +293,8 @@ class SourceDriver:
         return address.scheme == "file"
 
     def _channels_carried(self, address: Address) -> bool:
+        """Whether ``address`` can carry multifd channels (a socket address, or 9.0+'s
+        ``file:`` with ``mapped-ram``)."""
         if address.scheme in ("tcp", "unix"):
             return True
         return address.scheme == "file" and self.ctx.vm.config.enabled("mapped-ram")
